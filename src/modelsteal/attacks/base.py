@@ -1,0 +1,149 @@
+"""Attack base class: configured once, aimed at any :class:`~modelsteal.BlackBox`.
+
+The base class does the bookkeeping — budget enforcement through :class:`~modelsteal.QueryBudget`,
+seeding, the query loop and result assembly — so an attack file only holds its algorithm.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, final
+
+import torch
+from torch import Tensor, nn
+
+from modelsteal.attacks._training import TrainConfig
+from modelsteal.blackbox import BlackBox, QueryBudget
+from modelsteal.models import build_model
+
+CloneFactory = Callable[[Sequence[int], int], nn.Module]
+
+
+@dataclass
+class StealResult:
+    """What an attack produced: the clone, the transfer set it was trained on and the queries spent."""
+
+    clone: nn.Module
+    queries: int
+    transfer_x: Tensor | None = None
+    transfer_y: Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack(ABC):
+    """Base class for model-stealing attacks.
+
+    Subclasses implement :meth:`run`, which receives the victim wrapped in a :class:`QueryBudget` (so it
+    cannot overspend) and a seeded ``torch.Generator``. Options shared by every learning-based attack:
+
+    - ``clone``: an architecture name for :func:`~modelsteal.models.build_model` or a factory
+      ``(input_shape, num_classes) -> nn.Module`` (the paper uses the victim's architecture);
+    - ``train``: a :class:`TrainConfig` (SGD lr 0.1 momentum 0.5 by default; ``optimizer="adam"`` is one
+      of the attacker's countermeasures);
+    - ``labels``: ``"soft"`` trains on the returned posteriors, ``"argmax"`` on their top-1 labels only;
+    - ``device``: where the clone trains.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        clone: str | CloneFactory = "lenet",
+        train: TrainConfig | None = None,
+        labels: str = "soft",
+        query_batch_size: int = 256,
+        device: str | torch.device | None = None,
+        progress: bool = False,
+    ) -> None:
+        if labels not in ("soft", "argmax"):
+            raise ValueError(f"labels must be 'soft' or 'argmax', got {labels!r}")
+        if query_batch_size < 1:
+            raise ValueError(f"query_batch_size must be >= 1, got {query_batch_size}")
+        self.clone_spec = clone
+        self.train_config = train if train is not None else TrainConfig()
+        self.labels = labels
+        self.query_batch_size = query_batch_size
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.progress = progress
+
+    @final
+    def __call__(self, victim: BlackBox, *, budget: int, seed: int = 0) -> StealResult:
+        """Steal ``victim`` with at most ``budget`` queries; the same seed gives the same clone."""
+        if budget < 1:
+            raise ValueError(f"budget must be >= 1, got {budget}")
+        budgeted = QueryBudget(victim, budget=budget)
+        generator = torch.Generator().manual_seed(int(seed))
+        result = self.run(budgeted, generator=generator)
+        result.queries = budgeted.used
+        if budgeted.used > budget:  # QueryBudget refuses this; kept as a guard for subclasses
+            raise AssertionError(f"{type(self).__name__} spent {budgeted.used} > {budget} queries")
+        return result
+
+    @abstractmethod
+    def run(self, victim: QueryBudget, *, generator: torch.Generator) -> StealResult:
+        """The attack itself; ``victim.remaining`` tells how many queries are left."""
+
+    # -- helpers shared by subclasses ----------------------------------------------------------------
+    def make_clone(self, victim: BlackBox, *, generator: torch.Generator) -> nn.Module:
+        """A fresh clone for ``victim``'s input shape and classes, seeded from ``generator``."""
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        if callable(self.clone_spec):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = self.clone_spec(victim.input_shape, victim.num_classes)
+        else:
+            model = build_model(self.clone_spec, input_shape=victim.input_shape, num_classes=victim.num_classes,
+                                mean=[0.5] * victim.input_shape[0] if len(victim.input_shape) == 3 else None,
+                                std=[0.5] * victim.input_shape[0] if len(victim.input_shape) == 3 else None,
+                                seed=seed)
+        return model.to(self.device)
+
+    def query_all(self, victim: QueryBudget, x: Tensor) -> Tensor:
+        """Query ``x`` in batches of ``query_batch_size`` and return the answers on the CPU."""
+        batches = x.split(self.query_batch_size)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="query", leave=False)
+        out = [victim.query(xb).detach().cpu() for xb in batches]
+        return torch.cat(out) if out else torch.empty(0, victim.num_classes)
+
+    def targets(self, answers: Tensor) -> Tensor:
+        """Training targets from API answers: soft posteriors, or argmax class indices."""
+        return answers.argmax(dim=1) if self.labels == "argmax" else answers
+
+    def describe(self) -> dict[str, Any]:
+        return {"attack": self.name, "labels": self.labels, "clone": str(self.clone_spec)}
+
+
+_REGISTRY: dict[str, type[Attack]] = {}
+
+
+def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
+    """Class decorator adding an attack to the registry (``attack: knockoff`` in sweep configs)."""
+
+    def deco(cls: type[Attack]) -> type[Attack]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"attack name {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available_attacks() -> list[str]:
+    import modelsteal.attacks  # noqa: F401  (registers the built-ins)
+
+    return sorted(_REGISTRY)
+
+
+def attack_class(name: str) -> type[Attack]:
+    known = available_attacks()
+    key = name.strip().lower().replace("_", "-")
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(known)}")
+    return _REGISTRY[key]

@@ -1,0 +1,334 @@
+"""Knockoff Nets with the adaptive sampling strategy (Orekondy, Schiele and Fritz, CVPR 2019, Sec. 4.1.2).
+
+The attacker holds a labelled transfer set whose classes form a coarse→fine hierarchy (a tree whose
+leaves are the transfer-set classes). Querying is a bandit problem: at step ``t`` an action — a path from
+the root to a leaf class — is sampled from per-node softmax policies ``π = softmax(H)``, an image of the
+leaf class is drawn (without replacement) and sent to the victim, the knockoff ``F_A`` is updated online
+with the answer ``y_t``, and the reward ``r_t`` updates every preference on the path by the gradient-bandit
+rule (Sutton and Barto, *Reinforcement Learning*, 2nd ed., Sec. 2.8)::
+
+    H_a ← H_a + α (r_t − r̄_t) (1[a = a_t] − π_a)        for every child a of each node on the path
+
+with ``r̄_t`` the mean of the rewards before ``t``. The rewards of the paper are
+
+- certainty ``R^cert = y_{t,k1} − y_{t,k2}``, the margin of the top-2 victim probabilities;
+- diversity ``R^div = Σ_k max(0, y_{t,k} − ȳ_k)`` with ``ȳ`` the mean of the last ``Δ`` answers;
+- loss ``R^L = −Σ_k y_{t,k} log F_A(x_t)_k``, the cross-entropy of the knockoff's prediction (before its
+  update) against the answer;
+
+each standardised by its running mean and standard deviation before they are summed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from modelsteal.attacks._training import predict_logits, train_classifier
+from modelsteal.attacks.base import Attack, StealResult, register_attack
+from modelsteal.blackbox import QueryBudget
+
+REWARDS = ("all", "certainty", "diversity", "loss")
+_ROOT = object()
+
+
+class ActionTree:
+    """The action hierarchy with one preference vector ``H_n`` per internal node.
+
+    ``classes`` are the leaves; ``hierarchy`` maps a node (a class or an internal node) to its parent;
+    nodes without a parent hang from an implicit root, nodes with no class below them are ignored.
+    ``None`` gives the flat hierarchy (the root's children are the classes). Leaves can be *exhausted*
+    (no images left); they and internal nodes whose leaves are all exhausted get probability 0.
+    """
+
+    def __init__(self, classes: list[int], hierarchy: Mapping[Hashable, Hashable] | None = None) -> None:
+        parent_of = dict(hierarchy or {})
+        leaves = set(classes)
+        clash = leaves & set(parent_of.values())
+        if clash:
+            raise ValueError(f"transfer classes {sorted(clash, key=str)} are also used as parent nodes")
+        # keep the chains above the transfer classes; nodes with no class below them are ignored
+        parent: dict[Hashable, Hashable] = {}
+        for c in classes:
+            seen, cur = set(), c
+            while cur is not _ROOT:
+                if cur in seen:
+                    raise ValueError(f"the hierarchy has a cycle through {cur!r}")
+                seen.add(cur)
+                if cur in parent:  # reached a chain already known to end at the root
+                    break
+                parent[cur] = parent_of.get(cur, _ROOT)
+                cur = parent[cur]
+        children: dict[Hashable, list[Hashable]] = {_ROOT: []}
+        def order_key(n: Hashable) -> tuple[str, Any]:
+            return type(n).__name__, n if isinstance(n, (int, str)) else str(n)
+
+        for node in sorted(parent, key=order_key):
+            children.setdefault(parent[node], []).append(node)
+            children.setdefault(node, [])
+        # nodes in breadth-first order; internal ones own a preference vector over their children
+        self.order: list[Hashable] = []
+        queue = [_ROOT]
+        while queue:
+            node = queue.pop(0)
+            if children[node]:
+                self.order.append(node)
+                queue.extend(children[node])
+        self.children = {n: children[n] for n in self.order}
+        self.classes = list(classes)
+        self.leaf_index = {c: i for i, c in enumerate(self.classes)}
+        self.H = {n: torch.zeros(len(self.children[n]), dtype=torch.float64) for n in self.order}
+        # path of each leaf: (node, position of the next node among its children), root first
+        self.paths: list[list[tuple[Hashable, int]]] = []
+        for c in self.classes:
+            path, cur = [], c
+            while cur is not _ROOT:
+                p = parent[cur]
+                path.append((p, self.children[p].index(cur)))
+                cur = p
+            self.paths.append(path[::-1])
+        self.available = torch.ones(len(self.classes), dtype=torch.bool)
+
+    def _node_available(self) -> dict[Hashable, bool]:
+        avail: dict[Hashable, bool] = {c: bool(self.available[i]) for c, i in self.leaf_index.items()}
+        for node in reversed(self.order):
+            avail[node] = any(avail[ch] for ch in self.children[node])
+        return avail
+
+    def policies(self, *, masked: bool = True) -> dict[Hashable, Tensor]:
+        """``π_n = softmax(H_n)`` over the available children of each node (all if not ``masked``)."""
+        avail = self._node_available()
+        out = {}
+        for node in self.order:
+            mask = torch.tensor([avail[ch] or not masked for ch in self.children[node]])
+            h = self.H[node].masked_fill(~mask, float("-inf"))
+            out[node] = torch.softmax(h, dim=0) if mask.any() else torch.zeros_like(h)
+        return out
+
+    def leaf_probabilities(self, policies: dict[Hashable, Tensor] | None = None) -> Tensor:
+        """Probability of sampling each class: the product of ``π`` along its path."""
+        policies = policies if policies is not None else self.policies()
+        probs = torch.ones(len(self.classes), dtype=torch.float64)
+        for i, path in enumerate(self.paths):
+            for node, j in path:
+                probs[i] = probs[i] * policies[node][j]
+        return probs
+
+    def update(
+        self, leaves: Tensor, advantages: Tensor, policies: dict[Hashable, Tensor], *, lr: float,
+    ) -> None:
+        """Batched gradient-bandit step: ``H_n += lr/B · Σ_i adv_i (e_{a_i} − π_n)`` over paths through n."""
+        acc = {n: torch.zeros_like(h) for n, h in self.H.items()}
+        mass = dict.fromkeys(self.H, 0.0)
+        for leaf, adv in zip(leaves.tolist(), advantages.tolist(), strict=True):
+            for node, j in self.paths[leaf]:
+                acc[node][j] += adv
+                mass[node] += adv
+        b = max(len(leaves), 1)
+        for node in self.order:
+            if mass[node] != 0.0 or bool(acc[node].any()):
+                self.H[node] += lr / b * (acc[node] - mass[node] * policies[node])
+
+
+class _RunningStats:
+    """Running mean and standard deviation over every value seen (Chan et al.'s batched update)."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, values: Tensor) -> None:
+        v = values.double()
+        nb = v.numel()
+        if nb == 0:
+            return
+        mb, m2b = float(v.mean()), float(((v - v.mean()) ** 2).sum())
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean += delta * nb / n
+        self.m2 += m2b + delta * delta * self.n * nb / n
+        self.n = n
+
+    def standardize(self, values: Tensor) -> Tensor:
+        std = (self.m2 / self.n) ** 0.5 if self.n > 0 else 0.0
+        if std < 1e-8:
+            return torch.zeros_like(values, dtype=torch.float64)
+        return (values.double() - self.mean) / std
+
+
+@register_attack("knockoff-adaptive")
+class AdaptiveKnockoff(Attack):
+    """Knockoff Nets, adaptive strategy (Orekondy et al., CVPR 2019, Sec. 4.1.2).
+
+    Options (keyword-only) besides the :class:`Attack` ones (``clone``, ``train``, ``labels``, ``device``):
+
+    - ``transfer_set``: the attacker's images ``(N, *input_shape)``; ``transfer_labels``: their classes
+      ``(N,)`` (the leaves of the action tree; required);
+    - ``hierarchy``: optional mapping ``node → parent`` (e.g. fine class → coarse class); default flat;
+    - ``reward``: ``"all"`` (sum of the three standardised rewards), ``"certainty"``, ``"diversity"`` or
+      ``"loss"``;
+    - ``policy_lr``: α of the gradient-bandit update (default 0.1);
+    - ``policy_batch_size``: B actions sampled per step (default 32). The paper takes one action per step;
+      here the policy is held fixed for B draws, the B answers are queried in one batch, the knockoff takes
+      one online training pass over them, and ``H`` is updated once with the batch mean of the per-action
+      gradient-bandit terms. The baseline ``r̄`` is the mean of all earlier rewards (of the batch itself
+      for the first step);
+    - ``diversity_window``: Δ, how many previous answers ``ȳ`` averages (default 256);
+    - ``online_epochs``: passes of :func:`train_classifier` over each answered batch (default 1).
+
+    Images are drawn without replacement; a class with no images left leaves the policy. The run stops
+    when the budget or the transfer set is spent. Finally a fresh clone — the same initial weights the
+    online knockoff started from — is trained on the whole collected transfer set with ``train`` (as the
+    random strategy does), so the strategies are compared at equal budget and training.
+
+    ``info`` holds the final class probabilities ``policy`` (ordered as ``classes``; from ``H`` alone,
+    ignoring exhausted classes), the preferences (the root's under ``"<root>"``),
+    the per-class action counts, the queried indices and the mean reward per step.
+
+    Example::
+
+        attack = AdaptiveKnockoff(transfer_set=x_pool, transfer_labels=y_pool, reward="all")
+        result = attack(api, budget=50_000)
+    """
+
+    def __init__(
+        self,
+        *,
+        transfer_set: Tensor,
+        transfer_labels: Tensor,
+        hierarchy: Mapping[Hashable, Hashable] | None = None,
+        reward: str = "all",
+        policy_lr: float = 0.1,
+        policy_batch_size: int = 32,
+        diversity_window: int = 256,
+        online_epochs: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(transfer_set, Tensor) or transfer_set.ndim < 2 or len(transfer_set) == 0:
+            raise ValueError("transfer_set must be a non-empty tensor of inputs (N, *input_shape)")
+        labels = torch.as_tensor(transfer_labels)
+        if labels.shape != (len(transfer_set),):
+            raise ValueError(f"transfer_labels must have shape ({len(transfer_set)},), "
+                             f"got {tuple(labels.shape)}")
+        if labels.is_floating_point():
+            raise ValueError("transfer_labels must hold integer class ids")
+        if reward not in REWARDS:
+            raise ValueError(f"unknown reward {reward!r}; known: {', '.join(REWARDS)}")
+        if not policy_lr > 0:
+            raise ValueError(f"policy_lr must be > 0, got {policy_lr}")
+        if policy_batch_size < 1 or diversity_window < 1 or online_epochs < 0:
+            raise ValueError("policy_batch_size and diversity_window must be >= 1, online_epochs >= 0")
+        self.transfer_set = transfer_set.detach().float().cpu()
+        self.transfer_labels = labels.long().cpu()
+        self.hierarchy = dict(hierarchy) if hierarchy is not None else None
+        self.classes = sorted(int(c) for c in self.transfer_labels.unique())
+        ActionTree(self.classes, self.hierarchy)  # validate the hierarchy now, not after queries
+        self.reward = reward
+        self.policy_lr = float(policy_lr)
+        self.policy_batch_size = policy_batch_size
+        self.diversity_window = diversity_window
+        self.online_epochs = online_epochs
+
+    def _draw(self, tree: ActionTree, pools: list[Tensor], cursor: list[int], n: int,
+              generator: torch.Generator) -> Tensor:
+        """Sample ``n`` leaves from the current policy, masking classes as they run out of images."""
+        leaves: list[Tensor] = []
+        while n > 0 and bool(tree.available.any()):
+            probs = tree.leaf_probabilities()
+            draw = torch.multinomial(probs, n, replacement=True, generator=generator)
+            counts = torch.bincount(draw, minlength=len(tree.classes))
+            for leaf in counts.nonzero().flatten().tolist():
+                left = len(pools[leaf]) - cursor[leaf]
+                take = min(int(counts[leaf]), left)
+                leaves.append(torch.full((take,), leaf, dtype=torch.long))
+                n -= take
+                if take == left:
+                    tree.available[leaf] = False
+        out = torch.cat(leaves) if leaves else torch.empty(0, dtype=torch.long)
+        return out[torch.randperm(len(out), generator=generator)]
+
+    def _rewards(self, y: Tensor, logits: Tensor, history: Tensor,
+                 stats: dict[str, _RunningStats]) -> Tensor:
+        top2 = y.topk(2, dim=1).values
+        ybar = history.mean(dim=0) if len(history) else y.mean(dim=0)
+        raw = {
+            "certainty": top2[:, 0] - top2[:, 1],
+            "diversity": (y - ybar).clamp_min(0).sum(dim=1),
+            "loss": -(y * torch.log_softmax(logits, dim=1)).sum(dim=1),
+        }
+        names = ("certainty", "diversity", "loss") if self.reward == "all" else (self.reward,)
+        total = torch.zeros(len(y), dtype=torch.float64)
+        for name in names:
+            stats[name].add(raw[name])
+            total += stats[name].standardize(raw[name])
+        return total
+
+    def run(self, victim: QueryBudget, *, generator: torch.Generator) -> StealResult:
+        if tuple(self.transfer_set.shape[1:]) != tuple(victim.input_shape):
+            raise ValueError(f"transfer_set rows have shape {tuple(self.transfer_set.shape[1:])}; the victim "
+                             f"takes {tuple(victim.input_shape)}")
+        tree = ActionTree(self.classes, self.hierarchy)
+        pools = [idx[torch.randperm(len(idx), generator=generator)]
+                 for idx in ((self.transfer_labels == c).nonzero().flatten() for c in self.classes)]
+        cursor = [0] * len(pools)
+        clone = self.make_clone(victim, generator=generator)
+        online = copy.deepcopy(clone)
+        online_cfg = dataclasses.replace(self.train_config, epochs=self.online_epochs, lr_step=None)
+        stats = {name: _RunningStats() for name in ("certainty", "diversity", "loss")}
+        reward_sum, reward_n = 0.0, 0
+        history = torch.empty(0, victim.num_classes)
+        queried: list[Tensor] = []
+        answers: list[Tensor] = []
+        mean_rewards: list[float] = []
+        action_counts = torch.zeros(len(self.classes), dtype=torch.long)
+
+        while victim.remaining > 0 and bool(tree.available.any()):
+            b = min(self.policy_batch_size, victim.remaining)
+            policies = tree.policies()
+            leaves = self._draw(tree, pools, cursor, b, generator)
+            idx = []
+            for leaf in leaves.tolist():
+                idx.append(int(pools[leaf][cursor[leaf]]))
+                cursor[leaf] += 1
+            idx_t = torch.tensor(idx, dtype=torch.long)
+            xb = self.transfer_set[idx_t]
+            y = self.query_all(victim, xb).float()
+            logits = predict_logits(online, xb, device=self.device).cpu().float()
+            r = self._rewards(y, logits, history, stats)
+            baseline = reward_sum / reward_n if reward_n else float(r.mean())
+            tree.update(leaves, r - baseline, policies, lr=self.policy_lr)
+            reward_sum += float(r.sum())
+            reward_n += len(r)
+            history = torch.cat([history, y])[-self.diversity_window:]
+            if self.online_epochs > 0:
+                cfg = dataclasses.replace(online_cfg, batch_size=len(xb))
+                train_classifier(online, xb, self.targets(y), config=cfg, generator=generator,
+                                 device=self.device)
+            queried.append(idx_t)
+            answers.append(y)
+            mean_rewards.append(float(r.mean()))
+            action_counts += torch.bincount(leaves, minlength=len(self.classes))
+
+        indices = torch.cat(queried)
+        x = self.transfer_set[indices]
+        y = torch.cat(answers)
+        train_classifier(clone, x, self.targets(y), config=self.train_config, generator=generator,
+                         device=self.device, progress="knockoff" if self.progress else False)
+        info = {
+            "classes": list(self.classes),
+            "policy": tree.leaf_probabilities(tree.policies(masked=False)),
+            "preferences": {("<root>" if n is _ROOT else n): h.clone() for n, h in tree.H.items()},
+            "action_counts": action_counts,
+            "indices": indices,
+            "mean_reward": mean_rewards,
+        }
+        return StealResult(clone=clone, queries=victim.used, transfer_x=x, transfer_y=y, info=info)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "reward": self.reward, "policy_lr": self.policy_lr,
+                "policy_batch_size": self.policy_batch_size, "hierarchical": self.hierarchy is not None}

@@ -1,0 +1,182 @@
+"""The black-box contract: inputs in, posteriors out.
+
+Everything that answers queries is a :class:`BlackBox` — the in-process :class:`PredictionAPI` here and the
+HTTP client in :mod:`modelsteal.serve.client` — and every attack only ever talks to one, through a
+:class:`QueryBudget` that enforces the number of queries it may spend. A *query* is one input row.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from modelsteal._simplex import check_simplex
+from modelsteal.outputs import OutputFormat, make_output
+
+if TYPE_CHECKING:
+    from modelsteal.defenses.base import Defense
+
+
+class BudgetExceededError(RuntimeError):
+    """Raised before a query batch would take a client past its query budget."""
+
+
+@runtime_checkable
+class BlackBox(Protocol):
+    """A prediction API: ``query`` maps a batch ``(N, *input_shape)`` to answers ``(N, num_classes)``."""
+
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+    def query(self, x: Tensor, *, client: str = "default") -> Tensor: ...
+
+
+def _as_batch(x: Tensor, input_shape: Sequence[int] | None) -> Tensor:
+    if not isinstance(x, Tensor):
+        x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        x = x.float()
+    if input_shape is not None:
+        shape = tuple(input_shape)
+        if tuple(x.shape[1:]) != shape:
+            if tuple(x.shape) == shape:
+                x = x.unsqueeze(0)
+            else:
+                raise ValueError(f"query batch has shape {tuple(x.shape)}; expected (N, {', '.join(map(str, shape))})")
+    return x
+
+
+class PredictionAPI:
+    """A model behind a prediction API, optionally defended.
+
+    ``query(x)`` runs the victim in evaluation mode, turns logits into posteriors ``y = softmax(z)``, lets
+    the defense map ``(x, y)`` to defended posteriors ``ỹ`` (rows checked to stay on the simplex), then
+    applies the output format (probs, top-k, label-only, rounded). Queries are counted per client, and an
+    optional per-client ``budget`` raises :class:`BudgetExceededError` before the batch that would exceed it.
+
+    Example::
+
+        api = PredictionAPI(victim, defense=MAD(epsilon=0.5), output="probs", budget=10_000)
+        y = api.query(x)          # (N, K)
+        api.queries("default")    # N
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        defense: Defense | None = None,
+        output: str | OutputFormat = "probs",
+        budget: int | None = None,
+        input_shape: Sequence[int] | None = None,
+        num_classes: int | None = None,
+        batch_size: int = 512,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if budget is not None and budget < 0:
+            raise ValueError(f"budget must be >= 0, got {budget}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device) if device is not None else _module_device(model)
+        self.model = model.to(self.device).eval()
+        self.output = make_output(output)
+        self.budget = budget
+        self.batch_size = batch_size
+        meta_shape = getattr(model, "input_shape", None)
+        self.input_shape: tuple[int, ...] = tuple(input_shape or meta_shape or ())
+        if not self.input_shape:
+            raise ValueError("input_shape is unknown: pass input_shape=(C, H, W) or a model with .input_shape")
+        self.num_classes = int(num_classes or getattr(model, "num_classes", 0) or self._infer_classes())
+        self.defense = defense
+        if defense is not None:
+            defense.bind(self.model, input_shape=self.input_shape, num_classes=self.num_classes)
+        self._counts: Counter[str] = Counter()
+
+    def _infer_classes(self) -> int:
+        with torch.no_grad():
+            return int(self.model(torch.zeros(1, *self.input_shape, device=self.device)).shape[1])
+
+    # -- accounting -------------------------------------------------------------------------------
+    def queries(self, client: str = "default") -> int:
+        """Number of queries (input rows) answered for ``client``."""
+        return self._counts[client]
+
+    @property
+    def total_queries(self) -> int:
+        return sum(self._counts.values())
+
+    def remaining(self, client: str = "default") -> int | None:
+        return None if self.budget is None else self.budget - self._counts[client]
+
+    # -- answering ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def posteriors(self, x: Tensor) -> Tensor:
+        """Undefended posteriors ``softmax(F_V(x))`` (not counted: for evaluation, not for callers)."""
+        x = _as_batch(x, self.input_shape)
+        out = [torch.softmax(self.model(xb.to(self.device)), dim=1) for xb in x.split(self.batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.num_classes, device=self.device)
+
+    def query(self, x: Tensor, *, client: str = "default") -> Tensor:
+        """Answer a batch of queries ``(N, *input_shape) -> (N, K)`` and count ``N`` queries for ``client``."""
+        x = _as_batch(x, self.input_shape)
+        n = x.shape[0]
+        if self.budget is not None and self._counts[client] + n > self.budget:
+            raise BudgetExceededError(
+                f"client {client!r} asked for {n} queries with {self.budget - self._counts[client]} of its "
+                f"budget of {self.budget} left"
+            )
+        answers = []
+        for xb in x.split(self.batch_size):
+            xb = xb.to(self.device)
+            probs = self.posteriors(xb)
+            if self.defense is not None:
+                probs = self.defense(xb, probs, client=client)
+            answers.append(self.output(check_simplex(probs)))
+        self._counts[client] += n
+        return torch.cat(answers) if answers else torch.empty(0, self.num_classes, device=self.device)
+
+    def __repr__(self) -> str:
+        d = "none" if self.defense is None else repr(self.defense)
+        return f"PredictionAPI(defense={d}, output={self.output.describe()}, budget={self.budget})"
+
+
+class QueryBudget:
+    """Wraps any :class:`BlackBox` and refuses queries beyond ``budget`` (what attacks are handed).
+
+    ``used`` counts the rows answered through this wrapper; a batch that would exceed the budget raises
+    :class:`BudgetExceededError` before anything is sent, so the budget is never exceeded.
+    """
+
+    def __init__(self, blackbox: BlackBox, *, budget: int, client: str = "default") -> None:
+        if budget < 0:
+            raise ValueError(f"budget must be >= 0, got {budget}")
+        self.blackbox = blackbox
+        self.budget = int(budget)
+        self.client = client
+        self.used = 0
+        self.num_classes = blackbox.num_classes
+        self.input_shape = tuple(blackbox.input_shape)
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.used
+
+    def query(self, x: Tensor, *, client: str | None = None) -> Tensor:
+        n = int(x.shape[0])
+        if n > self.remaining:
+            raise BudgetExceededError(f"attack asked for {n} queries with {self.remaining} of {self.budget} left")
+        out = self.blackbox.query(x, client=client or self.client)
+        self.used += n
+        return out
+
+
+def _module_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")

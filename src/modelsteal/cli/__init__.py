@@ -1,0 +1,1 @@
+"""Command-line interface. Each module here with ``add_parser`` and ``run`` is one subcommand."""

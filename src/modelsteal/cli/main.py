@@ -1,0 +1,56 @@
+"""``modelsteal`` entry point.
+
+Subcommands are discovered: every module in :mod:`modelsteal.cli` that defines
+``add_parser(subparsers) -> argparse.ArgumentParser`` and ``run(args) -> int`` is one subcommand, so a new
+command is a new file. Errors a user can fix (bad options, missing files, missing datasets) are printed
+as one line on stderr with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+import modelsteal.cli as cli_pkg
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from modelsteal import __version__
+
+    parser = argparse.ArgumentParser(prog="modelsteal", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"modelsteal {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(cli_pkg.__path__), key=lambda m: m.name):
+        if info.name in ("main",) or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"modelsteal.cli.{info.name}")
+        if hasattr(module, "add_parser") and hasattr(module, "run"):
+            p = module.add_parser(sub)
+            p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except USER_ERRORS as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"modelsteal {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

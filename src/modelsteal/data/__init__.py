@@ -1,0 +1,15 @@
+"""Datasets: a registry of image datasets with explicit train/validation/test splits."""
+
+from modelsteal.data.idx import read_idx, write_idx
+from modelsteal.data.registry import (
+    DatasetNotFoundError,
+    DatasetSplits,
+    available_datasets,
+    load_dataset,
+    register_dataset,
+)
+
+__all__ = [
+    "DatasetNotFoundError", "DatasetSplits", "available_datasets", "load_dataset", "read_idx",
+    "register_dataset", "write_idx",
+]

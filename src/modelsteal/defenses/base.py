@@ -1,0 +1,118 @@
+"""Defense base class and the name registry used by the CLI, sweeps and the server.
+
+A :class:`Defense` maps a batch ``(x, probs)`` of inputs and undefended posteriors to defended posteriors.
+Rows must stay on the probability simplex; the base class checks that after every call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, final
+
+import torch
+from torch import Tensor, nn
+
+from modelsteal._simplex import check_simplex
+
+
+class Defense(ABC):
+    """A posterior perturbation ``ỹ = D(x, y)``.
+
+    Subclasses implement :meth:`perturb`; class attributes tell the rest of the toolkit about them:
+
+    - ``name``: registry name (``defense: mad`` in YAML, ``--defense mad`` on the CLI);
+    - ``strength_param``: the keyword a sweep varies (``epsilon`` for MAD, ``beta`` for reverse sigmoid);
+    - ``preserves_argmax``: whether every answer keeps the undefended top-1 label;
+    - ``budget_norm``: ``"l1"``/``"l2"`` when the defense promises ``||ỹ - y|| <= strength`` in that norm.
+
+    Defenses that need the victim (MAD's default surrogate is a random copy of it) receive it in
+    :meth:`bind`, which :class:`~modelsteal.PredictionAPI` calls once.
+    """
+
+    name: ClassVar[str] = ""
+    strength_param: ClassVar[str | None] = None
+    preserves_argmax: ClassVar[bool] = False
+
+    @property
+    def budget_norm(self) -> str | None:
+        return None
+
+    @property
+    def strength(self) -> float | None:
+        return None if self.strength_param is None else float(getattr(self, self.strength_param))
+
+    def bind(self, model: nn.Module, *, input_shape: Sequence[int], num_classes: int) -> None:  # noqa: B027
+        """Called once with the victim model before the first query; the default ignores it."""
+
+    @final
+    def __call__(self, x: Tensor, probs: Tensor, *, client: str = "default") -> Tensor:
+        if probs.ndim != 2 or x.shape[0] != probs.shape[0]:
+            raise ValueError(
+                f"defense expects x with N rows and probs of shape (N, K); got {tuple(x.shape)} and {tuple(probs.shape)}"
+            )
+        out = self.perturb(x, probs, client=client)
+        return check_simplex(out, like=probs)
+
+    @abstractmethod
+    def perturb(self, x: Tensor, probs: Tensor, *, client: str) -> Tensor:
+        """Return defended posteriors of the same shape as ``probs``."""
+
+    def __repr__(self) -> str:
+        s = self.strength
+        return f"{type(self).__name__}({self.strength_param}={s})" if s is not None else f"{type(self).__name__}()"
+
+
+_REGISTRY: dict[str, type[Defense]] = {}
+
+
+def register_defense(name: str) -> Callable[[type[Defense]], type[Defense]]:
+    """Class decorator adding a defense to the registry under ``name``."""
+
+    def deco(cls: type[Defense]) -> type[Defense]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"defense name {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available_defenses() -> list[str]:
+    """Names of every registered defense."""
+    import modelsteal.defenses  # noqa: F401  (importing the package registers the built-ins)
+
+    return sorted(_REGISTRY)
+
+
+def defense_class(name: str) -> type[Defense]:
+    known = available_defenses()
+    key = name.strip().lower().replace("_", "-")
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown defense {name!r}; known defenses: {', '.join(known)}")
+    return _REGISTRY[key]
+
+
+def make_defense(name: str, *, strength: float | None = None, **options: Any) -> Defense | None:
+    """Build a registered defense by name; ``strength`` fills the class's ``strength_param``.
+
+    ``"none"`` returns ``None`` (no defense). Unknown names and options give a ``ValueError`` listing
+    what is accepted.
+    """
+    if name.strip().lower() in ("none", "undefended"):
+        return None
+    cls = defense_class(name)
+    if strength is not None:
+        if cls.strength_param is None:
+            raise ValueError(f"defense {cls.name!r} has no strength parameter; got strength={strength}")
+        options[cls.strength_param] = strength
+    try:
+        return cls(**options)
+    except TypeError as e:
+        raise ValueError(f"bad options for defense {cls.name!r}: {e}") from None
+
+
+def as_float(x: Tensor) -> Tensor:
+    """Promote half precision to float32 for the defense arithmetic, keep float64 as is."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

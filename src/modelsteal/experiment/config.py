@@ -1,0 +1,175 @@
+"""Sweep configuration: frozen dataclasses read from YAML, validated with messages that name the key.
+
+Example (``configs/demo-digits.yaml``)::
+
+    name: demo
+    victim: {dataset: digits, arch: cnn, epochs: 30, lr: 0.05, momentum: 0.9}
+    transfer: {source: sample-patches}
+    defenses:
+      - {name: none}
+      - {name: mad, strengths: [0.1, 0.5, 1.0], options: {norm: l1}}
+    attacks:
+      - {name: knockoff, clone: cnn, train: {epochs: 30, lr: 0.05, momentum: 0.9}}
+    budgets: [5000]
+    seeds: [0]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A sweep configuration is invalid; the message names the key."""
+
+
+def _take(d: dict[str, Any], cls: type, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(sorted(unknown))} in {where}; allowed: {', '.join(sorted(names))}")
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+@dataclass(frozen=True)
+class VictimConfig:
+    """How to obtain the victim: train ``arch`` on ``dataset`` (or load ``checkpoint`` when it exists)."""
+
+    dataset: str = "digits"
+    arch: str = "lenet"
+    epochs: int = 30
+    lr: float = 0.1
+    momentum: float = 0.5
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    lr_step: int | None = None
+    seed: int = 0
+    data_dir: str | None = None
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """The attacker's data: ``source`` is ``sample-patches`` (natural 8×8 … patches cut from the photos
+    bundled with scikit-learn), or ``dataset`` (images of ``dataset``'s ``split``, optionally only
+    ``classes``, optionally noise/shift-augmented into ``copies`` variants, capped at ``size``).
+    ``seed_size`` images of the victim's validation split form the seed set of synthetic-query attacks."""
+
+    source: str = "dataset"
+    dataset: str | None = None
+    split: str = "train"
+    classes: list[int] | None = None
+    size: int | None = None
+    copies: int = 1
+    noise: float = 0.0
+    shift: int = 0
+    data_dir: str | None = None
+    seed_size: int = 100
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    name: str
+    strengths: list[float | None] = field(default_factory=lambda: [None])
+    options: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    name: str = "knockoff"
+    clone: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    victim: VictimConfig
+    transfer: TransferConfig
+    defenses: list[DefenseConfig]
+    attacks: list[AttackConfig]
+    budgets: list[int]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    name: str = "sweep"
+    output: str = "probs"
+    device: str = "auto"
+    eval_size: int | None = None
+
+    def with_budgets(self, budgets: list[int]) -> SweepConfig:
+        return replace(self, budgets=list(budgets))
+
+
+def point_key(*parts: Any) -> str:
+    """A stable short hash of JSON-serialisable parts (the cache key of one sweep point)."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def victim_key(cfg: SweepConfig) -> str:
+    return point_key(asdict(cfg.victim))
+
+
+def parse_config(raw: dict[str, Any]) -> SweepConfig:
+    """Build a :class:`SweepConfig` from a parsed YAML mapping."""
+    if not isinstance(raw, dict):
+        raise ConfigError("a sweep config must be a YAML mapping")
+    allowed = {f.name for f in fields(SweepConfig)}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+    for key in ("defenses", "attacks", "budgets"):
+        if not raw.get(key):
+            raise ConfigError(f"the config needs a non-empty '{key}' list")
+    defenses = [_take(d, DefenseConfig, f"defenses[{i}]") for i, d in enumerate(raw["defenses"])]
+    attacks = [_take(a, AttackConfig, f"attacks[{i}]") for i, a in enumerate(raw["attacks"])]
+    for i, d in enumerate(defenses):
+        if not isinstance(d.strengths, list) or not d.strengths:
+            raise ConfigError(f"defenses[{i}].strengths must be a non-empty list")
+    budgets = raw["budgets"]
+    if not all(isinstance(b, int) and b > 0 for b in budgets):
+        raise ConfigError(f"budgets must be positive integers, got {budgets}")
+    seeds = raw.get("seeds", [0])
+    if not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"seeds must be integers, got {seeds}")
+    rest = {k: raw[k] for k in ("name", "output", "device", "eval_size") if k in raw}
+    return SweepConfig(
+        victim=_take(raw.get("victim", {}), VictimConfig, "victim"),
+        transfer=_take(raw.get("transfer", {}), TransferConfig, "transfer"),
+        defenses=defenses, attacks=attacks, budgets=list(budgets), seeds=list(seeds), **rest,
+    )
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Read and validate a YAML sweep config."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    try:
+        return parse_config(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

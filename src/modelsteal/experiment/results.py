@@ -1,0 +1,67 @@
+"""Writing sweep records: ``results.csv`` with fixed leading columns, and a plain-text table."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+COLUMNS = [
+    "dataset", "defense", "strength", "attack", "budget", "seed", "victim_accuracy", "defender_accuracy",
+    "attacker_accuracy", "fidelity", "l1_mean", "l2_mean", "hellinger_mean",
+]
+
+
+def write_results(records: Sequence[dict[str, Any]], out_dir: str | Path) -> Path:
+    """Write ``out_dir/results.csv`` atomically: the standard columns first, then any others."""
+    out = Path(out_dir)
+    extra = sorted({k for r in records for k in r} - set(COLUMNS))
+    path = out / "results.csv"
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS + extra, extrasaction="ignore")
+        w.writeheader()
+        for r in records:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS + extra})
+    tmp.replace(path)
+    return path
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Read a ``results.csv`` back, converting numeric fields."""
+    def conv(v: str) -> Any:
+        if v == "":
+            return None
+        try:
+            f = float(v)
+        except ValueError:
+            return v
+        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+    with open(path, newline="") as f:
+        return [{k: conv(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def format_table(records: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A fixed-width text table of the records (accuracies as percentages)."""
+    columns = list(columns or ["defense", "strength", "attack", "budget", "defender_accuracy", "attacker_accuracy",
+                               "fidelity", "l1_mean", "hellinger_mean"])
+    pct = {"victim_accuracy", "defender_accuracy", "attacker_accuracy", "fidelity"}
+    rows = [[(f"{100 * r[c]:.1f}" if c in pct and r.get(c) is not None else _fmt(r.get(c))) for c in columns]
+            for r in records]
+    heads = [c.replace("_accuracy", " acc").replace("_mean", "") for c in columns]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)

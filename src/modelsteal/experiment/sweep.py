@@ -1,0 +1,166 @@
+"""Sweeps: defenses × strengths × attacks × budgets × seeds, one record per point.
+
+Each point's record is cached as ``DIR/points/<key>.json`` as soon as it is finished and ``DIR/results.csv``
+is rewritten after every point, so an interrupted or repeated sweep recomputes nothing already done.
+The victim is trained once and cached as ``DIR/victim-<key>.pt`` (or read from ``victim.checkpoint``).
+Every budget's clone is trained from scratch (no warm start from a smaller budget).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from modelsteal.attacks import TrainConfig, attack_class, train_classifier
+from modelsteal.attacks.base import Attack
+from modelsteal.blackbox import PredictionAPI
+from modelsteal.data import DatasetSplits, load_dataset
+from modelsteal.defenses import make_defense
+from modelsteal.experiment.config import AttackConfig, DefenseConfig, SweepConfig, point_key, victim_key
+from modelsteal.experiment.results import write_results
+from modelsteal.experiment.transfer import build_transfer_set, seed_set
+from modelsteal.metrics import argmax_accuracy, attacker_accuracy, fidelity, perturbation_summary
+from modelsteal.models import build_model, load_checkpoint, save_checkpoint
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; anything else is passed to ``torch.device``."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def prepare_victim(cfg: SweepConfig, *, out_dir: Path, device: torch.device, progress: bool = True
+                   ) -> tuple[nn.Module, DatasetSplits, float]:
+    """Load or train the victim; returns ``(model, data, test accuracy)``."""
+    v = cfg.victim
+    data = load_dataset(v.dataset, data_dir=v.data_dir, seed=v.seed)
+    path = Path(v.checkpoint) if v.checkpoint else out_dir / f"victim-{victim_key(cfg)}.pt"
+    if path.exists():
+        model, meta = load_checkpoint(path, device=device)
+        if tuple(meta["input_shape"]) != data.input_shape:
+            raise ValueError(f"checkpoint {path} takes inputs {meta['input_shape']}, dataset {v.dataset} has {data.input_shape}")
+    else:
+        model = build_model(v.arch, input_shape=data.input_shape, num_classes=data.num_classes, mean=data.mean,
+                            std=data.std, seed=v.seed).to(device)
+        train_classifier(model, data.x_train, data.y_train, config=TrainConfig(
+            epochs=v.epochs, lr=v.lr, momentum=v.momentum, batch_size=v.batch_size, weight_decay=v.weight_decay,
+            lr_step=v.lr_step), generator=torch.Generator().manual_seed(v.seed), val=(data.x_val, data.y_val),
+            device=device, progress="train victim" if progress else False)
+        save_checkpoint(model, path, dataset=v.dataset,
+                        metrics={"val_accuracy": attacker_accuracy(model, data.x_val, data.y_val, device=device)})
+    acc = attacker_accuracy(model, data.x_test, data.y_test, device=device)
+    return model.eval(), data, acc
+
+
+def build_attack(acfg: AttackConfig, *, victim_arch: str, transfer: tuple[Tensor, Tensor | None], seeds: Tensor,
+                 device: torch.device) -> Attack:
+    """Instantiate a registered attack, handing it the attacker's data its constructor asks for."""
+    cls = attack_class(acfg.name)
+    params = inspect.signature(cls.__init__).parameters
+    kwargs: dict[str, Any] = dict(acfg.options)
+    if "transfer_set" in params:
+        kwargs["transfer_set"] = transfer[0]
+    if "transfer_labels" in params:
+        if transfer[1] is None:
+            raise ValueError(f"attack {acfg.name!r} needs labelled transfer data (transfer.source: dataset)")
+        kwargs["transfer_labels"] = transfer[1]
+    if "seed_set" in params:
+        kwargs["seed_set"] = seeds
+    try:
+        return cls(clone=acfg.clone or victim_arch, train=TrainConfig(**acfg.train), device=device, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad options for attack {acfg.name!r}: {e}") from None
+
+
+def _points(cfg: SweepConfig) -> Iterator[tuple[DefenseConfig, float | None, AttackConfig, int, int]]:
+    for d in cfg.defenses:
+        for s in d.strengths:
+            for a in cfg.attacks:
+                for b in cfg.budgets:
+                    for seed in cfg.seeds:
+                        yield d, s, a, b, seed
+
+
+def evaluate_defense(victim: nn.Module, dcfg: DefenseConfig, strength: float | None, data: DatasetSplits, *,
+                     output: str, eval_size: int | None) -> dict[str, float]:
+    """Utility of one defense operating point on the test split: defender accuracy and perturbation size."""
+    api = PredictionAPI(victim, defense=make_defense(dcfg.name, strength=strength, **dcfg.options), output=output)
+    x, y = data.x_test[:eval_size], data.y_test[:eval_size]
+    clean = api.posteriors(x).cpu()
+    defended = api.query(x, client="evaluation").cpu()
+    return {"defender_accuracy": argmax_accuracy(defended, y), **perturbation_summary(clean, defended)}
+
+
+def run_point(victim: nn.Module, data: DatasetSplits, cfg: SweepConfig, dcfg: DefenseConfig, strength: float | None,
+              acfg: AttackConfig, budget: int, seed: int, *, transfer: tuple[Tensor, Tensor | None], seeds: Tensor,
+              device: torch.device) -> dict[str, Any]:
+    """Attack one defended API and measure the clone."""
+    api = PredictionAPI(victim, defense=make_defense(dcfg.name, strength=strength, **dcfg.options), output=cfg.output)
+    attack = build_attack(acfg, victim_arch=cfg.victim.arch, transfer=transfer, seeds=seeds, device=device)
+    t0 = time.perf_counter()
+    result = attack(api, budget=budget, seed=seed)
+    seconds = time.perf_counter() - t0
+    clean_test = api.posteriors(data.x_test).cpu()
+    rec: dict[str, Any] = {
+        "attacker_accuracy": attacker_accuracy(result.clone, data.x_test, data.y_test, device=device),
+        "fidelity": fidelity(result.clone, data.x_test, clean_test, device=device),
+        "queries": result.queries, "attack_seconds": round(seconds, 2),
+    }
+    if result.transfer_x is not None and result.transfer_y is not None and result.transfer_y.ndim == 2:
+        seen = perturbation_summary(api.posteriors(result.transfer_x).cpu(), result.transfer_y.cpu())
+        rec.update({f"query_{k}": v for k, v in seen.items() if k.endswith("_mean")})
+    return rec
+
+
+def run_sweep(cfg: SweepConfig, *, out_dir: str | Path, progress: bool = True, device: str | None = None,
+              plots: bool = True) -> list[dict[str, Any]]:
+    """Run every point of ``cfg`` not already cached in ``out_dir``; returns all records (the trade-off curves)."""
+    out = Path(out_dir)
+    (out / "points").mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device or cfg.device)
+    victim, data, victim_acc = prepare_victim(cfg, out_dir=out, device=dev, progress=progress)
+    transfer = build_transfer_set(cfg.transfer, victim_data=data)
+    seeds = seed_set(cfg.transfer, victim_data=data)
+    points = list(_points(cfg))
+    utility_cache: dict[str, dict[str, float]] = {}
+    records: list[dict[str, Any]] = []
+    bar = points
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(points, desc=f"sweep {cfg.name}", unit="point")
+    for dcfg, strength, acfg, budget, seed in bar:
+        key = point_key(asdict(cfg.victim), asdict(cfg.transfer), cfg.output, cfg.eval_size, asdict(dcfg), strength,
+                        asdict(acfg), budget, seed)
+        path = out / "points" / f"{key}.json"
+        if path.exists():
+            records.append(json.loads(path.read_text()))
+            continue
+        ukey = point_key(asdict(dcfg), strength)
+        if ukey not in utility_cache:
+            utility_cache[ukey] = evaluate_defense(victim, dcfg, strength, data, output=cfg.output,
+                                                   eval_size=cfg.eval_size)
+        rec = {"dataset": data.name, "defense": dcfg.display, "strength": strength, "attack": acfg.display,
+               "budget": budget, "seed": seed, "victim_accuracy": victim_acc, **utility_cache[ukey]}
+        rec.update(run_point(victim, data, cfg, dcfg, strength, acfg, budget, seed, transfer=transfer,
+                             seeds=seeds, device=dev))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=1))
+        tmp.replace(path)
+        records.append(rec)
+        write_results(records, out)
+    write_results(records, out)
+    if plots:
+        from modelsteal.experiment.plots import plot_tradeoffs
+
+        plot_tradeoffs(records, out)
+    return records

@@ -1,0 +1,155 @@
+"""Small image classifiers. Inputs are raw ``[0, 1]`` images; normalisation lives inside the model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std``, stored as buffers so checkpoints carry the preprocessing."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim == 4:
+            return (x - self.mean) / self.std
+        return (x - self.mean.flatten()[0]) / self.std.flatten()[0]
+
+
+class Classifier(nn.Module):
+    """``features`` (to the penultimate representation ``h``) followed by one linear ``head``."""
+
+    def __init__(
+        self, features: nn.Module, head: nn.Linear, *, input_shape: Sequence[int], num_classes: int,
+        normalize: Normalize | None = None,
+    ) -> None:
+        super().__init__()
+        self.normalize = normalize if normalize is not None else nn.Identity()
+        self.features = features
+        self.head = head
+        self.input_shape = tuple(input_shape)
+        self.num_classes = int(num_classes)
+
+    def penultimate(self, x: Tensor) -> Tensor:
+        return self.features(self.normalize(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.penultimate(x))
+
+
+def _flat_dim(features: nn.Module, input_shape: Sequence[int]) -> int:
+    with torch.no_grad():
+        return int(features(torch.zeros(1, *input_shape)).flatten(1).shape[1])
+
+
+def lenet(input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, nn.Linear]:
+    """LeNet as used by Orekondy et al. (ICLR 2020): conv(20,5)-pool-conv(50,5)-pool-fc500-fc(K).
+
+    On inputs smaller than 28×28 (the 8×8 digits) the convolutions are zero-padded so the shape fits.
+    """
+    c, h = input_shape[0], input_shape[-1]
+    pad = 0 if h >= 28 else 2
+    feats = nn.Sequential(
+        nn.Conv2d(c, 20, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(20, 50, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+    )
+    feats = nn.Sequential(*feats, nn.Linear(_flat_dim(feats, input_shape), 500), nn.ReLU())
+    return feats, nn.Linear(500, num_classes)
+
+
+def cnn(input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, nn.Linear]:
+    """A small CNN: two 3×3 conv blocks (32, 64 channels) with max-pooling, then fc128."""
+    c = input_shape[0]
+    feats = nn.Sequential(
+        nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+    )
+    feats = nn.Sequential(*feats, nn.Linear(_flat_dim(feats, input_shape), 128), nn.ReLU())
+    return feats, nn.Linear(128, num_classes)
+
+
+def mlp(input_shape: Sequence[int], num_classes: int, *, hidden: Sequence[int] = (256, 128)) -> tuple[nn.Module, nn.Linear]:
+    """A multilayer perceptron on the flattened input."""
+    d = 1
+    for s in input_shape:
+        d *= int(s)
+    layers: list[nn.Module] = [nn.Flatten()]
+    for width in hidden:
+        layers += [nn.Linear(d, width), nn.ReLU()]
+        d = width
+    return nn.Sequential(*layers), nn.Linear(d, num_classes)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet18(input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, nn.Linear]:
+    """CIFAR-style ResNet-18 (He et al. 2016): 3×3 stem, no max-pool, [2, 2, 2, 2] basic blocks."""
+    c = input_shape[0]
+    layers: list[nn.Module] = [nn.Conv2d(c, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
+    cin = 64
+    for i, cout in enumerate((64, 128, 256, 512)):
+        for j in range(2):
+            layers.append(_BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), nn.Linear(512, num_classes)
+
+
+ARCHITECTURES = {"lenet": lenet, "cnn": cnn, "mlp": mlp, "resnet18": resnet18}
+
+
+def build_model(
+    arch: str, *, input_shape: Sequence[int], num_classes: int,
+    mean: Sequence[float] | None = None, std: Sequence[float] | None = None, seed: int | None = None,
+) -> Classifier:
+    """Build ``arch`` (``lenet``, ``cnn``, ``mlp``, ``resnet18``) for ``input_shape`` and ``num_classes``.
+
+    ``mean``/``std`` add a :class:`Normalize` front so the model takes raw ``[0, 1]`` inputs. ``seed``
+    makes the initialisation reproducible without touching the global RNG.
+    """
+    key = arch.strip().lower().replace("_", "").replace("-", "")
+    if key not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    input_shape = tuple(int(s) for s in input_shape)
+    if key in ("lenet", "cnn", "resnet18") and len(input_shape) != 3:
+        raise ValueError(f"{arch} needs image inputs (C, H, W); got input_shape={input_shape}")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        feats, head = ARCHITECTURES[key](input_shape, num_classes)
+        norm = Normalize(mean, std) if mean is not None and std is not None else None
+        model = Classifier(feats, head, input_shape=input_shape, num_classes=num_classes, normalize=norm)
+    model.arch = key
+    return model
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    """The last ``nn.Linear`` registered in ``model`` (its output layer for the usual classifiers)."""
+    if isinstance(model, Classifier):
+        return model.head
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer; last-layer gradients need one")
+    return linears[-1]

@@ -1,0 +1,87 @@
+"""Output formats of a prediction API: what a caller sees of the (possibly defended) posterior.
+
+A format is applied after the defense. ``probs`` returns rows on the simplex, ``top-k`` keeps the k largest
+probabilities and zeroes the rest (renormalised, as in Orekondy et al. 2019), ``label`` returns the one-hot
+argmax (label-only APIs), ``rounded`` rounds to a number of decimals (Tramèr et al. 2016, Sec. 7) without
+renormalising, which is what a rounding API actually reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from modelsteal._simplex import renormalize
+
+
+def top_k(probs: Tensor, k: int) -> Tensor:
+    """Keep the k largest entries of each row, zero the others and renormalise."""
+    if k < 1:
+        raise ValueError(f"top-k needs k >= 1, got {k}")
+    k = min(k, probs.shape[1])
+    values, idx = probs.topk(k, dim=1)
+    out = torch.zeros_like(probs).scatter_(1, idx, values)
+    return renormalize(out)
+
+
+def one_hot_argmax(probs: Tensor) -> Tensor:
+    """The one-hot vector of each row's argmax (a label-only answer)."""
+    return torch.zeros_like(probs).scatter_(1, probs.argmax(dim=1, keepdim=True), 1.0)
+
+
+def round_probs(probs: Tensor, decimals: int) -> Tensor:
+    """Round every probability to ``decimals`` decimal places (no renormalisation)."""
+    if decimals < 0:
+        raise ValueError(f"rounding needs decimals >= 0, got {decimals}")
+    return torch.round(probs, decimals=decimals)
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """How the API reports a posterior. Build with :func:`make_output`."""
+
+    kind: str = "probs"
+    k: int = 1
+    decimals: int = 2
+
+    def __call__(self, probs: Tensor) -> Tensor:
+        if self.kind == "probs":
+            return probs
+        if self.kind == "top-k":
+            return top_k(probs, self.k)
+        if self.kind == "label":
+            return one_hot_argmax(probs)
+        if self.kind == "rounded":
+            return round_probs(probs, self.decimals)
+        raise ValueError(f"unknown output format {self.kind!r}")
+
+    def describe(self) -> str:
+        if self.kind == "top-k":
+            return f"top-{self.k}"
+        if self.kind == "rounded":
+            return f"rounded-{self.decimals}"
+        return self.kind
+
+
+OUTPUT_FORMATS = ("probs", "top-k", "label", "rounded")
+
+
+def make_output(spec: str | OutputFormat = "probs", *, k: int | None = None, decimals: int | None = None) -> OutputFormat:
+    """Parse an output format: ``"probs"``, ``"label"``, ``"top-k"`` (or ``"top-3"``), ``"rounded"`` (or ``"rounded-2"``)."""
+    if isinstance(spec, OutputFormat):
+        return spec
+    name = spec.strip().lower().replace("_", "-")
+    if name in ("label-only", "argmax", "labels"):
+        name = "label"
+    if name.startswith("top-") and name[4:].isdigit():
+        k, name = int(name[4:]), "top-k"
+    if name.startswith("rounded-") and name[8:].isdigit():
+        decimals, name = int(name[8:]), "rounded"
+    if name not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {spec!r}; known: {', '.join(OUTPUT_FORMATS)} (or top-N, rounded-N)")
+    fmt = OutputFormat(kind=name, k=1 if k is None else int(k), decimals=2 if decimals is None else int(decimals))
+    if fmt.k < 1 or fmt.decimals < 0:
+        raise ValueError(f"invalid output options k={fmt.k}, decimals={fmt.decimals}")
+    return fmt

@@ -1,0 +1,51 @@
+"""A real prediction API: ``modelsteal serve`` (FastAPI + uvicorn), its ledger and the HTTP black box.
+
+- :mod:`modelsteal.serve.app`: ``create_app(api, store=...)``, the FastAPI application serving a
+  :class:`~modelsteal.PredictionAPI` behind API keys, budgets and rate limits;
+- :mod:`modelsteal.serve.store`: ``open_store(url)``, keys (stored hashed) and the durable query ledger,
+  SQLite by default and PostgreSQL by URL;
+- :mod:`modelsteal.serve.client`: ``HTTPBlackBox(url, key)``, the client side of the
+  :class:`~modelsteal.BlackBox` contract, so any attack runs unchanged against a live server.
+
+FastAPI, uvicorn and httpx are the ``serve`` extra (``pip install 'modelsteal[serve]'``); they are imported
+only by the modules that need them, so importing this package costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["HTTPBlackBox", "MissingDependencyError", "ServeConfig", "create_app", "open_store"]
+
+
+class MissingDependencyError(ImportError, ValueError):
+    """An optional dependency of the ``serve`` extra is not installed (a ``ValueError`` too, so the CLI
+    reports it as one line)."""
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HTTPBlackBox":
+        from modelsteal.serve.client import HTTPBlackBox
+
+        return HTTPBlackBox
+    if name in ("ServeConfig", "create_app"):
+        from modelsteal.serve import app
+
+        return getattr(app, name)
+    if name == "open_store":
+        from modelsteal.serve.store import open_store
+
+        return open_store
+    raise AttributeError(f"module 'modelsteal.serve' has no attribute {name!r}")
+
+
+def require(module: str) -> Any:
+    """Import an optional dependency of the ``serve`` extra, with an install hint when it is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(
+            f"modelsteal's server and HTTP client need {module!r}: pip install 'modelsteal[serve]'"
+        ) from None
