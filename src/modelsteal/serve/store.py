@@ -192,7 +192,9 @@ class Store(ABC):
         )
 
     # -- key management ---------------------------------------------------------------------------------
-    def create_key(self, *, name: str, budget: int | None = None, rate_limit: float | None = None) -> tuple[ClientInfo, str]:
+    def create_key(
+        self, *, name: str, budget: int | None = None, rate_limit: float | None = None
+    ) -> tuple[ClientInfo, str]:
         """Create a client ``name`` with a new key; returns ``(client, key)``. The key is stored hashed only.
 
         ``budget`` caps the client's queries (input rows) for good; ``rate_limit`` is in queries per second
@@ -208,7 +210,9 @@ class Store(ABC):
         with self._transaction(write=True) as cur:
             taken = self._exec(cur, "SELECT id FROM clients WHERE name = ? AND revoked_at IS NULL", (name,)).fetchone()
             if taken is not None:
-                raise ValueError(f"client {name!r} already has an active key; revoke it first (`modelsteal keys revoke`)")
+                raise ValueError(
+                    f"client {name!r} already has an active key; revoke it first (`modelsteal keys revoke`)"
+                )
             tokens = _capacity(rate_limit) if rate_limit is not None else 0.0
             cid = self._insert_returning_id(
                 cur,
@@ -251,7 +255,8 @@ class Store(ABC):
         if not key:
             raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'", code="missing_key")
         with self._transaction(write=False) as cur:
-            row = self._exec(cur, f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE key_hash = ?", (hash_key(key),)).fetchone()
+            row = self._exec(cur, f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE key_hash = ?",
+                             (hash_key(key),)).fetchone()
         client = self._client(row)
         if client is None:
             raise AuthenticationError("invalid API key", code="invalid_key")
@@ -259,7 +264,9 @@ class Store(ABC):
             raise AuthenticationError(f"API key {client.key_prefix}… has been revoked", code="revoked_key")
         return client
 
-    def reserve(self, client_id: int, n: int, *, inputs: bytes | None = None, now: float | None = None) -> tuple[LedgerEntry, ClientInfo]:
+    def reserve(
+        self, client_id: int, n: int, *, inputs: bytes | None = None, now: float | None = None
+    ) -> tuple[LedgerEntry, ClientInfo]:
         """Record ``n`` queries for ``client_id`` atomically, after checking key, budget and rate limit.
 
         Returns the new ledger entry and the client's updated state. Raises :class:`AuthenticationError`
@@ -474,7 +481,8 @@ class PostgresStore(Store):
             import psycopg
         except ImportError:
             raise ValueError(
-                "a postgresql:// store needs psycopg 3: pip install 'modelsteal[serve]' (or pip install 'psycopg[binary]')"
+                "a postgresql:// store needs psycopg 3: pip install 'modelsteal[serve]' "
+                "(or pip install 'psycopg[binary]')"
             ) from None
         self._psycopg = psycopg
         self.url = url

@@ -1,0 +1,74 @@
+"""``modelsteal keys``: create, list and revoke the API keys of a ``modelsteal serve`` store.
+
+Keys are stored hashed; ``keys create`` prints the new key once, alone on its last line::
+
+    KEY=$(modelsteal keys create --store ledger.db --name alice --budget 10000 | tail -n 1)
+    modelsteal keys list --store ledger.db
+    modelsteal keys revoke --store ledger.db --name alice
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("keys", help="create, list and revoke API keys of a server's store",
+                              description="Manage the API keys (clients) of a `modelsteal serve` store.")
+    sub = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+
+    def store_arg(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--store", default=os.environ.get("MODELSTEAL_STORE", "modelsteal.db"),
+                       help="SQLite path, sqlite:///path or postgresql://... (default $MODELSTEAL_STORE or "
+                            "modelsteal.db)")
+
+    c = sub.add_parser("create", help="create a client and print its new key (on the last line)")
+    store_arg(c)
+    c.add_argument("--name", required=True, help="client name (letters, digits, _ . @ -)")
+    c.add_argument("--budget", type=int, default=None, help="query budget (input rows); default unlimited")
+    c.add_argument("--rate-limit", type=float, default=None, help="queries per second; default unlimited")
+
+    ls = sub.add_parser("list", help="list clients with their counts, budgets and status")
+    store_arg(ls)
+    ls.add_argument("--active", action="store_true", help="hide revoked keys")
+
+    r = sub.add_parser("revoke", help="revoke a client's active key (its ledger is kept)")
+    store_arg(r)
+    r.add_argument("--name", required=True, help="client name")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from modelsteal.serve.store import open_store
+
+    with open_store(args.store) as store:
+        if args.keys_command == "create":
+            client, key = store.create_key(name=args.name, budget=args.budget, rate_limit=args.rate_limit)
+            budget = "unlimited" if client.budget is None else f"{client.budget} queries"
+            rate = "no rate limit" if client.rate_limit is None else f"{client.rate_limit:g} queries/s"
+            print(f"created client {client.name!r} ({budget}, {rate}) in {store.url}; the key is shown only once:")
+            print(key)
+        elif args.keys_command == "list":
+            _print_table(store.clients(include_revoked=not args.active))
+        elif args.keys_command == "revoke":
+            client = store.revoke(args.name)
+            print(f"revoked key {client.key_prefix}… of client {client.name!r} ({client.queries} queries recorded)")
+    return 0
+
+
+def _print_table(clients: list[Any]) -> None:
+    header = ("name", "key", "queries", "budget", "rate/s", "created", "status")
+    rows = [header]
+    for c in clients:
+        rows.append((
+            c.name, c.key_prefix + "…", str(c.queries), "-" if c.budget is None else str(c.budget),
+            "-" if c.rate_limit is None else f"{c.rate_limit:g}",
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(c.created_at)),
+            "revoked" if c.revoked else "active",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())

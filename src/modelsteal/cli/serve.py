@@ -1,0 +1,119 @@
+"""``modelsteal serve``: serve a checkpoint behind a defense, API keys, budgets and a durable ledger.
+
+Example::
+
+    modelsteal keys create --store ledger.db --name alice --budget 10000
+    modelsteal serve --model runs/demo/victim.pt --defense mad --defense-option epsilon=0.5 \\
+        --store ledger.db --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from typing import Any
+
+from modelsteal.cli._common import parse_options
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a checkpoint as an HTTP prediction API (FastAPI + uvicorn)",
+        description="Serve a checkpoint with a defense and an output format over HTTP: POST /v1/predict, "
+                    "GET /v1/usage, GET /v1/info, GET /healthz, docs at /docs. Clients need a key from "
+                    "`modelsteal keys create`; every answered query is recorded in the store first.",
+    )
+    p.add_argument("--model", required=True, help="checkpoint written by `modelsteal train`")
+    p.add_argument("--defense", default="none", help="defense name, e.g. mad, reverse-sigmoid, top-k (default none)")
+    p.add_argument("--strength", type=float, default=None, help="the defense's strength parameter")
+    p.add_argument("--defense-option", action="append", default=[], metavar="K=V",
+                   help="defense option, repeatable (numbers and true/false are parsed)")
+    p.add_argument("--output", default="probs", help="output format: probs, top-k (or top-N), label, rounded")
+    p.add_argument("--output-option", action="append", default=[], metavar="K=V",
+                   help="output option, repeatable: k=N for top-k, decimals=N for rounded")
+    p.add_argument("--store", default=os.environ.get("MODELSTEAL_STORE", "modelsteal.db"),
+                   help="key store and ledger: a SQLite path, sqlite:///path or postgresql://... "
+                        "(default $MODELSTEAL_STORE or modelsteal.db)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one; default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (they share the store)")
+    p.add_argument("--max-batch", type=int, default=1024, help="most rows per request (default 1024)")
+    p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default: from --max-batch)")
+    p.add_argument("--record-inputs", action="store_true", help="store every query's inputs in the ledger")
+    p.add_argument("--device", default="cpu", help="device for the model (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per worker")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from modelsteal.serve import require
+    from modelsteal.serve.app import CONFIG_ENV, ServeConfig, build_api, create_app
+    from modelsteal.serve.store import open_store
+
+    uvicorn = require("uvicorn")
+    require("fastapi")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if not 0 <= args.port < 65536:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
+    config = ServeConfig(
+        checkpoint=args.model, defense=args.defense,
+        defense_options=parse_options(args.defense_option, flag="--defense-option"), strength=args.strength,
+        output=args.output, output_options=parse_options(args.output_option, flag="--output-option"),
+        store=args.store, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
+        record_inputs=args.record_inputs, device=args.device, torch_threads=args.threads,
+    )
+    # Build everything once here so that a bad checkpoint, defense or store is a one-line error, not a
+    # traceback from inside a worker.
+    api, info = build_api(config)
+    store = open_store(config.store)
+    active = store.clients(include_revoked=False)
+    if not active:
+        print(f"modelsteal serve: warning: no active API keys in {store.url}; create one with "
+              f"`modelsteal keys create --store {args.store} --name NAME`", file=sys.stderr)
+
+    sock = _bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"modelsteal serve: {args.model} with defense {info['defense']['description']}, output "
+          f"{api.output.describe()}, store {store.url}; listening on http://{shown}:{port}", flush=True)
+    common: dict[str, Any] = {"log_level": args.log_level, "access_log": not args.no_access_log,
+                              "timeout_graceful_shutdown": 10}
+    if args.workers == 1:
+        app = create_app(api, store=store, max_batch=config.max_batch, max_body_bytes=config.max_body_bytes,
+                         record_inputs=config.record_inputs, info=info)
+        server = uvicorn.Server(uvicorn.Config(app, **common))
+        try:
+            server.run(sockets=[sock])
+        finally:
+            store.close()
+            sock.close()
+        return 0 if server.started else 1
+    # Several workers: each process rebuilds the app from the config passed in the environment and opens
+    # its own connection to the shared store.
+    store.close()
+    sock.close()
+    os.environ[CONFIG_ENV] = config.to_json()
+    uvicorn.run("modelsteal.serve.app:app_from_environment", factory=True, host=args.host, port=port,
+                workers=args.workers, **common)
+    return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,607 @@
+"""The FastAPI application behind ``modelsteal serve``.
+
+Endpoints (all JSON):
+
+- ``POST /v1/predict`` with ``Authorization: Bearer KEY`` and body ``{"inputs": X}``, where ``X`` is a
+  batch ``(N, *input_shape)`` of raw ``[0, 1]`` values, either nested arrays or the compact form
+  ``{"dtype": "float32", "shape": [N, ...], "base64": "<little-endian bytes>"}``. The answer is
+  ``{"outputs": Y, "queries": used, "remaining": left, "ledger_id": id}`` with ``Y`` the ``(N, K)`` defended
+  answers in the same encoding as the inputs (``"encoding": "json" | "base64"`` in the request overrides).
+- ``GET /v1/usage``: the caller's own ``queries``, ``budget``, ``remaining``, ``rate_limit`` and ``flags``.
+- ``GET /v1/info``: ``input_shape``, ``num_classes``, defense, output format and request limits.
+- ``GET /healthz``; OpenAPI docs at ``/docs`` and ``/openapi.json``.
+
+Every request is authenticated against the :class:`~modelsteal.serve.store.Store`; a batch is validated
+(shape, dtype, finiteness, value range, size), then recorded in the ledger — budget and rate limit checked
+in the same transaction — and only then answered by the :class:`~modelsteal.PredictionAPI` (inference is
+serialised by a lock and runs in the thread pool, off the event loop). A query is one input row.
+
+Example::
+
+    api = PredictionAPI(model, defense=make_defense("mad", epsilon=0.5), output="probs")
+    app = create_app(api, store="ledger.db")
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at runtime, and
+# the fastapi/starlette names they use are imported lazily inside create_app.
+import base64
+import binascii
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from modelsteal.blackbox import PredictionAPI
+from modelsteal.serve import require
+from modelsteal.serve.store import (
+    AuthenticationError,
+    BudgetExhaustedError,
+    ClientInfo,
+    RateLimitedError,
+    Store,
+    open_store,
+)
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI, Request
+
+log = logging.getLogger("modelsteal.serve")
+
+CONFIG_ENV = "MODELSTEAL_SERVE_CONFIG"
+ENCODINGS = ("json", "base64")
+_REQUEST_FIELDS = ("inputs", "encoding")
+
+
+class APIError(Exception):
+    """An error answered as ``{"detail": message, "code": code}`` with HTTP ``status``."""
+
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+# -- request decoding ---------------------------------------------------------------------------------------
+def _shape_str(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def decode_request(
+    body: bytes,
+    *,
+    input_shape: Sequence[int],
+    max_batch: int,
+    input_range: tuple[float, float] = (0.0, 1.0),
+    tolerance: float = 1e-6,
+) -> tuple[Tensor, str]:
+    """Parse and validate a ``/v1/predict`` body; returns the float32 batch and the answer encoding.
+
+    Raises :class:`APIError` (400 malformed JSON, 413 too many rows, 422 anything else wrong with the
+    inputs) with a message that names the problem.
+    """
+    try:
+        payload = json.loads(body)
+    except UnicodeDecodeError:
+        raise APIError(400, "malformed_json", "request body is not UTF-8 encoded JSON") from None
+    except json.JSONDecodeError as e:
+        raise APIError(400, "malformed_json", f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise APIError(400, "malformed_json", "JSON nested too deeply") from None
+    if not isinstance(payload, dict):
+        raise APIError(422, "bad_request", 'request body must be a JSON object like {"inputs": [[...], ...]}')
+    unknown = sorted(set(payload) - set(_REQUEST_FIELDS))
+    if unknown:
+        raise APIError(
+            422, "unknown_field",
+            f"unknown field(s) {', '.join(map(repr, unknown))}; a request has 'inputs' and optionally 'encoding' "
+            "(the client is identified by its API key only)",
+        )
+    if "inputs" not in payload:
+        raise APIError(422, "missing_inputs", "request body has no 'inputs' field")
+    raw = payload["inputs"]
+    shape = tuple(int(s) for s in input_shape)
+    if isinstance(raw, dict):
+        arr = _decode_base64_tensor(raw, max_batch=max_batch)
+        in_encoding = "base64"
+    elif isinstance(raw, list):
+        arr = _decode_nested(raw, max_batch=max_batch, check_bools=b"true" in body or b"false" in body)
+        in_encoding = "json"
+    else:
+        raise APIError(
+            422, "bad_dtype",
+            f"'inputs' must be a nested array of numbers or a {{dtype, shape, base64}} object, got {_json_type(raw)}",
+        )
+    encoding = payload.get("encoding", in_encoding)
+    if encoding not in ENCODINGS:
+        raise APIError(422, "bad_encoding", f"'encoding' must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise APIError(422, "empty_batch", "'inputs' is an empty batch; send at least one row")
+    if tuple(arr.shape[1:]) != shape:
+        hint = " (wrap a single example in a list to make a batch of one)" if tuple(arr.shape) == shape else ""
+        raise APIError(
+            422, "bad_shape",
+            f"'inputs' must be a batch of shape (N, {', '.join(map(str, shape))}); got {_shape_str(arr.shape)}{hint}",
+        )
+    if arr.shape[0] > max_batch:
+        raise _too_many(arr.shape[0], max_batch)
+    finite = np.isfinite(arr).reshape(arr.shape[0], -1).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise APIError(422, "not_finite", f"'inputs' contain NaN or Infinity (first in row {row})")
+    lo, hi = input_range
+    flat = arr.reshape(arr.shape[0], -1)
+    bad = ((flat < lo - tolerance) | (flat > hi + tolerance)).any(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        value = float(flat[row][(flat[row] < lo - tolerance) | (flat[row] > hi + tolerance)][0])
+        raise APIError(
+            422, "out_of_range",
+            f"'inputs' must lie in [{lo:g}, {hi:g}] (raw values; normalisation is inside the model); "
+            f"row {row} holds {value:g}",
+        )
+    x = torch.from_numpy(np.array(arr, dtype=np.float32)).clamp_(lo, hi)  # a writable copy
+    return x, encoding
+
+
+def _too_many(n: int, max_batch: int) -> APIError:
+    return APIError(413, "batch_too_large", f"batch of {n} rows exceeds the maximum of {max_batch} rows per request")
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+def _decode_nested(raw: list[Any], *, max_batch: int, check_bools: bool) -> np.ndarray:
+    if len(raw) > max_batch:
+        raise _too_many(len(raw), max_batch)
+    try:
+        arr = np.asarray(raw)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise APIError(422, "ragged", "'inputs' is ragged: its rows do not all have the same shape") from None
+    kind = arr.dtype.kind
+    if kind == "b":
+        raise APIError(422, "bad_dtype", "'inputs' must hold numbers; got booleans")
+    if kind in "USa":
+        raise APIError(422, "bad_dtype", "'inputs' must hold numbers; got strings")
+    if kind == "O":
+        leaves = [v for v in _leaves(raw) if not isinstance(v, (int, float)) or isinstance(v, bool)]
+        if leaves:
+            raise APIError(422, "bad_dtype", f"'inputs' must hold numbers only; found {_json_type(leaves[0])}")
+        if any(isinstance(v, int) for v in _leaves(raw)):
+            raise APIError(422, "bad_dtype", "'inputs' holds an integer too large for float32")
+        raise APIError(422, "ragged", "'inputs' is ragged: its rows do not all have the same shape")
+    if kind not in "fiu":
+        raise APIError(422, "bad_dtype", f"'inputs' must hold numbers; got dtype {arr.dtype}")
+    if check_bools and any(isinstance(v, bool) for v in _leaves(raw)):
+        raise APIError(422, "bad_dtype", "'inputs' must hold numbers; found a boolean")
+    with np.errstate(over="ignore"):
+        return arr.astype(np.float64, copy=False)
+
+
+def _leaves(obj: Any, *, limit: int = 10_000_000) -> list[Any]:
+    """The non-list leaves of a nested list, iteratively (no recursion limit), at most ``limit``."""
+    out: list[Any] = []
+    stack = [obj]
+    while stack and len(out) < limit:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(reversed(v))
+        else:
+            out.append(v)
+    return out
+
+
+def _decode_base64_tensor(raw: dict[str, Any], *, max_batch: int) -> np.ndarray:
+    extra = sorted(set(raw) - {"dtype", "shape", "base64"})
+    if extra or "base64" not in raw or "shape" not in raw:
+        raise APIError(
+            422, "bad_tensor",
+            "a compact 'inputs' object is {\"dtype\": \"float32\", \"shape\": [N, ...], \"base64\": \"...\"}",
+        )
+    dtype = raw.get("dtype", "float32")
+    if dtype not in ("float32", "<f4"):
+        raise APIError(422, "bad_dtype", f"compact 'inputs' must be little-endian float32; got dtype {dtype!r}")
+    shape = raw["shape"]
+    if (not isinstance(shape, list) or not shape or len(shape) > 8
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
+        raise APIError(422, "bad_shape", f"'inputs.shape' must be a list of non-negative integers, got {shape!r}")
+    if shape[0] > max_batch:
+        raise _too_many(shape[0], max_batch)
+    data = raw["base64"]
+    if not isinstance(data, str):
+        raise APIError(422, "bad_tensor", f"'inputs.base64' must be a string, got {_json_type(data)}")
+    try:
+        blob = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(422, "bad_base64", "'inputs.base64' is not valid base64") from None
+    need = 4 * math.prod(shape)
+    if len(blob) != need:
+        raise APIError(
+            422, "bad_shape",
+            f"'inputs.base64' holds {len(blob)} bytes but shape {_shape_str(shape)} of float32 needs {need}",
+        )
+    return np.frombuffer(blob, dtype="<f4").reshape(shape)
+
+
+def encode_tensor(t: Tensor, encoding: str) -> Any:
+    """A ``(N, K)`` tensor as nested JSON arrays (exact float32 values) or the compact base64 object."""
+    t = t.detach().to("cpu", torch.float32).contiguous()
+    if encoding == "base64":
+        blob = t.numpy().astype("<f4", copy=False).tobytes()
+        return {"dtype": "float32", "shape": list(t.shape), "base64": base64.b64encode(blob).decode("ascii")}
+    return t.tolist()
+
+
+# -- configuration ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``modelsteal serve`` needs to build the app (JSON-serialisable, for uvicorn workers).
+
+    ``max_body_bytes=None`` sizes the body limit from ``max_batch`` and the input shape (room for JSON
+    numbers of about 24 characters each).
+    """
+
+    checkpoint: str
+    defense: str = "none"
+    defense_options: dict[str, Any] = field(default_factory=dict)
+    strength: float | None = None
+    output: str = "probs"
+    output_options: dict[str, Any] = field(default_factory=dict)
+    store: str | None = None
+    max_batch: int = 1024
+    max_body_bytes: int | None = None
+    input_range: tuple[float, float] = (0.0, 1.0)
+    range_tolerance: float = 1e-6
+    record_inputs: bool = False
+    device: str = "cpu"
+    torch_threads: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeConfig":
+        d = json.loads(text)
+        d["input_range"] = tuple(d.get("input_range", (0.0, 1.0)))
+        return cls(**d)
+
+
+def build_api(config: ServeConfig) -> tuple[PredictionAPI, dict[str, Any]]:
+    """Load the checkpoint and wrap it with the configured defense and output format (no budget: the
+    ledger enforces budgets). Returns the API and a description for ``/v1/info``."""
+    from modelsteal.defenses.base import make_defense
+    from modelsteal.models.checkpoint import load_checkpoint
+    from modelsteal.outputs import make_output
+
+    if config.torch_threads:
+        torch.set_num_threads(int(config.torch_threads))
+    model, meta = load_checkpoint(config.checkpoint, device=config.device)
+    defense = make_defense(config.defense, strength=config.strength, **dict(config.defense_options))
+    out_opts = dict(config.output_options)
+    unknown = sorted(set(out_opts) - {"k", "decimals"})
+    if unknown:
+        raise ValueError(f"unknown output option(s) {', '.join(unknown)}; known: k (top-k), decimals (rounded)")
+    output = make_output(config.output, **out_opts)
+    api = PredictionAPI(model, defense=defense, output=output, budget=None,
+                        input_shape=meta["input_shape"], num_classes=meta["num_classes"], device=config.device)
+    info = {
+        "defense": {
+            "name": "none" if defense is None else (defense.name or type(defense).__name__),
+            "description": "none" if defense is None else repr(defense),
+            "options": {k: v for k, v in config.defense_options.items()},
+            "strength": None if defense is None else defense.strength,
+        },
+        "dataset": meta.get("dataset"),
+        "arch": meta.get("arch"),
+    }
+    return api, info
+
+
+def default_max_body_bytes(*, max_batch: int, input_shape: Sequence[int]) -> int:
+    """A body limit that fits ``max_batch`` rows as JSON numbers of up to ~24 characters, plus 64 KiB."""
+    return int(max_batch * math.prod(int(s) for s in input_shape) * 24 + 65536)
+
+
+# -- the application ----------------------------------------------------------------------------------------
+_PREDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "additionalProperties": False,
+    "properties": {
+        "inputs": {
+            "description": "A batch (N, *input_shape) of raw values in the model's range ([0, 1]): nested arrays "
+                           "of numbers, or the compact {dtype: float32, shape, base64} object.",
+            "oneOf": [
+                {"type": "array", "items": {}},
+                {
+                    "type": "object",
+                    "required": ["shape", "base64"],
+                    "properties": {
+                        "dtype": {"type": "string", "enum": ["float32"]},
+                        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                        "base64": {"type": "string", "description": "little-endian float32 bytes, base64"},
+                    },
+                },
+            ],
+        },
+        "encoding": {"type": "string", "enum": list(ENCODINGS),
+                     "description": "encoding of the outputs; defaults to that of the inputs"},
+    },
+}
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed JSON"},
+    401: {"description": "Missing or invalid API key"},
+    403: {"description": "Revoked key, or query budget exhausted"},
+    413: {"description": "Body or batch too large"},
+    422: {"description": "Inputs of the wrong shape, dtype or range, or NaN/Inf"},
+    429: {"description": "Rate limit exceeded (see Retry-After)"},
+}
+
+
+class _Service:
+    """The state one app instance shares between requests: API, store, limits and the inference lock."""
+
+    def __init__(self, api: PredictionAPI, store: Store, *, max_batch: int, max_body_bytes: int,
+                 input_range: tuple[float, float], tolerance: float, record_inputs: bool,
+                 info: dict[str, Any]) -> None:
+        self.api = api
+        self.store = store
+        self.max_batch = max_batch
+        self.max_body_bytes = max_body_bytes
+        self.input_range = input_range
+        self.tolerance = tolerance
+        self.record_inputs = record_inputs
+        self.info = info
+        self.lock = threading.Lock()
+
+    def answer(self, client: ClientInfo, body: bytes) -> bytes:
+        """Validate, record in the ledger, infer, encode: the whole ``/v1/predict`` path off the event loop."""
+        x, encoding = decode_request(body, input_shape=self.api.input_shape, max_batch=self.max_batch,
+                                     input_range=self.input_range, tolerance=self.tolerance)
+        blob = x.numpy().astype("<f4", copy=False).tobytes() if self.record_inputs else None
+        entry, updated = self.store.reserve(client.id, int(x.shape[0]), inputs=blob)
+        try:
+            with self.lock, torch.inference_mode():
+                y = self.api.query(x, client=client.name)
+            outputs = encode_tensor(y, encoding)
+        except BaseException:
+            try:
+                self.store.release(entry.id)
+            except Exception:  # noqa: BLE001 - keep the original error; an over-count is the safe side
+                log.exception("could not release ledger entry %s after a failed request", entry.id)
+            raise
+        payload = {"outputs": outputs, "queries": updated.queries, "remaining": updated.remaining,
+                   "ledger_id": entry.id}
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _bearer(request: "Request") -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'", code="missing_key")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise AuthenticationError("malformed Authorization header: expected 'Bearer <key>'", code="missing_key")
+    return key.strip()
+
+
+def _usage(client: ClientInfo, now: float) -> dict[str, Any]:
+    return {
+        "client": client.name,
+        "key_prefix": client.key_prefix,
+        "queries": client.queries,
+        "requests": client.requests,
+        "budget": client.budget,
+        "remaining": client.remaining,
+        "rate_limit": client.rate_limit,
+        "flags": {
+            "budget_exhausted": client.budget is not None and client.queries >= client.budget,
+            "rate_limited": client.rate_limit is not None and client.available_tokens(now) <= 0,
+        },
+    }
+
+
+def create_app(
+    api: PredictionAPI,
+    *,
+    store: Store | str | None = None,
+    max_batch: int = 1024,
+    max_body_bytes: int | None = None,
+    input_range: tuple[float, float] = (0.0, 1.0),
+    range_tolerance: float = 1e-6,
+    record_inputs: bool = False,
+    info: dict[str, Any] | None = None,
+) -> "FastAPI":
+    """The FastAPI application serving ``api`` behind the keys and ledger of ``store``.
+
+    ``store`` is a :class:`Store` (owned by the caller) or a URL for :func:`open_store` (opened now, closed
+    when the app shuts down). Build ``api`` with ``budget=None``: the ledger is the source of truth for
+    budgets, shared by every worker process using the same store.
+    """
+    fastapi = require("fastapi")
+    from fastapi import Request
+    from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
+
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    owns_store = not isinstance(store, Store)
+    the_store = store if isinstance(store, Store) else open_store(store)
+    limit = max_body_bytes or default_max_body_bytes(max_batch=max_batch, input_shape=api.input_shape)
+    if limit < 1:
+        raise ValueError(f"max_body_bytes must be >= 1, got {limit}")
+    service = _Service(api, the_store, max_batch=max_batch, max_body_bytes=limit,
+                       input_range=(float(input_range[0]), float(input_range[1])), tolerance=float(range_tolerance),
+                       record_inputs=record_inputs, info=dict(info or {}))
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        yield
+        if owns_store:
+            the_store.close()
+
+    from modelsteal import __version__
+
+    app = fastapi.FastAPI(
+        title="modelsteal prediction API",
+        version=__version__,
+        description="A (possibly defended) model behind API keys, query budgets, rate limits and a durable "
+                    "query ledger. A query is one input row.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+
+    def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"detail": message, "code": code}, status_code=status, headers=headers)
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, APIError)
+        return error(exc.status, exc.code, exc.message, exc.headers)
+
+    async def on_auth_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, AuthenticationError)
+        status = 403 if exc.code == "revoked_key" else 401
+        return error(status, exc.code, str(exc), {"WWW-Authenticate": "Bearer"})
+
+    async def on_budget(request: Request, exc: Exception) -> Response:
+        return error(403, "budget_exhausted", str(exc))
+
+    async def on_rate(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RateLimitedError)
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        resp = error(429, "rate_limited", str(exc), headers)
+        return resp
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
+        return error(500, "internal_error", f"internal error: {type(exc).__name__}: {exc}")
+
+    app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(AuthenticationError, on_auth_error)
+    app.add_exception_handler(BudgetExhaustedError, on_budget)
+    app.add_exception_handler(RateLimitedError, on_rate)
+    app.add_exception_handler(Exception, on_unexpected)
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise APIError(400, "bad_request", f"invalid Content-Length {declared!r}") from None
+            if size > service.max_body_bytes:
+                raise APIError(413, "body_too_large",
+                               f"request body of {size} bytes exceeds the maximum of {service.max_body_bytes} bytes")
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > service.max_body_bytes:
+                raise APIError(413, "body_too_large",
+                               f"request body exceeds the maximum of {service.max_body_bytes} bytes")
+            chunks.append(chunk)
+        if total == 0:
+            raise APIError(400, "malformed_json", 'empty request body; send {"inputs": [...]}')
+        return b"".join(chunks)
+
+    @app.post(
+        "/v1/predict",
+        summary="Answer a batch of queries",
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _PREDICT_SCHEMA}}}},
+        responses=_ERROR_RESPONSES,
+    )
+    async def predict(request: Request) -> Response:
+        """Answer ``{"inputs": X}`` with ``{"outputs": Y}``; every row is counted in the ledger first."""
+        key = _bearer(request)
+        client = await run_in_threadpool(service.store.authenticate, key)
+        now = time.time()
+        if client.budget is not None and client.queries >= client.budget:
+            raise BudgetExhaustedError(f"query budget exhausted: all {client.budget} queries of this key are used")
+        if client.rate_limit is not None and client.available_tokens(now) <= 0:
+            wait = client.retry_after(now)
+            raise RateLimitedError(f"rate limit of {client.rate_limit:g} queries/s exceeded; retry in {wait:.2f} s",
+                                   retry_after=wait)
+        try:
+            body = await read_body(request)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        payload = await run_in_threadpool(service.answer, client, body)
+        return Response(payload, media_type="application/json")
+
+    @app.get("/v1/usage", summary="The caller's own usage", responses={401: _ERROR_RESPONSES[401]})
+    async def usage(request: Request) -> dict[str, Any]:
+        """The caller's query count, budget, rate limit and flags (only ever its own)."""
+        client = await run_in_threadpool(service.store.authenticate, _bearer(request))
+        return _usage(client, time.time())
+
+    @app.get("/v1/info", summary="What the API serves")
+    async def get_info() -> dict[str, Any]:
+        """Input shape, number of classes, defense, output format and request limits."""
+        return {
+            "input_shape": list(service.api.input_shape),
+            "num_classes": service.api.num_classes,
+            "output": service.api.output.describe(),
+            "input_range": list(service.input_range),
+            "max_batch": service.max_batch,
+            "max_body_bytes": service.max_body_bytes,
+            "encodings": list(ENCODINGS),
+            "version": __version__,
+            "defense": {"name": "none"} if service.api.defense is None else {
+                "name": service.api.defense.name, "description": repr(service.api.defense)},
+            **service.info,
+        }
+
+    @app.get("/healthz", summary="Liveness and store health")
+    async def healthz() -> Response:
+        """``{"status": "ok"}`` when the ledger answers; 503 otherwise."""
+        try:
+            await run_in_threadpool(service.store.ping)
+        except Exception as e:  # noqa: BLE001 - any failure of the store means "not healthy"
+            return error(503, "store_unavailable", f"ledger store unavailable: {type(e).__name__}: {e}")
+        return JSONResponse({"status": "ok"})
+
+    return app
+
+
+def create_app_from_config(config: "ServeConfig") -> "FastAPI":
+    """Build the API and the app from a :class:`ServeConfig` (what each uvicorn worker does)."""
+    api, info = build_api(config)
+    return create_app(
+        api, store=config.store, max_batch=config.max_batch, max_body_bytes=config.max_body_bytes,
+        input_range=config.input_range, range_tolerance=config.range_tolerance,
+        record_inputs=config.record_inputs, info=info,
+    )
+
+
+def app_from_environment() -> "FastAPI":
+    """Uvicorn factory for ``--workers N``: reads the :class:`ServeConfig` JSON from ``MODELSTEAL_SERVE_CONFIG``."""
+    text = os.environ.get(CONFIG_ENV)
+    if not text:
+        raise RuntimeError(f"{CONFIG_ENV} is not set; start the server with `modelsteal serve`")
+    return create_app_from_config(ServeConfig.from_json(text))

@@ -1,0 +1,197 @@
+"""``HTTPBlackBox``: the client side of the :class:`~modelsteal.BlackBox` contract for ``modelsteal serve``.
+
+An attack cannot tell it from an in-process :class:`~modelsteal.PredictionAPI`: ``query(x)`` sends ``x`` in
+batches of ``batch_size`` rows to ``POST /v1/predict`` (compact base64 float32 by default, so answers come
+back bit-exact), retries with exponential backoff and jitter on 429 (honouring ``Retry-After``), 5xx and
+connection errors, and returns the ``(N, K)`` answers as float32 on the CPU.
+
+Errors map onto the toolkit's exceptions: an exhausted budget raises
+:class:`~modelsteal.BudgetExceededError`, a missing/invalid/revoked key ``PermissionError``, and a request
+the server rejects (wrong shape, range, ...) ``ValueError`` with the server's message.
+
+Example::
+
+    victim = HTTPBlackBox("http://127.0.0.1:8000", key)
+    victim.input_shape, victim.num_classes     # from GET /v1/info
+    y = victim.query(x)                        # (N, K), float32, CPU
+    victim.usage()["queries"]                  # this key's count in the server's ledger
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from modelsteal.blackbox import BudgetExceededError
+from modelsteal.serve import require
+
+
+class ServerError(RuntimeError):
+    """The server kept failing (5xx or unreachable) after every retry."""
+
+
+class HTTPBlackBox:
+    """A :class:`~modelsteal.BlackBox` answered by a ``modelsteal serve`` instance at ``url``.
+
+    ``key`` is the API key (sent as ``Authorization: Bearer``); it *is* the client identity, so the
+    ``client`` argument of :meth:`query` is accepted for the protocol's sake and ignored. ``batch_size`` is
+    the number of rows per request (capped by the server's ``max_batch``); ``binary`` sends and receives
+    compact base64 float32 instead of nested JSON arrays; ``max_retries`` bounds the retries of one request
+    on 429/5xx/connection errors, with backoff ``backoff * 2**attempt`` (capped at ``max_backoff``, jittered).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        batch_size: int = 256,
+        timeout: float = 30.0,
+        max_retries: int = 8,
+        binary: bool = True,
+        backoff: float = 0.25,
+        max_backoff: float = 10.0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"server URL must start with http:// or https://, got {url!r}")
+        if not key:
+            raise ValueError("an API key is needed (create one with `modelsteal keys create`)")
+        httpx = require("httpx")
+        self._httpx = httpx
+        self.url = url.rstrip("/")
+        self.binary = binary
+        self.max_retries = int(max_retries)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self._rng = random.Random()
+        self._http = httpx.Client(base_url=self.url, timeout=timeout,
+                                  headers={"Authorization": f"Bearer {key}", "Accept": "application/json"})
+        try:
+            self.info: dict[str, Any] = self._request("GET", "/v1/info")
+        except BaseException:
+            self._http.close()
+            raise
+        try:
+            self.input_shape: tuple[int, ...] = tuple(int(s) for s in self.info["input_shape"])
+            self.num_classes: int = int(self.info["num_classes"])
+        except (KeyError, TypeError, ValueError):
+            self._http.close()
+            raise ValueError(f"{self.url}/v1/info did not describe a modelsteal API: {self.info!r}") from None
+        self.batch_size = min(int(batch_size), int(self.info.get("max_batch", batch_size)))
+        self.queries_sent = 0
+
+    # -- the BlackBox contract -------------------------------------------------------------------------
+    def query(self, x: Tensor, *, client: str = "default") -> Tensor:
+        """Answer ``x`` ``(N, *input_shape)`` (or one example ``input_shape``) with ``(N, K)`` float32 on CPU."""
+        if not isinstance(x, Tensor):
+            x = torch.as_tensor(x)
+        x = x.detach().to("cpu", torch.float32)
+        if tuple(x.shape) == self.input_shape:
+            x = x.unsqueeze(0)
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"query batch has shape {tuple(x.shape)}; expected (N, {', '.join(map(str, self.input_shape))})"
+            )
+        answers = [self._predict(xb.contiguous()) for xb in x.split(self.batch_size)]
+        return torch.cat(answers) if answers else torch.empty(0, self.num_classes)
+
+    def usage(self) -> dict[str, Any]:
+        """This key's usage from ``GET /v1/usage``: ``queries``, ``budget``, ``remaining``, ``flags``."""
+        return self._request("GET", "/v1/usage")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> HTTPBlackBox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"HTTPBlackBox({self.url!r}, defense={self.info.get('defense', {}).get('name')!r})"
+
+    # -- transport ---------------------------------------------------------------------------------------
+    def _predict(self, xb: Tensor) -> Tensor:
+        n = int(xb.shape[0])
+        if self.binary:
+            blob = xb.numpy().astype("<f4", copy=False).tobytes()
+            inputs: Any = {"dtype": "float32", "shape": list(xb.shape),
+                           "base64": base64.b64encode(blob).decode("ascii")}
+        else:
+            inputs = xb.tolist()
+        reply = self._request("POST", "/v1/predict", json={"inputs": inputs})
+        out = _decode_outputs(reply.get("outputs"))
+        if out.shape != (n, self.num_classes):
+            raise ServerError(f"server answered shape {tuple(out.shape)} for a batch of {n}; expected ({n}, "
+                              f"{self.num_classes})")
+        self.queries_sent += n
+        return out
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        httpx = self._httpx
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            wait = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + 0.5 * self._rng.random())
+            try:
+                resp = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as e:  # refused, reset, timed out: the server may be restarting
+                last = f"{type(e).__name__}: {e}"
+            else:
+                if resp.status_code < 400:
+                    return resp.json()
+                detail, code = _error_detail(resp)
+                if resp.status_code == 429:
+                    retry_after = _retry_after(resp.headers.get("retry-after"))
+                    wait = max(wait, retry_after) if retry_after is not None else wait
+                    last = f"429 {detail}"
+                elif resp.status_code >= 500:
+                    last = f"{resp.status_code} {detail}"
+                elif code == "budget_exhausted":
+                    raise BudgetExceededError(f"{self.url}: {detail}")
+                elif resp.status_code in (401, 403):
+                    raise PermissionError(f"{self.url}: {detail}")
+                else:
+                    raise ValueError(f"{self.url} rejected the request ({resp.status_code}): {detail}")
+            if attempt < self.max_retries:
+                time.sleep(wait)
+        raise ServerError(f"{method} {self.url}{path} failed after {self.max_retries + 1} attempts; last error: {last}")
+
+
+def _error_detail(resp: Any) -> tuple[str, str]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text.strip()[:500] or resp.reason_phrase, ""
+    if isinstance(body, dict):
+        return str(body.get("detail", body)), str(body.get("code", ""))
+    return str(body), ""
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _decode_outputs(outputs: Any) -> Tensor:
+    if isinstance(outputs, dict):
+        blob = base64.b64decode(outputs["base64"])
+        arr = np.frombuffer(blob, dtype="<f4").reshape(outputs["shape"])
+        return torch.from_numpy(arr.copy())
+    if isinstance(outputs, list):
+        return torch.tensor(outputs, dtype=torch.float32)
+    raise ServerError(f"server answer has no usable 'outputs': {type(outputs).__name__}")
