@@ -2,9 +2,11 @@
 
 from modelsteal.attacks._training import TrainConfig, train_classifier
 from modelsteal.attacks.base import Attack, StealResult, attack_class, available_attacks, register_attack
+from modelsteal.attacks.jbda import JBDA, JBSelf, JBTopK
 from modelsteal.attacks.knockoff import KnockoffNets
+from modelsteal.attacks.knockoff_adaptive import AdaptiveKnockoff
 
 __all__ = [
-    "Attack", "KnockoffNets", "StealResult", "TrainConfig", "attack_class", "available_attacks",
-    "register_attack", "train_classifier",
+    "JBDA", "AdaptiveKnockoff", "Attack", "JBSelf", "JBTopK", "KnockoffNets", "StealResult", "TrainConfig",
+    "attack_class", "available_attacks", "register_attack", "train_classifier",
 ]
