@@ -386,7 +386,7 @@ class _Service:
         blob = x.numpy().astype("<f4", copy=False).tobytes() if self.record_inputs else None
         entry, updated = self.store.reserve(client.id, int(x.shape[0]), inputs=blob)
         try:
-            with self.lock, torch.inference_mode():
+            with self.lock:  # defenses may keep per-client state; no inference_mode: MAD needs autograd
                 y = self.api.query(x, client=client.name)
             outputs = encode_tensor(y, encoding)
         except BaseException:

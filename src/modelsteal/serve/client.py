@@ -44,6 +44,7 @@ class HTTPBlackBox:
     the number of rows per request (capped by the server's ``max_batch``); ``binary`` sends and receives
     compact base64 float32 instead of nested JSON arrays; ``max_retries`` bounds the retries of one request
     on 429/5xx/connection errors, with backoff ``backoff * 2**attempt`` (capped at ``max_backoff``, jittered).
+    ``transport`` is an optional ``httpx`` transport (custom TLS, proxies, or a mock in tests).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class HTTPBlackBox:
         binary: bool = True,
         backoff: float = 0.25,
         max_backoff: float = 10.0,
+        transport: Any = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -74,7 +76,7 @@ class HTTPBlackBox:
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self._rng = random.Random()
-        self._http = httpx.Client(base_url=self.url, timeout=timeout,
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
                                   headers={"Authorization": f"Bearer {key}", "Accept": "application/json"})
         try:
             self.info: dict[str, Any] = self._request("GET", "/v1/info")

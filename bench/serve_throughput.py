@@ -1,0 +1,183 @@
+"""Throughput and latency of ``modelsteal serve`` on loopback, undefended vs MAD, measured in one run.
+
+For each defense a real server process is started on 127.0.0.1 (SQLite ledger, WAL + full sync, so every
+request pays for a durable ledger write), warmed up, then ``--clients`` threads each send ``--requests``
+``POST /v1/predict`` requests of ``--rows`` rows (compact base64 float32) as fast as they are answered.
+It prints requests/s, rows/s, p50 and p99 latency per defense, and the ratios to the first defense::
+
+    python bench/serve_throughput.py                                  # none vs mad, LeNet on 1x28x28
+    python bench/serve_throughput.py --defenses none mad:epsilon=1.0 reverse-sigmoid:beta=0.5 --rows 16
+
+The model is a randomly initialised classifier (no dataset needed): MAD's cost does not depend on how well
+the victim was trained. Every answered row is checked against the ledger count at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modelsteal.models import build_model, save_checkpoint
+from modelsteal.serve.store import open_store
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--defenses", nargs="+", default=["none", "mad"],
+                   help="defense specs NAME[:k=v,k=v] (default: none mad); ratios are to the first")
+    p.add_argument("--arch", default="lenet", help="victim architecture (default lenet)")
+    p.add_argument("--input-shape", default="1,28,28", help="C,H,W (default 1,28,28)")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--clients", type=int, default=8, help="concurrent client threads (default 8)")
+    p.add_argument("--requests", type=int, default=40, help="requests per client (default 40)")
+    p.add_argument("--rows", type=int, default=1, help="rows (queries) per request (default 1)")
+    p.add_argument("--warmup", type=int, default=20, help="warm-up requests before timing (default 20)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads in the server (default 1)")
+    return p.parse_args(argv)
+
+
+def _spec(spec: str) -> tuple[str, list[str]]:
+    name, _, opts = spec.partition(":")
+    args: list[str] = []
+    for kv in filter(None, opts.split(",")):
+        args += ["--defense-option", kv]
+    return name, args
+
+
+class _Server:
+    def __init__(self, argv: list[str], log: Path) -> None:
+        self.log = log
+        with open(log, "wb") as f:
+            self.proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self.url = ""
+        deadline = time.monotonic() + 120
+        import httpx
+
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{log.read_text()}")
+            m = re.search(r"listening on (http://\S+)", log.read_text(errors="replace"))
+            if m:
+                try:
+                    if httpx.get(m.group(1) + "/healthz", timeout=2).status_code == 200:
+                        self.url = m.group(1)
+                        return
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not start:\n{log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def _body(x: torch.Tensor) -> dict[str, Any]:
+    blob = x.numpy().astype("<f4").tobytes()
+    return {"inputs": {"dtype": "float32", "shape": list(x.shape), "base64": base64.b64encode(blob).decode()}}
+
+
+def run_one(spec: str, *, args: argparse.Namespace, ckpt: Path, work: Path) -> dict[str, float]:
+    import httpx
+
+    name, opts = _spec(spec)
+    store_url = str(work / f"ledger-{re.sub(r'[^A-Za-z0-9]+', '_', spec)}.db")
+    with open_store(store_url) as store:
+        _, key = store.create_key(name="bench")
+    argv = [sys.executable, "-m", "modelsteal", "serve", "--model", str(ckpt), "--store", store_url,
+            "--port", "0", "--log-level", "warning", "--no-access-log", "--threads", str(args.threads),
+            "--defense", name, *opts]
+    server = _Server(argv, work / f"server-{re.sub(r'[^A-Za-z0-9]+', '_', spec)}.log")
+    shape = tuple(int(s) for s in args.input_shape.split(","))
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        bodies = [_body(torch.rand(args.rows, *shape, generator=torch.Generator().manual_seed(i)))
+                  for i in range(16)]
+        with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
+            for i in range(args.warmup):
+                http.post("/v1/predict", json=bodies[i % len(bodies)]).raise_for_status()
+        latencies: list[float] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+        start = threading.Barrier(args.clients + 1)
+
+        def client(c: int) -> None:
+            mine: list[float] = []
+            with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
+                start.wait()
+                for i in range(args.requests):
+                    t0 = time.perf_counter()
+                    r = http.post("/v1/predict", json=bodies[(c + i) % len(bodies)])
+                    mine.append(time.perf_counter() - t0)
+                    if r.status_code != 200:
+                        with lock:
+                            errors.append(f"{r.status_code}: {r.text[:200]}")
+                        return
+            with lock:
+                latencies.extend(mine)
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
+        for t in threads:
+            t.start()
+        start.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join(timeout=600)
+        wall = time.perf_counter() - t0
+        if errors:
+            raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
+        used = httpx.get(server.url + "/v1/usage", headers=headers, timeout=10).json()["queries"]
+    finally:
+        server.stop()
+    n = args.clients * args.requests
+    expected = (n + args.warmup) * args.rows
+    if used != expected:
+        raise RuntimeError(f"ledger counts {used} queries, {expected} were answered")
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {"rps": n / wall, "rows_s": n * args.rows / wall, "p50": q[49] * 1e3, "p99": q[98] * 1e3}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    shape = tuple(int(s) for s in args.input_shape.split(","))
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="modelsteal-bench-") as tmp:
+        work = Path(tmp)
+        model = build_model(args.arch, input_shape=shape, num_classes=args.classes, seed=0)
+        ckpt = save_checkpoint(model, work / "victim.pt", dataset="synthetic")
+        print(f"modelsteal serve on loopback: {args.arch} {shape} -> {args.classes} classes, {args.clients} clients x "
+              f"{args.requests} requests x {args.rows} row(s), server torch threads {args.threads}, "
+              f"SQLite ledger (WAL, synchronous=FULL), {os.cpu_count()} CPUs")
+        results = {spec: run_one(spec, args=args, ckpt=ckpt, work=work) for spec in args.defenses}
+    print(f"{'defense':<24}{'req/s':>10}{'rows/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    for spec, r in results.items():
+        print(f"{spec:<24}{r['rps']:>10.1f}{r['rows_s']:>10.1f}{r['p50']:>10.2f}{r['p99']:>10.2f}")
+    base_spec, base = next(iter(results.items()))
+    for spec, r in list(results.items())[1:]:
+        print(f"ratio {spec} / {base_spec}: throughput {r['rps'] / base['rps']:.3f}x, "
+              f"p50 latency {r['p50'] / base['p50']:.2f}x, p99 latency {r['p99'] / base['p99']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

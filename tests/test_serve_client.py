@@ -1,0 +1,133 @@
+"""``HTTPBlackBox`` retry and error mapping (mock transport), and the app's failure path (in-process)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import torch
+from torch import Tensor
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+from serve_helpers import INPUT_SHAPE, NUM_CLASSES  # noqa: E402
+
+from modelsteal import BudgetExceededError, PredictionAPI  # noqa: E402
+from modelsteal.defenses.base import Defense  # noqa: E402
+from modelsteal.models import build_model  # noqa: E402
+from modelsteal.serve.app import create_app  # noqa: E402
+from modelsteal.serve.client import HTTPBlackBox, ServerError  # noqa: E402
+from modelsteal.serve.store import open_store  # noqa: E402
+
+INFO = {"input_shape": list(INPUT_SHAPE), "num_classes": NUM_CLASSES, "max_batch": 4}
+
+
+def _mock(script: list[tuple[int, dict, dict]]):
+    """A transport answering /v1/info, then the scripted (status, json, headers) for each predict call."""
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/info":
+            return httpx.Response(200, json=INFO)
+        calls.append(request)
+        status, body, headers = script[min(len(calls), len(script)) - 1]
+        if status == 200 and body == {}:
+            shape = json.loads(request.content)["inputs"]["shape"]
+            out = torch.full((shape[0], NUM_CLASSES), 0.1)
+            body = {"outputs": {"dtype": "float32", "shape": list(out.shape),
+                                "base64": base64.b64encode(out.numpy().tobytes()).decode()}}
+        return httpx.Response(status, json=body, headers=headers)
+
+    return httpx.MockTransport(handler), calls
+
+
+def _bb(transport, **kw) -> HTTPBlackBox:
+    return HTTPBlackBox("http://test", "msk_k", transport=transport, backoff=0.001, max_backoff=0.01, **kw)
+
+
+def test_client_splits_batches_by_the_server_max_batch():
+    transport, calls = _mock([(200, {}, {})])
+    bb = _bb(transport)
+    assert bb.batch_size == 4 and bb.input_shape == INPUT_SHAPE
+    y = bb.query(torch.rand(10, *INPUT_SHAPE))
+    assert y.shape == (10, NUM_CLASSES) and y.dtype == torch.float32 and len(calls) == 3
+    assert calls[0].headers["authorization"] == "Bearer msk_k"
+
+
+def test_client_retries_429_and_5xx_then_succeeds():
+    transport, calls = _mock([(429, {"detail": "slow down"}, {"Retry-After": "0"}),
+                              (503, {"detail": "busy"}, {}), (200, {}, {})])
+    assert _bb(transport).query(torch.rand(2, *INPUT_SHAPE)).shape == (2, NUM_CLASSES)
+    assert len(calls) == 3
+
+
+def test_client_gives_up_after_max_retries():
+    transport, calls = _mock([(500, {"detail": "boom"}, {})])
+    with pytest.raises(ServerError, match="boom"):
+        _bb(transport, max_retries=2).query(torch.rand(1, *INPUT_SHAPE))
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("status, body, error, match", [
+    (403, {"detail": "query budget exhausted", "code": "budget_exhausted"}, BudgetExceededError, "exhausted"),
+    (403, {"detail": "key revoked", "code": "revoked_key"}, PermissionError, "revoked"),
+    (401, {"detail": "invalid API key", "code": "invalid_key"}, PermissionError, "invalid"),
+    (422, {"detail": "'inputs' must lie in [0, 1]", "code": "out_of_range"}, ValueError, "must lie in"),
+])
+def test_client_maps_errors_without_retrying(status, body, error, match):
+    transport, calls = _mock([(status, body, {})])
+    with pytest.raises(error, match=match):
+        _bb(transport).query(torch.rand(1, *INPUT_SHAPE))
+    assert len(calls) == 1
+
+
+def test_client_checks_its_arguments():
+    transport, _ = _mock([(200, {}, {})])
+    with pytest.raises(ValueError, match="http"):
+        HTTPBlackBox("ftp://x", "k")
+    with pytest.raises(ValueError, match="expected"):
+        _bb(transport).query(torch.rand(2, 3))
+
+
+class _Exploding(Defense):
+    """A defense that fails on demand, to exercise the server's failure path."""
+
+    def __init__(self) -> None:
+        self.fail = False
+
+    def perturb(self, x: Tensor, probs: Tensor, *, client: str) -> Tensor:
+        if self.fail:
+            raise RuntimeError("defense failed")
+        return probs
+
+
+def test_a_failed_answer_is_a_500_and_is_taken_back_out_of_the_ledger(tmp_path):
+    import anyio
+
+    defense = _Exploding()
+    api = PredictionAPI(build_model("mlp", input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, seed=0),
+                        defense=defense)
+    store = open_store(tmp_path / "ledger.db")
+    client, key = store.create_key(name="a")
+    app = create_app(api, store=store, record_inputs=True)
+    headers = {"Authorization": f"Bearer {key}"}
+    x = torch.rand(3, *INPUT_SHAPE)
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app", headers=headers) as http:
+            assert (await http.post("/v1/predict", json={"inputs": x.tolist()})).status_code == 200
+            defense.fail = True
+            r = await http.post("/v1/predict", json={"inputs": x.tolist()})
+            assert r.status_code == 500 and "defense failed" in r.json()["detail"]
+            defense.fail = False
+            assert (await http.post("/v1/predict", json={"inputs": x[:1].tolist()})).status_code == 200
+            assert (await http.get("/v1/usage")).json()["queries"] == 4
+
+    anyio.run(scenario)
+    assert [e.n for e in store.ledger()] == [3, 1]
+    recorded = [torch.frombuffer(bytearray(b), dtype=torch.float32) for b in store.recorded_inputs(client.id)]
+    assert torch.equal(recorded[0].view(3, *INPUT_SHAPE), x)
+    store.close()
