@@ -451,6 +451,8 @@ def create_app(
 
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    if api.budget is not None:
+        raise ValueError("serve a PredictionAPI built with budget=None: budgets are per key, in the store")
     owns_store = not isinstance(store, Store)
     the_store = store if isinstance(store, Store) else open_store(store)
     limit = max_body_bytes or default_max_body_bytes(max_batch=max_batch, input_shape=api.input_shape)
