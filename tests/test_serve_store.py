@@ -115,6 +115,47 @@ def test_concurrent_reservations_from_two_connections_are_exact(tmp_path):
         b.close()
 
 
+def test_group_commit_keeps_every_reservation_exact(store):
+    client, _ = store.create_key(name="g", budget=300)
+    other, _ = store.create_key(name="h")
+    ids: list[int] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+
+    def worker(cid: int) -> None:
+        for _ in range(20):
+            try:
+                entry, after = store.reserve(cid, 3)
+            except BudgetExhaustedError as e:
+                with lock:
+                    refused.append(str(e))
+            else:
+                assert after.queries <= 300 or cid == other.id
+                with lock:
+                    ids.append(entry.id)
+
+    threads = [threading.Thread(target=worker, args=(client.id if k % 2 else other.id,)) for k in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert not any(th.is_alive() for th in threads)
+    assert store.client(client.id).queries == 300 and store.client(other.id).queries == 8 * 20 * 3
+    assert len(ids) == len(set(ids)) == 100 + 160 and len(refused) == 160 - 100
+    assert sorted(ids) == [e.id for e in store.ledger()]
+
+
+def test_a_failed_ledger_write_records_nothing_and_the_store_goes_on(store):
+    from modelsteal.serve.store import LedgerWriteError
+
+    client, _ = store.create_key(name="a")
+    with pytest.raises(LedgerWriteError, match="ledger failed"):
+        store.reserve(client.id, 2, inputs=object())  # not bindable: the transaction fails
+    assert store.client(client.id).queries == 0 and store.ledger() == []
+    store.reserve(client.id, 1)
+    assert store.client(client.id).queries == 1
+
+
 def test_ledger_survives_reopening_and_records_inputs(tmp_path):
     path = tmp_path / "ledger.db"
     with open_store(f"sqlite:///{path}") as s:

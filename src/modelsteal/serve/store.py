@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import queue
 import re
@@ -269,51 +270,58 @@ class Store(ABC):
     ) -> tuple[LedgerEntry, ClientInfo]:
         """Record ``n`` queries for ``client_id`` atomically, after checking key, budget and rate limit.
 
-        Returns the new ledger entry and the client's updated state. Raises :class:`AuthenticationError`
-        (revoked meanwhile), :class:`BudgetExhaustedError` or :class:`RateLimitedError` without recording
-        anything. ``inputs`` (raw float32 bytes) are stored with the entry when given.
+        Returns the new ledger entry and the client's updated state once the transaction has committed.
+        Raises :class:`AuthenticationError` (revoked meanwhile), :class:`BudgetExhaustedError` or
+        :class:`RateLimitedError` without recording anything. ``inputs`` (raw float32 bytes) are stored
+        with the entry when given.
         """
         if n < 1:
             raise ValueError(f"a request must hold at least one query, got {n}")
         now = time.time() if now is None else now
         with self._transaction(write=True) as cur:
-            row = self._exec(cur, f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE id = ?{self._for_update}",
-                             (int(client_id),)).fetchone()
-            client = self._client(row)
-            if client is None:
-                raise AuthenticationError("invalid API key", code="invalid_key")
-            if client.revoked:
-                raise AuthenticationError(f"API key {client.key_prefix}… has been revoked", code="revoked_key")
-            if client.budget is not None and client.queries + n > client.budget:
-                left = client.budget - client.queries
-                raise BudgetExhaustedError(
-                    f"query budget exhausted: a batch of {n} queries needs more than the {left} left of this "
-                    f"key's budget of {client.budget}"
+            return self._reserve_in(cur, int(client_id), int(n), inputs, float(now))
+
+    def _reserve_in(
+        self, cur: Any, client_id: int, n: int, inputs: bytes | None, now: float
+    ) -> tuple[LedgerEntry, ClientInfo]:
+        """The body of :meth:`reserve` inside an open transaction. Every check comes before any write, so
+        a refused reservation leaves the transaction untouched."""
+        row = self._exec(cur, f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE id = ?{self._for_update}",
+                         (client_id,)).fetchone()
+        client = self._client(row)
+        if client is None:
+            raise AuthenticationError("invalid API key", code="invalid_key")
+        if client.revoked:
+            raise AuthenticationError(f"API key {client.key_prefix}… has been revoked", code="revoked_key")
+        if client.budget is not None and client.queries + n > client.budget:
+            left = client.budget - client.queries
+            raise BudgetExhaustedError(
+                f"query budget exhausted: a batch of {n} queries needs more than the {left} left of this "
+                f"key's budget of {client.budget}"
+            )
+        tokens = client.tokens
+        if client.rate_limit is not None:
+            tokens = client.available_tokens(now)
+            if tokens <= 0:
+                wait = -tokens / client.rate_limit
+                raise RateLimitedError(
+                    f"rate limit of {client.rate_limit:g} queries/s exceeded; retry in {wait:.2f} s",
+                    retry_after=wait,
                 )
-            tokens = client.tokens
-            if client.rate_limit is not None:
-                tokens = client.available_tokens(now)
-                if tokens <= 0:
-                    wait = -tokens / client.rate_limit
-                    raise RateLimitedError(
-                        f"rate limit of {client.rate_limit:g} queries/s exceeded; retry in {wait:.2f} s",
-                        retry_after=wait,
-                    )
-                tokens -= n  # the bucket may go negative: a large batch is paid for by waiting afterwards
-            self._exec(
-                cur,
-                "UPDATE clients SET queries = queries + ?, requests = requests + 1, tokens = ?, tokens_at = ? "
-                "WHERE id = ?",
-                (int(n), float(tokens), float(now), int(client_id)),
-            )
-            entry_id = self._insert_returning_id(
-                cur, "INSERT INTO ledger (client_id, n, created_at, inputs) VALUES (?, ?, ?, ?)",
-                (int(client_id), int(n), float(now), inputs),
-            )
-            updated = self._client(self._exec(cur, f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE id = ?",
-                                              (int(client_id),)).fetchone())
-        assert updated is not None
-        return LedgerEntry(id=entry_id, client_id=int(client_id), n=int(n), created_at=float(now)), updated
+            tokens -= n  # the bucket may go negative: a large batch is paid for by waiting afterwards
+        self._exec(
+            cur,
+            "UPDATE clients SET queries = queries + ?, requests = requests + 1, tokens = ?, tokens_at = ? "
+            "WHERE id = ?",
+            (n, float(tokens), now, client_id),
+        )
+        entry_id = self._insert_returning_id(
+            cur, "INSERT INTO ledger (client_id, n, created_at, inputs) VALUES (?, ?, ?, ?)",
+            (client_id, n, now, inputs),
+        )
+        updated = dataclasses.replace(client, queries=client.queries + n, requests=client.requests + 1,
+                                      tokens=float(tokens), tokens_at=now)
+        return LedgerEntry(id=entry_id, client_id=client_id, n=n, created_at=now), updated
 
     def release(self, entry_id: int) -> None:
         """Undo a reservation whose request could not be answered (the server failed before answering)."""
@@ -386,8 +394,33 @@ CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL
 """
 
 
+class LedgerWriteError(RuntimeError):
+    """The transaction recording a request failed; nothing of it was recorded (and it was not answered)."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Pending:
+    """One reservation waiting for the group commit."""
+
+    client_id: int
+    n: int
+    inputs: bytes | None
+    now: float
+    wake: threading.Event = dataclasses.field(default_factory=threading.Event)
+    lead: bool = False
+    done: bool = False
+    result: tuple[LedgerEntry, ClientInfo] | None = None
+    error: BaseException | None = None
+
+
 class SQLiteStore(Store):
-    """SQLite with ``journal_mode=WAL`` and ``synchronous=FULL``: one connection per store, behind a lock."""
+    """SQLite with ``journal_mode=WAL`` and ``synchronous=FULL``: one connection per store, behind a lock.
+
+    Reservations use *group commit*: concurrent :meth:`reserve` calls queue up, and one of them (the
+    leader) records the whole queue in a single transaction — each reservation still checked on its own,
+    in order — so one fsync covers many requests. Every caller returns only after its transaction has
+    committed, so the durability promise is unchanged.
+    """
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path).expanduser()
@@ -400,6 +433,9 @@ class SQLiteStore(Store):
         except sqlite3.Error as e:
             raise ValueError(f"cannot open SQLite store {self.path}: {e}") from None
         self._lock = threading.RLock()
+        self._group_lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._leader = False
         try:
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -434,6 +470,60 @@ class SQLiteStore(Store):
     def _insert_returning_id(self, cur: Any, sql: str, params: Sequence[Any]) -> int:
         cur.execute(sql, tuple(params))
         return int(cur.lastrowid)
+
+    def reserve(
+        self, client_id: int, n: int, *, inputs: bytes | None = None, now: float | None = None
+    ) -> tuple[LedgerEntry, ClientInfo]:
+        if n < 1:
+            raise ValueError(f"a request must hold at least one query, got {n}")
+        item = _Pending(int(client_id), int(n), inputs, time.time() if now is None else float(now))
+        with self._group_lock:
+            self._pending.append(item)
+            if not self._leader:
+                self._leader = item.lead = True
+        if not item.lead:
+            item.wake.wait()  # woken with a result, or promoted to leader of the next group
+        if not item.done:
+            self._commit_pending()
+        if isinstance(item.error, LedgerWriteError):
+            raise LedgerWriteError(str(item.error)) from item.error.__cause__
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    reserve.__doc__ = Store.reserve.__doc__
+
+    def _commit_pending(self) -> None:
+        """Record every queued reservation in one transaction, then wake their callers and pass the lead."""
+        with self._group_lock:
+            batch, self._pending = self._pending, []
+        try:
+            with self._transaction(write=True) as cur:
+                for it in batch:
+                    try:
+                        it.result = self._reserve_in(cur, it.client_id, it.n, it.inputs, it.now)
+                    except (AuthenticationError, BudgetExhaustedError, RateLimitedError) as e:
+                        it.error = e  # refused before any write: the others go on
+        except BaseException as e:  # the transaction failed: none of the group is recorded
+            for it in batch:
+                it.result = None
+                err = LedgerWriteError(f"recording the request in the ledger failed: {type(e).__name__}: {e}")
+                err.__cause__ = e
+                it.error = err
+        finally:
+            for it in batch:
+                it.done = True
+            with self._group_lock:
+                successor = self._pending[0] if self._pending else None
+                if successor is not None:
+                    successor.lead = True
+                else:
+                    self._leader = False
+            for it in batch:
+                it.wake.set()
+            if successor is not None:
+                successor.wake.set()
 
     def close(self) -> None:
         with self._lock:
