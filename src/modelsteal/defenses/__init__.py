@@ -8,11 +8,13 @@ from modelsteal.defenses.base import (
     register_defense,
 )
 from modelsteal.defenses.identity import Identity
+from modelsteal.defenses.mad import MAD, MADArgmax, MADIdentity, MADRandom
 from modelsteal.defenses.noise import RandomNoise
 from modelsteal.defenses.reverse_sigmoid import ReverseSigmoid
 from modelsteal.defenses.truncation import LabelOnly, Rounding, TopK
 
 __all__ = [
-    "Defense", "Identity", "LabelOnly", "RandomNoise", "ReverseSigmoid", "Rounding", "TopK",
+    "MAD", "Defense", "Identity", "LabelOnly", "MADArgmax", "MADIdentity", "MADRandom", "RandomNoise",
+    "ReverseSigmoid", "Rounding", "TopK",
     "available_defenses", "defense_class", "make_defense", "register_defense",
 ]

@@ -111,15 +111,6 @@ def last_layer_gram(surrogate: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 # ------------------------------------------------------------------------------------------------
 # all parameters (paper's text)
 # ------------------------------------------------------------------------------------------------
-def _seeds(n: int, k: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``K − 1`` logit-space cotangents ``e_i − e_K`` (a basis of ``{v : 1ᵀv = 0}``), shape (K−1, n, K)."""
-    s = torch.zeros(k - 1, n, k, dtype=dtype, device=device)
-    idx = torch.arange(k - 1, device=device)
-    s[idx, :, idx] = 1
-    s[:, :, k - 1] = -1
-    return s
-
-
 def _to_log_softmax(mb: Tensor, p: Tensor) -> Tensor:
     """Map the Gram ``Mb`` of ``∇_w (z_i − z_K)`` (i < K) to the Gram of ``∇_w log softmax(z)_k``.
 
@@ -136,111 +127,146 @@ def _pair_gram(a: Tensor) -> Tensor:
     return a @ a.transpose(1, 2)
 
 
-def _linear_gram(layer: nn.Linear, a: Tensor, g: Tensor) -> Tensor:
-    """Linear ``y = W a + b``: per sample ``∇_W = g aᵀ``, so ``⟨∇_W^s, ∇_W^t⟩ = (g_s·g_t)(a·a)`` (+ ``g_s·g_t``
-    for the bias). Inputs with extra dims ``(n, T, in)`` sum over positions ``T`` (see :func:`_unfolded_gram`)."""
-    if a.ndim == 2:
-        gs = g.permute(1, 0, 2)  # (n, S, out)
-        scale = (a * a).sum(dim=1) + (1.0 if layer.bias is not None else 0.0)
-        return _pair_gram(gs) * scale[:, None, None]
-    n = a.shape[0]
-    u = a.reshape(n, -1, a.shape[-1]).transpose(1, 2)  # (n, in, T)
-    gg = g.reshape(g.shape[0], n, -1, g.shape[-1]).permute(1, 0, 3, 2)  # (n, S, out, T)
-    return _unfolded_gram(u, gg, bias=layer.bias is not None)
+class _Plan:
+    """Accumulates one layer's contribution to ``Mb`` from the per-sample output gradients, seed by seed.
 
-
-def _unfolded_gram(u: Tensor, g: Tensor, *, bias: bool) -> Tensor:
-    """Gram of per-sample gradients ``∇_W^s = g_s Uᵀ`` (+ bias ``g_s 1``) of a layer that is linear in unfolded
-    patches: ``u`` (n, F, P) patches of ``F`` features at ``P`` positions, ``g`` (n, S, O, P).
-
-    Two exact ways, whichever needs fewer multiply-adds:
-
-    (a) form ``∇_W^s = g_s [U; 1]ᵀ`` (n, S, O·(F+1)) and take ``∇ ∇ᵀ``;
-    (b) ``⟨∇_W^s, ∇_W^t⟩ = Σ_o Σ_{p,q} g_s[o,p] g_t[o,q] Kpq`` with the position kernel ``K = UᵀU (+ 1)``, i.e.
-        ``H_s = g_s K`` then ``Σ_{o,q} H_s[o,q] g_t[o,q]``.
+    Built once per chunk from the layer input ``a`` (n, ...); :meth:`add` takes the output gradient ``g``
+    (n, *out) for seed ``s`` and stores a feature row in a preallocated ``(n, S, D)`` buffer; :meth:`gram`
+    returns the ``(n, S, S)`` contribution. Working seed by seed keeps only the small features alive.
     """
-    n, f, npos = u.shape
-    s, o = g.shape[1], g.shape[2]
-    fb = f + (1 if bias else 0)
-    cost_a = s * o * npos * fb + s * s * o * fb
-    cost_b = npos * npos * f + s * o * npos * npos + s * s * o * npos
-    if cost_a <= cost_b:
-        if bias:
-            u = torch.cat([u, u.new_ones(n, 1, npos)], dim=1)
-        w = g.reshape(n, s * o, npos) @ u.transpose(1, 2)  # (n, S·O, F+1)
-        return _pair_gram(w.reshape(n, s, o * fb))
-    kern = u.transpose(1, 2) @ u  # (n, P, P)
-    if bias:
-        kern = kern + 1
-    h = g.reshape(n, s * o, npos) @ kern  # (n, S·O, P)
-    return h.reshape(n, s, o * npos) @ g.reshape(n, s, o * npos).transpose(1, 2)
+
+    def __init__(self, n: int, seeds: int, dim: int, like: Tensor, *, scale: Tensor | None = None) -> None:
+        self.buf = like.new_empty(n, seeds, dim)
+        self.scale = scale
+
+    def feature(self, g: Tensor) -> Tensor:
+        return g.reshape(g.shape[0], -1)
+
+    def add(self, s: int, g: Tensor) -> None:
+        self.buf[:, s] = self.feature(g)
+
+    def gram(self) -> Tensor:
+        m = _pair_gram(self.buf)
+        return m if self.scale is None else m * self.scale[:, None, None]
 
 
-def _conv_gram(layer: nn.Conv1d | nn.Conv2d, a: Tensor, g: Tensor) -> Tensor:
-    """Conv layer as a linear map on unfolded patches (``F.unfold``): ``∇_W^s = g_s Uᵀ`` per sample."""
-    n, s = a.shape[0], g.shape[0]
+class _PatchPlan(_Plan):
+    """Layer linear in unfolded patches ``u`` (n, F, P): per sample ``∇_W^s = g_s Uᵀ`` (+ bias ``g_s 1``),
+    ``g_s`` (n, O, P). Two exact forms; the constructor picks the one with fewer multiply-adds for ``S`` seeds:
+
+    (a) features ``vec(g_s [U; 1ᵀ]ᵀ)`` (O·(F+1) per sample): ``⟨∇_W^s, ∇_W^t⟩`` is their dot product;
+    (b) ``⟨∇_W^s, ∇_W^t⟩ = Σ_o Σ_{p,q} g_s[o,p] g_t[o,q] K_pq`` with the position kernel ``K = UᵀU (+ 1)``:
+        store ``g_s`` and finish with ``H = g K`` and ``Σ_{o,q} H_s[o,q] g_t[o,q]`` (two batched products).
+    """
+
+    def __init__(self, u: Tensor, *, bias: bool, out_features: int, seeds: int) -> None:
+        n, f, npos = u.shape
+        s, o = seeds, out_features
+        fb = f + (1 if bias else 0)
+        cost_a = s * o * npos * fb + s * s * o * fb
+        cost_b = npos * npos * f + s * o * npos * npos + s * s * o * npos
+        self.n, self.o, self.npos = n, o, npos
+        self.patches = cost_a <= cost_b
+        if self.patches:
+            self.ut = (torch.cat([u, u.new_ones(n, 1, npos)], dim=1) if bias else u).transpose(1, 2)
+            super().__init__(n, s, o * fb, u)
+        else:
+            kern = u.transpose(1, 2) @ u  # (n, P, P)
+            self.kern = kern + 1 if bias else kern
+            super().__init__(n, s, o * npos, u)
+
+    def feature(self, g: Tensor) -> Tensor:
+        g = g.reshape(self.n, self.o, self.npos)
+        return (g @ self.ut).reshape(self.n, -1) if self.patches else g.reshape(self.n, -1)
+
+    def gram(self) -> Tensor:
+        if self.patches:
+            return _pair_gram(self.buf)
+        n, s = self.buf.shape[:2]
+        h = self.buf.view(n, s * self.o, self.npos) @ self.kern
+        return h.view(n, s, -1) @ self.buf.transpose(1, 2)
+
+
+def _linear_plan(layer: nn.Linear, a: Tensor, seeds: int) -> _Plan:
+    """Linear ``y = W a + b``: per sample ``∇_W = g aᵀ``, so ``⟨∇_W^s, ∇_W^t⟩ = (g_s·g_t)(a·a)`` plus ``g_s·g_t``
+    for the bias. Inputs with extra dims ``(n, T, in)`` sum over positions ``T`` (:class:`_PatchPlan`)."""
+    n = a.shape[0]
+    if a.ndim == 2:
+        scale = (a * a).sum(dim=1) + (1.0 if layer.bias is not None else 0.0)
+        return _Plan(n, seeds, layer.out_features, a, scale=scale)
+    u = a.reshape(n, -1, a.shape[-1]).transpose(1, 2)  # (n, in, T)
+    plan = _PatchPlan(u, bias=layer.bias is not None, out_features=layer.out_features, seeds=seeds)
+    inner = plan.feature
+    plan.feature = lambda g: inner(g.reshape(n, -1, g.shape[-1]).transpose(1, 2))  # type: ignore[method-assign]
+    return plan
+
+
+def _conv_plan(layer: nn.Conv1d | nn.Conv2d, a: Tensor, seeds: int) -> _Plan:
+    """Convolution as a linear map on unfolded patches (``F.unfold``): ``∇_W^s = g_s Uᵀ`` per sample."""
     if isinstance(layer, nn.Conv1d):
         a = a.unsqueeze(2)
-        kernel, dil, pad, stride = (1, *layer.kernel_size), (1, *layer.dilation), (0, *layer.padding), (1, *layer.stride)
+        kernel, dil = (1, *layer.kernel_size), (1, *layer.dilation)
+        pad, stride = (0, *layer.padding), (1, *layer.stride)
     else:
         kernel, dil, pad, stride = layer.kernel_size, layer.dilation, layer.padding, layer.stride
     u = F.unfold(a, kernel, dilation=dil, padding=pad, stride=stride)  # (n, C·kk, P)
-    gg = g.reshape(s, n, layer.out_channels, -1).transpose(0, 1)  # (n, S, O, P)
-    return _unfolded_gram(u, gg, bias=layer.bias is not None)
+    return _PatchPlan(u, bias=layer.bias is not None, out_features=layer.out_channels, seeds=seeds)
 
 
-def _batchnorm_gram(layer: nn.modules.batchnorm._BatchNorm, a: Tensor, g: Tensor) -> Tensor:
+class _BatchNormPlan(_Plan):
     """Eval-mode BatchNorm ``y = γ x̂ + β`` with running statistics: ``∇γ_c = Σ g x̂``, ``∇β_c = Σ g`` per sample."""
-    shape = (1, -1) + (1,) * (a.ndim - 2)
-    xhat = (a - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
-    s, n, c = g.shape[0], g.shape[1], g.shape[2]
-    gf = g.reshape(s, n, c, -1)
-    parts = []
-    if layer.weight is not None:
-        parts.append((gf * xhat.reshape(1, n, c, -1)).sum(-1))
-    if layer.bias is not None:
-        parts.append(gf.sum(-1))
-    return _pair_gram(torch.cat(parts, dim=2).transpose(0, 1))
+
+    def __init__(self, layer: nn.modules.batchnorm._BatchNorm, a: Tensor, seeds: int) -> None:
+        n, c = a.shape[0], a.shape[1]
+        shape = (1, -1) + (1,) * (a.ndim - 2)
+        xhat = (a - layer.running_mean.view(shape)) * torch.rsqrt(layer.running_var.view(shape) + layer.eps)
+        self.xhat = xhat.reshape(n, c, -1)
+        self.weight, self.bias = layer.weight is not None, layer.bias is not None
+        super().__init__(n, seeds, c * (int(self.weight) + int(self.bias)), a)
+
+    def feature(self, g: Tensor) -> Tensor:
+        gf = g.reshape(self.xhat.shape)
+        parts = ([(gf * self.xhat).sum(-1)] if self.weight else []) + ([gf.sum(-1)] if self.bias else [])
+        return torch.cat(parts, dim=1)
 
 
-def _module_functional_gram(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+class _FunctionalPlan(_Plan):
     """Any other layer with its own parameters: per-sample ``vjp`` through that layer alone (``torch.func``)."""
-    params = {k: v.detach() for k, v in layer.named_parameters(recurse=False)}
-    s, n = g.shape[0], a.shape[0]
 
-    def per_sample(a1: Tensor, g1: Tensor) -> dict[str, Tensor]:
-        _, pull = vjp(lambda pr: functional_call(layer, pr, (a1.unsqueeze(0),)).squeeze(0), params)
-        return vmap(lambda c: pull(c)[0])(g1)
+    def __init__(self, layer: nn.Module, a: Tensor, seeds: int) -> None:
+        self.layer, self.a = layer, a
+        self.params = {k: v.detach() for k, v in layer.named_parameters(recurse=False)}
+        dim = sum(v.numel() for v in self.params.values())
+        self.step = max(1, _ELEMENT_BUDGET // max(1, dim))
+        super().__init__(a.shape[0], seeds, dim, a)
 
-    per_row = max(1, s * sum(v.numel() for v in params.values()))
-    step = max(1, _ELEMENT_BUDGET // per_row)
-    out = []
-    gt = g.transpose(0, 1)
-    for i in range(0, n, step):
-        grads = vmap(per_sample)(a[i : i + step], gt[i : i + step])
-        flat = torch.cat([v.reshape(v.shape[0], s, -1) for v in grads.values()], dim=2)
-        out.append(_pair_gram(flat))
-    return torch.cat(out)
+    def _per_sample(self, a1: Tensor, g1: Tensor) -> Tensor:
+        _, pull = vjp(lambda pr: functional_call(self.layer, pr, (a1.unsqueeze(0),)).squeeze(0), self.params)
+        return torch.cat([v.reshape(-1) for v in pull(g1)[0].values()])
+
+    def feature(self, g: Tensor) -> Tensor:
+        a, step = self.a, self.step
+        return torch.cat([vmap(self._per_sample)(a[i : i + step], g[i : i + step]) for i in range(0, len(a), step)])
 
 
-def _layer_gram(layer: nn.Module, a: Tensor, g: Tensor) -> Tensor:
+def _layer_plan(layer: nn.Module, a: Tensor, seeds: int) -> _Plan:
     if isinstance(layer, nn.Linear):
-        return _linear_gram(layer, a, g)
+        return _linear_plan(layer, a, seeds)
     if (
         isinstance(layer, (nn.Conv1d, nn.Conv2d))
         and layer.groups == 1
         and layer.padding_mode == "zeros"
         and not isinstance(layer.padding, str)
     ):
-        return _conv_gram(layer, a, g)
+        return _conv_plan(layer, a, seeds)
     if (
         isinstance(layer, nn.modules.batchnorm._BatchNorm)
         and not layer.training
         and layer.running_mean is not None
         and layer.running_var is not None
     ):
-        return _batchnorm_gram(layer, a, g)
-    return _module_functional_gram(layer, a, g)
+        return _BatchNormPlan(layer, a, seeds)
+    return _FunctionalPlan(layer, a, seeds)
 
 
 @dataclass
@@ -285,7 +311,7 @@ class LayerwiseGram:
     samples go through one forward/backward pass (the memory of the ``K − 1`` output-gradient copies).
     """
 
-    def __init__(self, model: nn.Module, *, chunk_size: int = 256) -> None:
+    def __init__(self, model: nn.Module, *, chunk_size: int = 64) -> None:
         self.model = model
         self.chunk_size = int(chunk_size)
         self.modules = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
@@ -296,12 +322,14 @@ class LayerwiseGram:
             self._fallback = True
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self._fallback:
-            return functional_gram(self.model, x)
-        outs = [self._chunk(xc) for xc in x.split(self.chunk_size)]
-        if self._fallback:  # discovered on the first chunk
-            return functional_gram(self.model, x)
-        return torch.cat([m for m, _ in outs]), torch.cat([p for _, p in outs])
+        ms, ps = [], []
+        for xc in x.split(self.chunk_size):
+            out = None if self._fallback else self._chunk(xc)
+            if out is None:  # the layer-wise decomposition does not apply to this model
+                return functional_gram(self.model, x)
+            ms.append(out[0])
+            ps.append(out[1])
+        return torch.cat(ms), torch.cat(ps)
 
     def _forward(self, x: Tensor, clone: bool) -> tuple[_Capture, Tensor]:
         cap = _Capture(clone=clone)
@@ -332,7 +360,7 @@ class LayerwiseGram:
             used = torch.autograd.grad(out.sum(), check, allow_unused=True)
         return all(u is None for u in used)
 
-    def _chunk(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _chunk(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
         with torch.enable_grad():
             cap, z = self._forward(x, self._clone)
             if cap.stale():  # an in-place op overwrote a recorded tensor: redo with copies
@@ -341,15 +369,24 @@ class LayerwiseGram:
             if self._fallback is None:
                 self._fallback = not self._check_coverage(cap, x)
             if self._fallback:
-                return z.new_empty(0), z.new_empty(0)
+                return None
             n, k = z.shape
-            seeds = _seeds(n, k, dtype=z.dtype, device=z.device)
             order = list(cap.outputs)
-            grads = torch.autograd.grad(z, [cap.outputs[i] for i in order], grad_outputs=seeds, is_grads_batched=True)
+            plans = [_layer_plan(self.modules[i], cap.inputs[i], k - 1) for i in order]
+            for s in range(k - 1):  # cotangent e_s − e_K on the logits (a fresh tensor: grads may alias it)
+                seed = torch.zeros_like(z)
+                seed[:, s] = 1
+                seed[:, k - 1] = -1
+                grads = torch.autograd.grad(
+                    z, [cap.outputs[i] for i in order], grad_outputs=seed, retain_graph=s < k - 2,
+                    materialize_grads=True,
+                )
+                for plan, g in zip(plans, grads, strict=True):
+                    plan.add(s, g)
         z = z.detach()
         mb = z.new_zeros(n, k - 1, k - 1)
-        for i, g in zip(order, grads):
-            mb += _layer_gram(self.modules[i], cap.inputs[i], g)
+        for plan in plans:
+            mb += plan.gram()
         p = torch.softmax(z, dim=1)
         return _to_log_softmax(mb, p), p
 
@@ -374,7 +411,6 @@ def functional_gram(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
         lp = torch.log_softmax(z, dim=0)
         return lp, lp
 
-    k = None
     ms, ps = [], []
     step = 1
     i = 0
@@ -388,7 +424,7 @@ def functional_gram(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
         i += xc.shape[0]
         step = max(1, _ELEMENT_BUDGET // max(1, k * d))
     if not ms:
-        raise ValueError("empty batch")
+        raise ValueError("functional_gram needs a non-empty batch")
     return torch.cat(ms), torch.cat(ps)
 
 
