@@ -68,8 +68,10 @@ class OutputFormat:
 OUTPUT_FORMATS = ("probs", "top-k", "label", "rounded")
 
 
-def make_output(spec: str | OutputFormat = "probs", *, k: int | None = None, decimals: int | None = None) -> OutputFormat:
-    """Parse an output format: ``"probs"``, ``"label"``, ``"top-k"`` (or ``"top-3"``), ``"rounded"`` (or ``"rounded-2"``)."""
+def make_output(
+    spec: str | OutputFormat = "probs", *, k: int | None = None, decimals: int | None = None
+) -> OutputFormat:
+    """Parse an output format: ``probs``, ``label``, ``top-k`` (or ``top-3``), ``rounded`` (or ``rounded-2``)."""
     if isinstance(spec, OutputFormat):
         return spec
     name = spec.strip().lower().replace("_", "-")

@@ -60,7 +60,9 @@ def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: Tensor, *, batch_size: int = 1024, device: torch.device | str | None = None) -> Tensor:
+def predict_logits(
+    model: nn.Module, x: Tensor, *, batch_size: int = 1024, device: torch.device | str | None = None
+) -> Tensor:
     """Logits of ``model`` on ``x`` in evaluation mode, batched; returned on ``x``'s device."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -104,7 +106,7 @@ def train_classifier(
     model.to(device)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     opt = make_optimizer(model, config)
-    sched = (torch.optim.lr_scheduler.StepLR(opt, config.lr_step, config.lr_gamma) if config.lr_step else None)
+    sched = torch.optim.lr_scheduler.StepLR(opt, config.lr_step, config.lr_gamma) if config.lr_step else None
     history = TrainHistory()
     best_acc, best_state = -1.0, None
     epochs = range(config.epochs)

@@ -21,8 +21,12 @@ def random_crop_flip(x: Tensor, generator: torch.Generator, *, padding: int = 2,
     ox = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    out = padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
-                 rows, cols]
+    out = padded[
+        torch.arange(n, device=x.device)[:, None, None, None],
+        torch.arange(c, device=x.device)[None, :, None, None],
+        rows,
+        cols,
+    ]
     if flip:
         mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)[:, None, None, None]
         out = torch.where(mask, out.flip(-1), out)

@@ -95,10 +95,14 @@ class Attack(ABC):
                 torch.manual_seed(seed)
                 model = self.clone_spec(victim.input_shape, victim.num_classes)
         else:
-            model = build_model(self.clone_spec, input_shape=victim.input_shape, num_classes=victim.num_classes,
-                                mean=[0.5] * victim.input_shape[0] if len(victim.input_shape) == 3 else None,
-                                std=[0.5] * victim.input_shape[0] if len(victim.input_shape) == 3 else None,
-                                seed=seed)
+            model = build_model(
+                self.clone_spec,
+                input_shape=victim.input_shape,
+                num_classes=victim.num_classes,
+                mean=[0.5] * victim.input_shape[0] if len(victim.input_shape) == 3 else None,
+                std=[0.5] * victim.input_shape[0] if len(victim.input_shape) == 3 else None,
+                seed=seed,
+            )
         return model.to(self.device)
 
     def query_all(self, victim: QueryBudget, x: Tensor) -> Tensor:

@@ -39,8 +39,9 @@ class KnockoffNets(Attack):
         **base: options of :class:`~modelsteal.attacks.base.Attack` (clone, train, labels, device, ...).
     """
 
-    def __init__(self, *, transfer_set: Tensor, queries_per_image: int = 1, query_augment: str | None = None,
-                 **base: object) -> None:
+    def __init__(
+        self, *, transfer_set: Tensor, queries_per_image: int = 1, query_augment: str | None = None, **base: object
+    ) -> None:
         super().__init__(**base)  # type: ignore[arg-type]
         if not isinstance(transfer_set, Tensor) or transfer_set.ndim < 2 or len(transfer_set) == 0:
             raise ValueError("transfer_set must be a non-empty tensor of query inputs (M, *input_shape)")
@@ -58,8 +59,10 @@ class KnockoffNets(Attack):
 
     def run(self, victim: QueryBudget, *, generator: torch.Generator) -> StealResult:
         if tuple(self.transfer_set.shape[1:]) != tuple(victim.input_shape):
-            raise ValueError(f"transfer set images have shape {tuple(self.transfer_set.shape[1:])}, the victim "
-                             f"expects {tuple(victim.input_shape)}")
+            raise ValueError(
+                f"transfer set images have shape {tuple(self.transfer_set.shape[1:])}, the victim "
+                f"expects {tuple(victim.input_shape)}"
+            )
         q = self.queries_per_image
         idx = self.sample(victim.remaining // q, generator)
         if len(idx) == 0:
@@ -75,8 +78,19 @@ class KnockoffNets(Attack):
             x = queries
         y = self.targets(answers)
         clone = self.make_clone(victim, generator=generator)
-        history = train_classifier(clone, x, y, config=self.train_config, generator=generator, device=self.device,
-                                   progress="train clone" if self.progress else False)
-        info = {"images": len(images), "pool_size": len(self.transfer_set),
-                "pool_exhausted": len(images) < victim.budget // q, "final_loss": history.loss[-1] if history.loss else None}
+        history = train_classifier(
+            clone,
+            x,
+            y,
+            config=self.train_config,
+            generator=generator,
+            device=self.device,
+            progress="train clone" if self.progress else False,
+        )
+        info = {
+            "images": len(images),
+            "pool_size": len(self.transfer_set),
+            "pool_exhausted": len(images) < victim.budget // q,
+            "final_loss": history.loss[-1] if history.loss else None,
+        }
         return StealResult(clone=clone, queries=victim.used, transfer_x=x, transfer_y=answers, info=info)

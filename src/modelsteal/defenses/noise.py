@@ -62,15 +62,14 @@ class RandomNoise(Defense):
         self.seed = int(seed)
         self._generator: torch.Generator | None = None
 
-    def _noise(self, like: Tensor) -> Tensor:
+    def noise(self, like: Tensor) -> Tensor:
+        """Draw the next logit noise ``δ_z`` for a batch like ``like``: ``U(−ε, ε)^K`` projected onto the ball."""
         if self._generator is None or self._generator.device != like.device:
             self._generator = torch.Generator(device=like.device).manual_seed(self.seed)
         u = torch.rand(like.shape, generator=self._generator, device=like.device, dtype=like.dtype)
-        return (2 * u - 1) * self.epsilon
+        delta = (2 * u - 1) * self.epsilon
+        return project_l1_ball(delta, self.epsilon) if self.norm == "l1" else project_l2_ball(delta, self.epsilon)
 
     def perturb(self, x: Tensor, probs: Tensor, *, client: str) -> Tensor:
-        delta = self._noise(probs)
-        delta = project_l1_ball(delta, self.epsilon) if self.norm == "l1" else project_l2_ball(delta, self.epsilon)
-        z = safe_logit(probs) + delta
-        out = torch.sigmoid(z)
+        out = torch.sigmoid(safe_logit(probs) + self.noise(probs))
         return out / out.sum(dim=1, keepdim=True)

@@ -35,7 +35,9 @@ def _take(d: dict[str, Any], cls: type, where: str) -> Any:
     names = {f.name for f in fields(cls)}
     unknown = set(d) - names
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(sorted(unknown))} in {where}; allowed: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown key(s) {', '.join(sorted(unknown))} in {where}; allowed: {', '.join(sorted(names))}"
+        )
     try:
         return cls(**d)
     except TypeError as e:
@@ -137,7 +139,9 @@ def parse_config(raw: dict[str, Any]) -> SweepConfig:
     allowed = {f.name for f in fields(SweepConfig)}
     unknown = set(raw) - allowed
     if unknown:
-        raise ConfigError(f"unknown top-level key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"unknown top-level key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}"
+        )
     for key in ("defenses", "attacks", "budgets"):
         if not raw.get(key):
             raise ConfigError(f"the config needs a non-empty '{key}' list")
@@ -156,7 +160,11 @@ def parse_config(raw: dict[str, Any]) -> SweepConfig:
     return SweepConfig(
         victim=_take(raw.get("victim", {}), VictimConfig, "victim"),
         transfer=_take(raw.get("transfer", {}), TransferConfig, "transfer"),
-        defenses=defenses, attacks=attacks, budgets=list(budgets), seeds=list(seeds), **rest,
+        defenses=defenses,
+        attacks=attacks,
+        budgets=list(budgets),
+        seeds=list(seeds),
+        **rest,
     )
 
 

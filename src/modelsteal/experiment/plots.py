@@ -39,18 +39,28 @@ def plot_tradeoffs(records: Sequence[dict[str, Any]], out_dir: str | Path) -> li
         fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
         undefended = [r for r in sel if r["defense"] in ("none", "undefended", "identity")]
         for defense in sorted({r["defense"] for r in sel} - {"none", "undefended", "identity"}):
-            pts = sorted((r for r in sel if r["defense"] == defense), key=lambda r: (r["strength"] is None, r["strength"] or 0))
+            pts = sorted(
+                (r for r in sel if r["defense"] == defense), key=lambda r: (r["strength"] is None, r["strength"] or 0)
+            )
             pts = undefended[:1] + pts
             for ax, ykey in zip(axes, ("l1_mean", "defender_accuracy"), strict=True):
-                ax.plot([100 * p["attacker_accuracy"] for p in pts],
-                        [p[ykey] * (100 if ykey == "defender_accuracy" else 1) for p in pts],
-                        marker="x", label=defense)
+                ax.plot(
+                    [100 * p["attacker_accuracy"] for p in pts],
+                    [p[ykey] * (100 if ykey == "defender_accuracy" else 1) for p in pts],
+                    marker="x",
+                    label=defense,
+                )
         for u in undefended[:1]:
             axes[0].plot(100 * u["attacker_accuracy"], u["l1_mean"], "ko", label="undefended")
             axes[1].plot(100 * u["attacker_accuracy"], 100 * u["defender_accuracy"], "ko", label="undefended")
-        axes[0].set(xlabel="attacker accuracy (%) ↓", ylabel="L1 perturbation ↓", title=f"{attack}, B={budget}: utility = L1")
-        axes[1].set(xlabel="attacker accuracy (%) ↓", ylabel="defender accuracy (%) ↑",
-                    title=f"{attack}, B={budget}: utility = accuracy")
+        axes[0].set(
+            xlabel="attacker accuracy (%) ↓", ylabel="L1 perturbation ↓", title=f"{attack}, B={budget}: utility = L1"
+        )
+        axes[1].set(
+            xlabel="attacker accuracy (%) ↓",
+            ylabel="defender accuracy (%) ↑",
+            title=f"{attack}, B={budget}: utility = accuracy",
+        )
         lo = min([100 * r["attacker_accuracy"] for r in sel] + [100 * r["defender_accuracy"] for r in sel]) - 5
         axes[1].plot([lo, 100], [lo, 100], color="grey", lw=0.8, ls="--")
         for ax in axes:

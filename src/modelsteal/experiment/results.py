@@ -9,8 +9,19 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = [
-    "dataset", "defense", "strength", "attack", "budget", "seed", "victim_accuracy", "defender_accuracy",
-    "attacker_accuracy", "fidelity", "l1_mean", "l2_mean", "hellinger_mean",
+    "dataset",
+    "defense",
+    "strength",
+    "attack",
+    "budget",
+    "seed",
+    "victim_accuracy",
+    "defender_accuracy",
+    "attacker_accuracy",
+    "fidelity",
+    "l1_mean",
+    "l2_mean",
+    "hellinger_mean",
 ]
 
 
@@ -31,6 +42,7 @@ def write_results(records: Sequence[dict[str, Any]], out_dir: str | Path) -> Pat
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """Read a ``results.csv`` back, converting numeric fields."""
+
     def conv(v: str) -> Any:
         if v == "":
             return None
@@ -54,11 +66,25 @@ def _fmt(v: Any) -> str:
 
 def format_table(records: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     """A fixed-width text table of the records (accuracies as percentages)."""
-    columns = list(columns or ["defense", "strength", "attack", "budget", "defender_accuracy", "attacker_accuracy",
-                               "fidelity", "l1_mean", "hellinger_mean"])
+    columns = list(
+        columns
+        or [
+            "defense",
+            "strength",
+            "attack",
+            "budget",
+            "defender_accuracy",
+            "attacker_accuracy",
+            "fidelity",
+            "l1_mean",
+            "hellinger_mean",
+        ]
+    )
     pct = {"victim_accuracy", "defender_accuracy", "attacker_accuracy", "fidelity"}
-    rows = [[(f"{100 * r[c]:.1f}" if c in pct and r.get(c) is not None else _fmt(r.get(c))) for c in columns]
-            for r in records]
+    rows = [
+        [(f"{100 * r[c]:.1f}" if c in pct and r.get(c) is not None else _fmt(r.get(c))) for c in columns]
+        for r in records
+    ]
     heads = [c.replace("_accuracy", " acc").replace("_mean", "") for c in columns]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(heads)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]

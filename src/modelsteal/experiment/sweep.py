@@ -38,8 +38,9 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-def prepare_victim(cfg: SweepConfig, *, out_dir: Path, device: torch.device, progress: bool = True
-                   ) -> tuple[nn.Module, DatasetSplits, float]:
+def prepare_victim(
+    cfg: SweepConfig, *, out_dir: Path, device: torch.device, progress: bool = True
+) -> tuple[nn.Module, DatasetSplits, float]:
     """Load or train the victim; returns ``(model, data, test accuracy)``."""
     v = cfg.victim
     data = load_dataset(v.dataset, data_dir=v.data_dir, seed=v.seed)
@@ -47,22 +48,48 @@ def prepare_victim(cfg: SweepConfig, *, out_dir: Path, device: torch.device, pro
     if path.exists():
         model, meta = load_checkpoint(path, device=device)
         if tuple(meta["input_shape"]) != data.input_shape:
-            raise ValueError(f"checkpoint {path} takes inputs {meta['input_shape']}, dataset {v.dataset} has {data.input_shape}")
+            raise ValueError(
+                f"checkpoint {path} takes inputs {meta['input_shape']}, dataset {v.dataset} has {data.input_shape}"
+            )
     else:
-        model = build_model(v.arch, input_shape=data.input_shape, num_classes=data.num_classes, mean=data.mean,
-                            std=data.std, seed=v.seed).to(device)
-        train_classifier(model, data.x_train, data.y_train, config=TrainConfig(
-            epochs=v.epochs, lr=v.lr, momentum=v.momentum, batch_size=v.batch_size, weight_decay=v.weight_decay,
-            lr_step=v.lr_step), generator=torch.Generator().manual_seed(v.seed), val=(data.x_val, data.y_val),
-            device=device, progress="train victim" if progress else False)
-        save_checkpoint(model, path, dataset=v.dataset,
-                        metrics={"val_accuracy": attacker_accuracy(model, data.x_val, data.y_val, device=device)})
+        model = build_model(
+            v.arch,
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            mean=data.mean,
+            std=data.std,
+            seed=v.seed,
+        ).to(device)
+        train_classifier(
+            model,
+            data.x_train,
+            data.y_train,
+            config=TrainConfig(
+                epochs=v.epochs,
+                lr=v.lr,
+                momentum=v.momentum,
+                batch_size=v.batch_size,
+                weight_decay=v.weight_decay,
+                lr_step=v.lr_step,
+            ),
+            generator=torch.Generator().manual_seed(v.seed),
+            val=(data.x_val, data.y_val),
+            device=device,
+            progress="train victim" if progress else False,
+        )
+        save_checkpoint(
+            model,
+            path,
+            dataset=v.dataset,
+            metrics={"val_accuracy": attacker_accuracy(model, data.x_val, data.y_val, device=device)},
+        )
     acc = attacker_accuracy(model, data.x_test, data.y_test, device=device)
     return model.eval(), data, acc
 
 
-def build_attack(acfg: AttackConfig, *, victim_arch: str, transfer: tuple[Tensor, Tensor | None], seeds: Tensor,
-                 device: torch.device) -> Attack:
+def build_attack(
+    acfg: AttackConfig, *, victim_arch: str, transfer: tuple[Tensor, Tensor | None], seeds: Tensor, device: torch.device
+) -> Attack:
     """Instantiate a registered attack, handing it the attacker's data its constructor asks for."""
     cls = attack_class(acfg.name)
     params = inspect.signature(cls.__init__).parameters
@@ -90,8 +117,15 @@ def _points(cfg: SweepConfig) -> Iterator[tuple[DefenseConfig, float | None, Att
                         yield d, s, a, b, seed
 
 
-def evaluate_defense(victim: nn.Module, dcfg: DefenseConfig, strength: float | None, data: DatasetSplits, *,
-                     output: str, eval_size: int | None) -> dict[str, float]:
+def evaluate_defense(
+    victim: nn.Module,
+    dcfg: DefenseConfig,
+    strength: float | None,
+    data: DatasetSplits,
+    *,
+    output: str,
+    eval_size: int | None,
+) -> dict[str, float]:
     """Utility of one defense operating point on the test split: defender accuracy and perturbation size."""
     api = PredictionAPI(victim, defense=make_defense(dcfg.name, strength=strength, **dcfg.options), output=output)
     x, y = data.x_test[:eval_size], data.y_test[:eval_size]
@@ -100,9 +134,20 @@ def evaluate_defense(victim: nn.Module, dcfg: DefenseConfig, strength: float | N
     return {"defender_accuracy": argmax_accuracy(defended, y), **perturbation_summary(clean, defended)}
 
 
-def run_point(victim: nn.Module, data: DatasetSplits, cfg: SweepConfig, dcfg: DefenseConfig, strength: float | None,
-              acfg: AttackConfig, budget: int, seed: int, *, transfer: tuple[Tensor, Tensor | None], seeds: Tensor,
-              device: torch.device) -> dict[str, Any]:
+def run_point(
+    victim: nn.Module,
+    data: DatasetSplits,
+    cfg: SweepConfig,
+    dcfg: DefenseConfig,
+    strength: float | None,
+    acfg: AttackConfig,
+    budget: int,
+    seed: int,
+    *,
+    transfer: tuple[Tensor, Tensor | None],
+    seeds: Tensor,
+    device: torch.device,
+) -> dict[str, Any]:
     """Attack one defended API and measure the clone."""
     api = PredictionAPI(victim, defense=make_defense(dcfg.name, strength=strength, **dcfg.options), output=cfg.output)
     attack = build_attack(acfg, victim_arch=cfg.victim.arch, transfer=transfer, seeds=seeds, device=device)
@@ -113,7 +158,8 @@ def run_point(victim: nn.Module, data: DatasetSplits, cfg: SweepConfig, dcfg: De
     rec: dict[str, Any] = {
         "attacker_accuracy": attacker_accuracy(result.clone, data.x_test, data.y_test, device=device),
         "fidelity": fidelity(result.clone, data.x_test, clean_test, device=device),
-        "queries": result.queries, "attack_seconds": round(seconds, 2),
+        "queries": result.queries,
+        "attack_seconds": round(seconds, 2),
     }
     if result.transfer_x is not None and result.transfer_y is not None and result.transfer_y.ndim == 2:
         seen = perturbation_summary(api.posteriors(result.transfer_x).cpu(), result.transfer_y.cpu())
@@ -121,8 +167,9 @@ def run_point(victim: nn.Module, data: DatasetSplits, cfg: SweepConfig, dcfg: De
     return rec
 
 
-def run_sweep(cfg: SweepConfig, *, out_dir: str | Path, progress: bool = True, device: str | None = None,
-              plots: bool = True) -> list[dict[str, Any]]:
+def run_sweep(
+    cfg: SweepConfig, *, out_dir: str | Path, progress: bool = True, device: str | None = None, plots: bool = True
+) -> list[dict[str, Any]]:
     """Run every point of ``cfg`` not already cached in ``out_dir``; returns all records (the trade-off curves)."""
     out = Path(out_dir)
     (out / "points").mkdir(parents=True, exist_ok=True)
@@ -139,20 +186,39 @@ def run_sweep(cfg: SweepConfig, *, out_dir: str | Path, progress: bool = True, d
 
         bar = tqdm(points, desc=f"sweep {cfg.name}", unit="point")
     for dcfg, strength, acfg, budget, seed in bar:
-        key = point_key(asdict(cfg.victim), asdict(cfg.transfer), cfg.output, cfg.eval_size, asdict(dcfg), strength,
-                        asdict(acfg), budget, seed)
+        key = point_key(
+            asdict(cfg.victim),
+            asdict(cfg.transfer),
+            cfg.output,
+            cfg.eval_size,
+            asdict(dcfg),
+            strength,
+            asdict(acfg),
+            budget,
+            seed,
+        )
         path = out / "points" / f"{key}.json"
         if path.exists():
             records.append(json.loads(path.read_text()))
             continue
         ukey = point_key(asdict(dcfg), strength)
         if ukey not in utility_cache:
-            utility_cache[ukey] = evaluate_defense(victim, dcfg, strength, data, output=cfg.output,
-                                                   eval_size=cfg.eval_size)
-        rec = {"dataset": data.name, "defense": dcfg.display, "strength": strength, "attack": acfg.display,
-               "budget": budget, "seed": seed, "victim_accuracy": victim_acc, **utility_cache[ukey]}
-        rec.update(run_point(victim, data, cfg, dcfg, strength, acfg, budget, seed, transfer=transfer,
-                             seeds=seeds, device=dev))
+            utility_cache[ukey] = evaluate_defense(
+                victim, dcfg, strength, data, output=cfg.output, eval_size=cfg.eval_size
+            )
+        rec = {
+            "dataset": data.name,
+            "defense": dcfg.display,
+            "strength": strength,
+            "attack": acfg.display,
+            "budget": budget,
+            "seed": seed,
+            "victim_accuracy": victim_acc,
+            **utility_cache[ukey],
+        }
+        rec.update(
+            run_point(victim, data, cfg, dcfg, strength, acfg, budget, seed, transfer=transfer, seeds=seeds, device=dev)
+        )
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=1))
         tmp.replace(path)

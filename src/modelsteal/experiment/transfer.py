@@ -11,8 +11,9 @@ from modelsteal.data import DatasetSplits, load_dataset
 from modelsteal.experiment.config import TransferConfig
 
 
-def sample_patches(size: int, *, scales: tuple[int, ...] = (1, 2, 4, 8, 16, 32), stride: int = 2,
-                   channels: int = 1) -> Tensor:
+def sample_patches(
+    size: int, *, scales: tuple[int, ...] = (1, 2, 4, 8, 16, 32), stride: int = 2, channels: int = 1
+) -> Tensor:
     """Natural-image patches ``(M, channels, size, size)`` in [0, 1] cut from scikit-learn's two bundled
     sample photos (``load_sample_images``) at several scales, contrast-stretched per patch.
 
@@ -37,7 +38,9 @@ def sample_patches(size: int, *, scales: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
     return ((out - lo) / (hi - lo).clamp_min(1e-6))[keep]
 
 
-def build_transfer_set(cfg: TransferConfig, *, victim_data: DatasetSplits, seed: int = 0) -> tuple[Tensor, Tensor | None]:
+def build_transfer_set(
+    cfg: TransferConfig, *, victim_data: DatasetSplits, seed: int = 0
+) -> tuple[Tensor, Tensor | None]:
     """The attacker's query pool ``(x, labels or None)`` described by ``cfg``, shaped like the victim's inputs."""
     g = torch.Generator().manual_seed(seed)
     shape = victim_data.input_shape

@@ -49,13 +49,17 @@ def argmax_accuracy(probs: Tensor, labels: Tensor) -> float:
     return float((probs.argmax(dim=1).cpu() == labels.cpu()).float().mean())
 
 
-def fidelity(clone: torch.nn.Module, x: Tensor, reference_probs: Tensor, *, device: torch.device | str | None = None) -> float:
+def fidelity(
+    clone: torch.nn.Module, x: Tensor, reference_probs: Tensor, *, device: torch.device | str | None = None
+) -> float:
     """Agreement of ``clone``'s top-1 with the undefended victim's top-1 (``reference_probs``) on ``x``."""
     pred = predict_logits(clone, x, device=device).argmax(dim=1).cpu()
     return float((pred == reference_probs.argmax(dim=1).cpu()).float().mean())
 
 
-def attacker_accuracy(clone: torch.nn.Module, x: Tensor, y: Tensor, *, device: torch.device | str | None = None) -> float:
+def attacker_accuracy(
+    clone: torch.nn.Module, x: Tensor, y: Tensor, *, device: torch.device | str | None = None
+) -> float:
     """The clone's top-1 accuracy on the test split."""
     return model_accuracy(clone, x, y, device=device)
 
@@ -66,8 +70,8 @@ def detection_rates(flagged: Tensor, is_attack: Tensor) -> dict[str, float]:
     if flagged.shape != is_attack.shape:
         raise ValueError("flagged and is_attack must have the same shape")
     pos, neg = is_attack.sum().item(), (~is_attack).sum().item()
-    tpr = float((flagged & is_attack).sum() / pos) if pos else float("nan")
-    tnr = float((~flagged & ~is_attack).sum() / neg) if neg else float("nan")
+    tpr = (flagged & is_attack).sum().item() / pos if pos else float("nan")
+    tnr = (~flagged & ~is_attack).sum().item() / neg if neg else float("nan")
     return {"tpr": tpr, "tnr": tnr, "fpr": 1 - tnr if neg else float("nan"), "fnr": 1 - tpr if pos else float("nan")}
 
 

@@ -26,7 +26,12 @@ class Classifier(nn.Module):
     """``features`` (to the penultimate representation ``h``) followed by one linear ``head``."""
 
     def __init__(
-        self, features: nn.Module, head: nn.Linear, *, input_shape: Sequence[int], num_classes: int,
+        self,
+        features: nn.Module,
+        head: nn.Linear,
+        *,
+        input_shape: Sequence[int],
+        num_classes: int,
         normalize: Normalize | None = None,
     ) -> None:
         super().__init__()
@@ -56,8 +61,13 @@ def lenet(input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, nn.L
     c, h = input_shape[0], input_shape[-1]
     pad = 0 if h >= 28 else 2
     feats = nn.Sequential(
-        nn.Conv2d(c, 20, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(20, 50, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Conv2d(c, 20, 5, padding=pad),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(20, 50, 5, padding=pad),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
     )
     feats = nn.Sequential(*feats, nn.Linear(_flat_dim(feats, input_shape), 500), nn.ReLU())
     return feats, nn.Linear(500, num_classes)
@@ -67,14 +77,21 @@ def cnn(input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, nn.Lin
     """A small CNN: two 3×3 conv blocks (32, 64 channels) with max-pooling, then fc128."""
     c = input_shape[0]
     feats = nn.Sequential(
-        nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Conv2d(c, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
     )
     feats = nn.Sequential(*feats, nn.Linear(_flat_dim(feats, input_shape), 128), nn.ReLU())
     return feats, nn.Linear(128, num_classes)
 
 
-def mlp(input_shape: Sequence[int], num_classes: int, *, hidden: Sequence[int] = (256, 128)) -> tuple[nn.Module, nn.Linear]:
+def mlp(
+    input_shape: Sequence[int], num_classes: int, *, hidden: Sequence[int] = (256, 128)
+) -> tuple[nn.Module, nn.Linear]:
     """A multilayer perceptron on the flattened input."""
     d = 1
     for s in input_shape:
@@ -119,8 +136,13 @@ ARCHITECTURES = {"lenet": lenet, "cnn": cnn, "mlp": mlp, "resnet18": resnet18}
 
 
 def build_model(
-    arch: str, *, input_shape: Sequence[int], num_classes: int,
-    mean: Sequence[float] | None = None, std: Sequence[float] | None = None, seed: int | None = None,
+    arch: str,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    seed: int | None = None,
 ) -> Classifier:
     """Build ``arch`` (``lenet``, ``cnn``, ``mlp``, ``resnet18``) for ``input_shape`` and ``num_classes``.
 

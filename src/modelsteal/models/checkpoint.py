@@ -12,8 +12,14 @@ from modelsteal.models.builders import Classifier, build_model
 FORMAT = "modelsteal-checkpoint-v1"
 
 
-def save_checkpoint(model: Classifier, path: str | Path, *, dataset: str, metrics: dict[str, Any] | None = None,
-                    extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    model: Classifier,
+    path: str | Path,
+    *,
+    dataset: str,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Save a model built by :func:`build_model` with its architecture, dataset and preprocessing."""
     if not hasattr(model, "arch"):
         raise ValueError("save_checkpoint needs a model made by modelsteal.models.build_model")
@@ -49,8 +55,13 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device | None = Non
     if not isinstance(blob, dict) or blob.get("meta", {}).get("format") != FORMAT:
         raise ValueError(f"{path} is not a modelsteal checkpoint (expected format {FORMAT})")
     meta = blob["meta"]
-    model = build_model(meta["arch"], input_shape=meta["input_shape"], num_classes=meta["num_classes"],
-                        mean=meta.get("mean"), std=meta.get("std"))
+    model = build_model(
+        meta["arch"],
+        input_shape=meta["input_shape"],
+        num_classes=meta["num_classes"],
+        mean=meta.get("mean"),
+        std=meta.get("std"),
+    )
     model.load_state_dict(blob["state_dict"])
     if device is not None:
         model = model.to(device)

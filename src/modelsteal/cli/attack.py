@@ -1,0 +1,138 @@
+"""``modelsteal attack``: run any registered attack against a checkpoint (in-process) or a live URL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from modelsteal.attacks import available_attacks
+from modelsteal.blackbox import BlackBox, PredictionAPI
+from modelsteal.cli._common import add_device, parse_options
+from modelsteal.data import load_dataset
+from modelsteal.defenses import make_defense
+from modelsteal.experiment.config import AttackConfig, TransferConfig
+from modelsteal.experiment.sweep import build_attack, resolve_device
+from modelsteal.experiment.transfer import build_transfer_set, seed_set
+from modelsteal.metrics import attacker_accuracy, fidelity
+from modelsteal.models import load_checkpoint
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "attack",
+        help="steal a model behind a checkpoint or an HTTP prediction API",
+        description="Aim an attack at a black box: a checkpoint path (served in-process, optionally "
+        "behind --defense) or an http(s):// URL of `modelsteal serve` (with --key). The attack cannot "
+        "tell the two apart.",
+    )
+    p.add_argument("--target", required=True, help="checkpoint path or http(s)://host:port of a modelsteal server")
+    p.add_argument("--key", default=None, help="API key for an HTTP target")
+    p.add_argument("--attack", default="knockoff", help=f"one of: {', '.join(available_attacks())}")
+    p.add_argument("--attack-option", action="append", default=[], metavar="K=V", help="attack option (repeatable)")
+    p.add_argument("--budget", type=int, required=True, help="number of queries (input rows) to spend")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--transfer",
+        default="sample-patches",
+        help="attacker data: sample-patches, or dataset:NAME[:SPLIT] (default split train)",
+    )
+    p.add_argument(
+        "--transfer-classes", type=int, nargs="+", default=None, help="only these classes of the transfer dataset"
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="dataset whose test split measures the clone (default: the checkpoint's dataset)",
+    )
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--clone", default=None, help="clone architecture (default: the victim's, else lenet)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.5)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    p.add_argument("--labels", default="soft", choices=["soft", "argmax"], help="train on posteriors or top-1 labels")
+    p.add_argument("--defense", default="none", help="defense in front of a checkpoint target")
+    p.add_argument("--strength", type=float, default=None, help="the defense's strength parameter")
+    p.add_argument("--defense-option", action="append", default=[], metavar="K=V")
+    p.add_argument("--output", default="probs", help="API output format for a checkpoint target")
+    p.add_argument("--save-clone", default=None, help="write the clone's state_dict here")
+    p.add_argument("--json", default=None, help="write the result as JSON here")
+    add_device(p)
+    return p
+
+
+def _blackbox(args: argparse.Namespace, device: object) -> tuple[BlackBox, object, dict]:
+    if args.target.startswith(("http://", "https://")):
+        if args.defense != "none":
+            raise ValueError("--defense applies to checkpoint targets; a server chooses its own defense")
+        if not args.key:
+            raise ValueError("an HTTP target needs --key (create one with `modelsteal keys create`)")
+        from modelsteal.serve.client import HTTPBlackBox
+
+        bb = HTTPBlackBox(args.target, args.key)
+        return bb, None, {"dataset": getattr(bb, "dataset", None)}
+    model, meta = load_checkpoint(args.target, device=device)
+    defense = make_defense(args.defense, strength=args.strength, **parse_options(args.defense_option))
+    return PredictionAPI(model, defense=defense, output=args.output, device=device), model, meta
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.budget < 1:
+        raise ValueError(f"--budget must be positive, got {args.budget}")
+    device = resolve_device(args.device)
+    blackbox, victim, meta = _blackbox(args, device)
+    dataset = args.dataset or meta.get("dataset")
+    if not dataset:
+        raise ValueError("pass --dataset NAME to say which test split measures the clone")
+    data = load_dataset(dataset, data_dir=args.data_dir)
+    if tuple(data.input_shape) != tuple(blackbox.input_shape):
+        raise ValueError(
+            f"dataset {dataset} has inputs {data.input_shape}, the target takes {tuple(blackbox.input_shape)}"
+        )
+    source, _, rest = args.transfer.partition(":")
+    name, _, split = rest.partition(":")
+    tcfg = TransferConfig(
+        source=source,
+        dataset=name or None,
+        split=split or "train",
+        classes=args.transfer_classes,
+        data_dir=args.data_dir,
+    )
+    transfer = build_transfer_set(tcfg, victim_data=data, seed=args.seed)
+    acfg = AttackConfig(
+        name=args.attack,
+        clone=args.clone,
+        train={"epochs": args.epochs, "lr": args.lr, "momentum": args.momentum, "optimizer": args.optimizer},
+        options={"labels": args.labels, "progress": True, **parse_options(args.attack_option, flag="--attack-option")},
+    )
+    attack = build_attack(
+        acfg,
+        victim_arch=meta.get("arch") or "lenet",
+        transfer=transfer,
+        seeds=seed_set(tcfg, victim_data=data, seed=args.seed),
+        device=device,
+    )
+    result = attack(blackbox, budget=args.budget, seed=args.seed)
+    out = {
+        "attack": args.attack,
+        "target": args.target,
+        "budget": args.budget,
+        "queries": result.queries,
+        "seed": args.seed,
+        "dataset": data.name,
+        "attacker_accuracy": attacker_accuracy(result.clone, data.x_test, data.y_test, device=device),
+    }
+    if victim is not None:
+        out["victim_accuracy"] = attacker_accuracy(victim, data.x_test, data.y_test, device=device)
+        out["fidelity"] = fidelity(result.clone, data.x_test, blackbox.posteriors(data.x_test).cpu(), device=device)
+    for k, v in out.items():
+        print(f"{k}: {100 * v:.2f}%" if k.endswith(("accuracy", "fidelity")) else f"{k}: {v}")
+    if args.save_clone:
+        import torch
+
+        Path(args.save_clone).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(result.clone.state_dict(), args.save_clone)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0

@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from modelsteal import BudgetExceededError, PredictionAPI, QueryBudget
+from modelsteal.outputs import make_output
+
+
+def test_counts_per_client_and_budget(digits_victim, digits):
+    api = PredictionAPI(digits_victim, budget=50)
+    y = api.query(digits.x_test[:30], client="alice")
+    assert y.shape == (30, 10)
+    assert torch.allclose(y.sum(1), torch.ones(30), atol=1e-5)
+    api.query(digits.x_test[:20], client="bob")
+    assert api.queries("alice") == 30 and api.queries("bob") == 20 and api.total_queries == 50
+    with pytest.raises(BudgetExceededError, match="alice"):
+        api.query(digits.x_test[:21], client="alice")
+    assert api.queries("alice") == 30  # a refused batch is not counted
+    api.query(digits.x_test[:20], client="alice")
+    assert api.remaining("alice") == 0
+
+
+def test_query_budget_wrapper_never_exceeds(digits_victim, digits):
+    qb = QueryBudget(PredictionAPI(digits_victim), budget=10)
+    qb.query(digits.x_test[:7])
+    with pytest.raises(BudgetExceededError):
+        qb.query(digits.x_test[:4])
+    assert qb.used == 7 and qb.remaining == 3
+
+
+def test_output_formats(digits_victim, digits):
+    x = digits.x_test[:40]
+    probs = PredictionAPI(digits_victim).query(x)
+    top2 = PredictionAPI(digits_victim, output="top-2").query(x)
+    assert ((top2 > 0).sum(1) <= 2).all() and torch.equal(top2.argmax(1), probs.argmax(1))
+    assert torch.allclose(top2.sum(1), torch.ones(40), atol=1e-5)
+    label = PredictionAPI(digits_victim, output="label").query(x)
+    assert torch.equal(label.argmax(1), probs.argmax(1)) and torch.equal(label.sum(1), torch.ones(40))
+    rounded = PredictionAPI(digits_victim, output="rounded-1").query(x)
+    assert torch.allclose(rounded * 10, (rounded * 10).round(), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown output format"):
+        make_output("banana")
+
+
+def test_bad_shapes_are_named(digits_victim):
+    api = PredictionAPI(digits_victim)
+    with pytest.raises(ValueError, match=r"expected \(N, 1, 8, 8\)"):
+        api.query(torch.zeros(3, 64))
+    assert api.query(torch.zeros(1, 8, 8)).shape == (1, 10)  # a single unbatched input is accepted
