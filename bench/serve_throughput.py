@@ -5,7 +5,7 @@ request pays for a durable ledger write), warmed up, then ``--clients`` threads 
 ``POST /v1/predict`` requests of ``--rows`` rows (compact base64 float32) as fast as they are answered.
 It prints requests/s, rows/s, p50 and p99 latency per defense, and the ratios to the first defense::
 
-    python bench/serve_throughput.py                                  # none vs mad, LeNet on 1x28x28
+    python bench/serve_throughput.py                                  # none vs MAD (eps 0.5), LeNet 1x28x28
     python bench/serve_throughput.py --defenses none mad:epsilon=1.0 reverse-sigmoid:beta=0.5 --rows 16
 
 The model is a randomly initialised classifier (no dataset needed): MAD's cost does not depend on how well
@@ -36,8 +36,8 @@ from modelsteal.serve.store import open_store
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--defenses", nargs="+", default=["none", "mad"],
-                   help="defense specs NAME[:k=v,k=v] (default: none mad); ratios are to the first")
+    p.add_argument("--defenses", nargs="+", default=["none", "mad:epsilon=0.5"],
+                   help="defense specs NAME[:k=v,k=v] (default: none mad:epsilon=0.5); ratios are to the first")
     p.add_argument("--arch", default="lenet", help="victim architecture (default lenet)")
     p.add_argument("--input-shape", default="1,28,28", help="C,H,W (default 1,28,28)")
     p.add_argument("--classes", type=int, default=10)

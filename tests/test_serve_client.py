@@ -131,3 +131,34 @@ def test_a_failed_answer_is_a_500_and_is_taken_back_out_of_the_ledger(tmp_path):
     recorded = [torch.frombuffer(bytearray(b), dtype=torch.float32) for b in store.recorded_inputs(client.id)]
     assert torch.equal(recorded[0].view(3, *INPUT_SHAPE), x)
     store.close()
+
+
+def test_mad_runs_behind_the_app_and_answers_like_in_process(tmp_path):
+    """MAD needs autograd inside the server's worker threads; same seed, same answers as in-process (up to
+    float rounding: MAD's arithmetic may differ in the last bit between calls)."""
+    import anyio
+
+    from modelsteal.defenses.base import available_defenses, make_defense
+
+    if "mad" not in available_defenses():
+        pytest.skip("the MAD defense is not registered in this checkout")
+    model = build_model("mlp", input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, seed=0)
+    x = torch.rand(5, *INPUT_SHAPE, generator=torch.Generator().manual_seed(1))
+    expected = PredictionAPI(model, defense=make_defense("mad", epsilon=0.5)).query(x)
+    served = PredictionAPI(model, defense=make_defense("mad", epsilon=0.5))
+    store = open_store(tmp_path / "ledger.db")
+    _, key = store.create_key(name="a")
+    app = create_app(served, store=store)
+
+    async def scenario() -> Tensor:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app",
+                                     headers={"Authorization": f"Bearer {key}"}) as http:
+            r = await http.post("/v1/predict", json={"inputs": x.tolist()})
+            assert r.status_code == 200, r.text
+            return torch.tensor(r.json()["outputs"])
+
+    got = anyio.run(scenario)
+    store.close()
+    assert torch.allclose(got, expected, rtol=0, atol=1e-6), (got - expected).abs().max()
+    assert not torch.allclose(expected, PredictionAPI(model).query(x))
