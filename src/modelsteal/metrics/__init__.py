@@ -1,6 +1,7 @@
 """Evaluation metrics: utility, non-replicability, fidelity, perturbation size, detection rates."""
 
 from modelsteal.metrics.posterior import (
+    angular_deviation,
     argmax_accuracy,
     attacker_accuracy,
     detection_rates,
@@ -12,6 +13,7 @@ from modelsteal.metrics.posterior import (
 )
 
 __all__ = [
+    "angular_deviation",
     "argmax_accuracy", "attacker_accuracy", "detection_rates", "fidelity", "hellinger_distance", "l1_distance",
     "l2_distance", "perturbation_summary",
 ]

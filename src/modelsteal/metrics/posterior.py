@@ -83,3 +83,33 @@ def perturbation_summary(y: Tensor, y_tilde: Tensor) -> dict[str, float]:
         out[f"{name}_mean"] = float(d.mean())
         out[f"{name}_std"] = float(d.std()) if len(d) > 1 else 0.0
     return out
+
+
+def angular_deviation(
+    model: torch.nn.Module, x: Tensor, y: Tensor, y_tilde: Tensor, *, jacobian: str = "all"
+) -> Tensor:
+    """Per-sample angle in degrees between the attacker's true and poisoned gradients (PP paper, Fig. 6).
+
+    With the cross-entropy loss the attacker's descent directions are ``u = Gᵀy`` and ``a = Gᵀỹ`` (Eq. 1,
+    2) with ``G = ∇_w log F(x; w)`` taken at ``model``'s current weights, so
+    ``θ = arccos(yᵀMỹ / sqrt(yᵀMy · ỹᵀMỹ))`` needs only the Gram matrix ``M = G Gᵀ`` (all parameters, or
+    the last linear layer with ``jacobian="last_layer"``), computed without materialising ``G``.
+    """
+    from modelsteal.defenses._gram import all_params_gram, last_layer_gram, model_dtype
+
+    _check_pair(y, y_tilde)
+    if jacobian not in ("all", "last_layer"):
+        raise ValueError(f"jacobian must be 'all' or 'last_layer', got {jacobian!r}")
+    device = next(model.parameters()).device
+    dtype = model_dtype(model)
+    was_training = model.training
+    model.eval()
+    try:
+        gram_fn = all_params_gram if jacobian == "all" else last_layer_gram
+        m, _ = gram_fn(model, x.to(device=device, dtype=dtype))
+    finally:
+        model.train(was_training)
+    a, b = y.to(m), y_tilde.to(m)
+    ma, mb = (m @ a.unsqueeze(-1)).squeeze(-1), (m @ b.unsqueeze(-1)).squeeze(-1)
+    cos = (a * mb).sum(1) / ((a * ma).sum(1) * (b * mb).sum(1)).clamp_min(torch.finfo(m.dtype).tiny).sqrt()
+    return torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).cpu()
