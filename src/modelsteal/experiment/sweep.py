@@ -31,7 +31,6 @@ from modelsteal.experiment.transfer import build_transfer_set, seed_set
 from modelsteal.metrics import angular_deviation, argmax_accuracy, attacker_accuracy, fidelity, perturbation_summary
 from modelsteal.models import build_model, load_checkpoint, save_checkpoint
 
-
 ANGLE_SAMPLES = 128  # attacker queries on which the clone's gradient deviation is measured
 
 
