@@ -58,6 +58,7 @@ def test_knockoff_through_http_matches_in_process(tmp_path, one_thread):
             remote = attack()(victim_api, budget=BUDGET, seed=SEED)
             assert victim_api.usage()["queries"] == BUDGET == remote.queries
     acc_remote = accuracy(remote.clone, x_test, y_test)
+    print(f"clone accuracy: in-process {100 * acc_local:.2f}%, through HTTP {100 * acc_remote:.2f}%")
 
     assert torch.equal(remote.transfer_x, local.transfer_x)
     assert torch.equal(remote.transfer_y, local.transfer_y)  # the answers survive the wire bit for bit
