@@ -19,7 +19,7 @@ demo: setup
 	$(PY) -m modelsteal demo --out $(OUT)
 
 test: setup
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 test-slow: setup
 	$(PY) -m pytest -m slow

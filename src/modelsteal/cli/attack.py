@@ -71,7 +71,7 @@ def _blackbox(args: argparse.Namespace, device: object) -> tuple[BlackBox, objec
         from modelsteal.serve.client import HTTPBlackBox
 
         bb = HTTPBlackBox(args.target, args.key)
-        return bb, None, {"dataset": getattr(bb, "dataset", None)}
+        return bb, None, {"dataset": bb.info.get("dataset"), "arch": bb.info.get("arch")}
     model, meta = load_checkpoint(args.target, device=device)
     defense = make_defense(args.defense, strength=args.strength, **parse_options(args.defense_option))
     return PredictionAPI(model, defense=defense, output=args.output, device=device), model, meta

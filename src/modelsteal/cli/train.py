@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from modelsteal.attacks import TrainConfig, train_classifier
+from modelsteal.attacks import TrainConfig
 from modelsteal.attacks._training import accuracy
 from modelsteal.cli._common import add_device
 from modelsteal.data import available_datasets, load_dataset
-from modelsteal.experiment.sweep import resolve_device
-from modelsteal.models import ARCHITECTURES, build_model, save_checkpoint
+from modelsteal.experiment.sweep import resolve_device, train_victim
+from modelsteal.models import ARCHITECTURES, save_checkpoint
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,14 +40,6 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download, seed=args.seed)
     print(data.summary())
-    model = build_model(
-        args.arch,
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-        mean=data.mean,
-        std=data.std,
-        seed=args.seed,
-    )
     cfg = TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
@@ -59,16 +49,7 @@ def run(args: argparse.Namespace) -> int:
         lr_step=args.lr_step,
         optimizer=args.optimizer,
     )
-    hist = train_classifier(
-        model,
-        data.x_train,
-        data.y_train,
-        config=cfg,
-        val=(data.x_val, data.y_val),
-        generator=torch.Generator().manual_seed(args.seed),
-        device=device,
-        progress=f"train {args.arch}",
-    )
+    model, hist = train_victim(data, arch=args.arch, config=cfg, seed=args.seed, device=device)
     val_acc = accuracy(model, data.x_val, data.y_val, device=device)
     test_acc = accuracy(model, data.x_test, data.y_test, device=device)
     path = save_checkpoint(

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from modelsteal.attacks import TrainConfig, attack_class, train_classifier
+from modelsteal.attacks._training import TrainHistory
 from modelsteal.attacks.base import Attack
 from modelsteal.blackbox import PredictionAPI
 from modelsteal.data import DatasetSplits, load_dataset
@@ -41,6 +42,33 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
+def train_victim(
+    data: DatasetSplits,
+    *,
+    arch: str,
+    config: TrainConfig,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool | str = True,
+) -> tuple[nn.Module, TrainHistory]:
+    """Build ``arch`` for ``data`` (normalisation from its training split inside the model) and train it,
+    keeping the epoch with the best validation accuracy. Used by ``modelsteal train`` and sweeps."""
+    model = build_model(
+        arch, input_shape=data.input_shape, num_classes=data.num_classes, mean=data.mean, std=data.std, seed=seed
+    ).to(device)
+    history = train_classifier(
+        model,
+        data.x_train,
+        data.y_train,
+        config=config,
+        val=(data.x_val, data.y_val),
+        generator=torch.Generator().manual_seed(seed),
+        device=device,
+        progress=(f"train {arch}" if progress is True else progress),
+    )
+    return model, history
+
+
 def prepare_victim(
     cfg: SweepConfig, *, out_dir: Path, device: torch.device, progress: bool = True
 ) -> tuple[nn.Module, DatasetSplits, float]:
@@ -55,35 +83,19 @@ def prepare_victim(
                 f"checkpoint {path} takes inputs {meta['input_shape']}, dataset {v.dataset} has {data.input_shape}"
             )
     else:
-        model = build_model(
-            v.arch,
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-            mean=data.mean,
-            std=data.std,
-            seed=v.seed,
-        ).to(device)
-        train_classifier(
-            model,
-            data.x_train,
-            data.y_train,
-            config=TrainConfig(
-                epochs=v.epochs,
-                lr=v.lr,
-                momentum=v.momentum,
-                batch_size=v.batch_size,
-                weight_decay=v.weight_decay,
-                lr_step=v.lr_step,
-            ),
-            generator=torch.Generator().manual_seed(v.seed),
-            val=(data.x_val, data.y_val),
-            device=device,
-            progress="train victim" if progress else False,
+        config = TrainConfig(
+            epochs=v.epochs,
+            lr=v.lr,
+            momentum=v.momentum,
+            batch_size=v.batch_size,
+            weight_decay=v.weight_decay,
+            lr_step=v.lr_step,
         )
+        model, _ = train_victim(data, arch=v.arch, config=config, seed=v.seed, device=device, progress=progress)
         save_checkpoint(
             model,
             path,
-            dataset=v.dataset,
+            dataset=data.name,
             metrics={"val_accuracy": attacker_accuracy(model, data.x_val, data.y_val, device=device)},
         )
     acc = attacker_accuracy(model, data.x_test, data.y_test, device=device)

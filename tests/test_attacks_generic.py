@@ -1,0 +1,35 @@
+"""One property test over every registered image attack: the budget is never exceeded and the clone beats
+chance on an undefended victim. (Tabular extraction attacks have their own tests in test_tramer_*.)"""
+
+import pytest
+import torch
+
+from modelsteal import PredictionAPI
+from modelsteal.attacks import attack_class, available_attacks
+from modelsteal.experiment.config import AttackConfig
+from modelsteal.experiment.sweep import build_attack
+from modelsteal.metrics import attacker_accuracy
+
+IMAGE_ATTACKS = [a for a in available_attacks() if ".tramer" not in attack_class(a).__module__]
+BUDGET = 257  # not a multiple of anything convenient
+
+
+@pytest.mark.parametrize("name", IMAGE_ATTACKS)
+def test_every_attack_respects_its_budget_and_learns(name, digits_victim, digits):
+    api = PredictionAPI(digits_victim)
+    attack = build_attack(
+        AttackConfig(name=name, clone="mlp", train={"epochs": 6, "lr": 0.05, "momentum": 0.9}),
+        victim_arch="mlp",
+        transfer=(digits.x_train, digits.y_train),
+        seeds=digits.x_val[:40],
+        device=torch.device("cpu"),
+    )
+    result = attack(api, budget=BUDGET, seed=0)
+    assert result.queries == api.queries() <= BUDGET
+    assert result.queries >= BUDGET - 10, f"{name} left {BUDGET - result.queries} queries unspent"
+    assert attacker_accuracy(result.clone, digits.x_test, digits.y_test) > 0.3  # chance is 0.1
+
+
+def test_unknown_attack_lists_known():
+    with pytest.raises(ValueError, match="known attacks: .*knockoff"):
+        attack_class("steal-everything")
