@@ -379,3 +379,15 @@ def test_prediction_api_end_to_end(victim, jacobian):
     assert all(p.grad is None for p in api.defense.surrogate.parameters())
     api_argmax = PredictionAPI(victim, defense=MADArgmax(epsilon=0.6, jacobian=jacobian), input_shape=(1, 8, 8))
     assert torch.equal(api_argmax.query(x).argmax(1), clean.argmax(1))
+
+
+def test_surrogate_equal_to_the_victim_is_safe(victim):
+    """Gᵀy = ∇ Σ_k p_k = 0 when y is the surrogate's own prediction: no NaN, the budget still holds."""
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = torch.softmax(victim(x), dim=1).to(DT)  # float64 answers, float32 surrogate
+    for cls in (MAD, MADArgmax):
+        out = cls(surrogate=victim, epsilon=0.3, jacobian="all")(x, y)
+        assert torch.isfinite(out).all() and (_dist(out, y, "l1") <= 0.3 + 1e-6).all()
+    assert not torch.equal(random_surrogate(victim, seed=0).head.weight,
+                           build_model("lenet", input_shape=(1, 8, 8), num_classes=10, seed=0).head.weight)

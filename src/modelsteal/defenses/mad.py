@@ -46,6 +46,9 @@ Norm = Literal["l1", "l2"]
 Jacobian = Literal["last_layer", "all"]
 Objective = Literal["mad", "identity", "random"]
 
+# Mixed into the surrogate seed (ASCII "mad"), see random_surrogate.
+_SURROGATE_SALT = 0x6D6164
+
 # Cap on the elements of the (rows, vertices, K) candidate tensor built per chunk when scoring.
 _SCORE_BUDGET = 1 << 22
 
@@ -53,13 +56,15 @@ _SCORE_BUDGET = 1 << 22
 # ------------------------------------------------------------------------------------------------
 # Eq. 4 with the Gram matrix
 # ------------------------------------------------------------------------------------------------
-def mad_scores(m: Tensor, y: Tensor, vertices: Tensor) -> Tensor:
+def mad_scores(m: Tensor, y: Tensor, vertices: Tensor, *, eps: float | None = None) -> Tensor:
     """Eq. 4 for candidate answers: ``|| Gᵀv/||Gᵀv|| − Gᵀy/||Gᵀy|| ||²`` from ``M = G Gᵀ`` alone.
 
     ``m`` (N, K, K), ``y`` (N, K), ``vertices`` (C, K) shared by all rows or (N, C, K) per row; returns
     (N, C). With ``q_ab = aᵀ M b`` the score is ``1 + 1 − 2 q_vy / sqrt(q_vv q_yy)``. A zero gradient
-    (``q ≈ 0`` relative to the largest diagonal entry of ``M``) has no direction: its unit vector is
-    taken as 0, so the score stays finite (1 against a non-zero vector, 0 between two zero ones).
+    (``q`` below the rounding level ``64·K·eps·max_k M_kk``, ``eps`` the relative precision ``M`` was computed
+    with, by default that of its dtype) has no direction: its unit vector is taken as 0, so the score stays
+    finite (1 against a non-zero vector, 0 between two zero ones). This happens e.g. when ``y`` equals the
+    surrogate's own prediction, where ``Gᵀy = Σ_k y_k ∇ log p_k = ∇ Σ_k p_k = 0``.
     """
     my = (m @ y.unsqueeze(-1)).squeeze(-1)  # (N, K)
     q_yy = (y * my).sum(-1)
@@ -70,7 +75,7 @@ def mad_scores(m: Tensor, y: Tensor, vertices: Tensor) -> Tensor:
         q_vv = ((vertices @ m) * vertices).sum(-1)  # M is symmetric: rows of V M are (M v)ᵀ
         q_vy = (vertices @ my.unsqueeze(-1)).squeeze(-1)
     k = m.shape[-1]
-    eps = torch.finfo(m.dtype).eps
+    eps = torch.finfo(m.dtype).eps if eps is None else max(float(eps), torch.finfo(m.dtype).eps)
     ref = m.diagonal(dim1=1, dim2=2).abs().amax(dim=1)
     tol = 64 * k * eps * ref  # rounding level of a quadratic form aᵀMa with ||a||₁ = 1
     nz_v = q_vv > tol[:, None]
@@ -249,14 +254,17 @@ class MAD(Defense):
             return self._random_target(y)
         if self.objective == "identity":
             m = torch.eye(k, dtype=y.dtype, device=y.device).expand(n, k, k)
+            eps = torch.finfo(y.dtype).eps
         else:
-            m = self.gram(x).to(device=y.device, dtype=y.dtype)
+            m = self.gram(x)
+            eps = max(torch.finfo(m.dtype).eps, torch.finfo(y.dtype).eps)  # M is as precise as the surrogate
+            m = m.to(device=y.device, dtype=y.dtype)
         if not self.preserve_argmax:
-            scores = mad_scores(m, y, torch.eye(k, dtype=y.dtype, device=y.device))
+            scores = mad_scores(m, y, torch.eye(k, dtype=y.dtype, device=y.device), eps=eps)
             return torch.nn.functional.one_hot(scores.argmax(dim=1), k).to(y.dtype)
-        return self.argmax_target(m, y)
+        return self.argmax_target(m, y, eps=eps)
 
-    def argmax_target(self, m: Tensor, y: Tensor) -> Tensor:
+    def argmax_target(self, m: Tensor, y: Tensor, *, eps: float | None = None) -> Tensor:
         """MAD-argmax: maximise Eq. 4 over the extremes ``y_S = 1_S/|S|`` (``S ∋ c``) of ``Δ_c^K``, ``c = argmax y``.
 
         ``K ≤ max_exact_classes``: all ``2^(K−1)`` vertices are scored at once (rows chunked to bound memory).
@@ -274,18 +282,18 @@ class MAD(Defense):
             table = self._vertex_cache[key]  # (K, C, K)
             step = max(1, _SCORE_BUDGET // (table.shape[1] * k))
             best = torch.cat([
-                mad_scores(m[i : i + step], y[i : i + step], table[c[i : i + step]]).argmax(dim=1)
+                mad_scores(m[i : i + step], y[i : i + step], table[c[i : i + step]], eps=eps).argmax(dim=1)
                 for i in range(0, n, step)
             ])
             return table[c, best]
         in_s = torch.nn.functional.one_hot(c, k).bool()
-        current = mad_scores(m, y, in_s.to(y.dtype).unsqueeze(1)).squeeze(1)
+        current = mad_scores(m, y, in_s.to(y.dtype).unsqueeze(1), eps=eps).squeeze(1)
         active = torch.ones(n, dtype=torch.bool, device=y.device)
         eye = torch.eye(k, dtype=torch.bool, device=y.device)
         for _ in range(k - 1):
             cand = (in_s.unsqueeze(1) | eye).to(y.dtype)  # (N, K, K): row j is S ∪ {j}
             cand = cand / cand.sum(dim=-1, keepdim=True)
-            scores = mad_scores(m, y, cand).masked_fill(in_s, float("-inf"))
+            scores = mad_scores(m, y, cand, eps=eps).masked_fill(in_s, float("-inf"))
             top, j = scores.max(dim=1)
             improve = active & (top > current)
             if not bool(improve.any()):
@@ -375,7 +383,9 @@ def random_surrogate(model: nn.Module, *, seed: int = 0) -> nn.Module:
     """A fixed, randomly initialised copy of ``model`` (the surrogate the paper found best, Sec. 4).
 
     ``copy.deepcopy(model)``, then every submodule with ``reset_parameters`` is re-initialised under
-    ``torch.random.fork_rng`` seeded with ``seed``, so the global RNG is untouched; buffers of modules
+    ``torch.random.fork_rng`` seeded with ``seed ^ 0x6D6164`` (``"mad"``: so that an untrained victim built
+    with ``build_model(..., seed=0)`` does not get itself back as the surrogate, for which ``Gᵀy = 0``), so
+    the global RNG is untouched; buffers of modules
     without ``reset_parameters`` (e.g. :class:`~modelsteal.models.Normalize`) are kept. Returned in eval
     mode, on the victim's device, with ``requires_grad`` off (gradients are taken through the input).
     """
@@ -383,10 +393,11 @@ def random_surrogate(model: nn.Module, *, seed: int = 0) -> nn.Module:
     device = _module_device(sur)
     cuda = [torch.cuda._utils._get_device_index(device)] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
-        torch.random.default_generator.manual_seed(seed)
+        mixed = int(seed) ^ _SURROGATE_SALT
+        torch.random.default_generator.manual_seed(mixed)
         if cuda:
             with torch.cuda.device(cuda[0]):
-                torch.cuda.manual_seed(seed)
+                torch.cuda.manual_seed(mixed)
         with torch.no_grad():
             for mod in sur.modules():
                 reset = getattr(mod, "reset_parameters", None)
