@@ -132,3 +132,14 @@ def test_attack_cli_against_a_checkpoint(tmp_path, capsys):
 
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["queries"] == 143 and 0.2 < r["attacker_accuracy"] <= 1  # the val split has 143 images
+
+
+def test_demo_config_is_valid_and_uses_registered_names():
+    from modelsteal.attacks import available_attacks
+    from modelsteal.cli.demo import demo_config_text
+    from modelsteal.defenses import available_defenses
+
+    cfg = parse_config(yaml.safe_load(demo_config_text()))
+    assert {d.name for d in cfg.defenses} - {"none"} <= set(available_defenses())
+    assert {a.name for a in cfg.attacks} <= set(available_attacks())
+    assert cfg.victim.dataset == "digits" and cfg.transfer.source == "sample-patches"
