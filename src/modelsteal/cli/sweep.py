@@ -21,6 +21,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--budget", type=int, nargs="+", default=None, help="override the config's budgets")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="compute nothing: write results.csv and plots from the points already finished in DIR",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device(p)
     return p
@@ -32,6 +37,13 @@ def run(args: argparse.Namespace) -> int:
         if any(b < 1 for b in args.budget):
             raise ValueError(f"--budget must be positive, got {args.budget}")
         cfg = cfg.with_budgets(args.budget)
+    if args.cached_only:
+        from modelsteal.experiment.sweep import collect_sweep
+
+        records = collect_sweep(cfg, out_dir=args.out, plots=not args.no_plots)
+        print(format_table(records))
+        print(f"\n{len(records)} finished point(s) of {cfg.name} in {args.out}")
+        return 0
     records = run_sweep(
         cfg,
         out_dir=args.out,

@@ -186,6 +186,50 @@ def run_point(
     return rec
 
 
+def sweep_point_key(
+    cfg: SweepConfig,
+    dcfg: DefenseConfig,
+    strength: float | None,
+    acfg: AttackConfig,
+    budget: int,
+    seed: int,
+    *,
+    legacy: bool = False,
+) -> str:
+    """Cache key of one sweep point: everything that determines its record and nothing else.
+
+    The defense's list of ``strengths`` is left out (only the point's own ``strength`` counts), so adding or
+    dropping operating points, or restricting a config to some of them, keeps the finished points cached.
+    ``legacy=True`` gives the earlier key, which included the list (still read, and renamed, when found).
+    """
+    d = asdict(dcfg)
+    if not legacy:
+        d.pop("strengths")
+    return point_key(
+        asdict(cfg.victim), asdict(cfg.transfer), cfg.output, cfg.eval_size, d, strength, asdict(acfg), budget, seed
+    )
+
+
+def collect_sweep(cfg: SweepConfig, *, out_dir: str | Path, plots: bool = True) -> list[dict[str, Any]]:
+    """Write ``results.csv`` (and plots) from the points of ``cfg`` already cached in ``out_dir``, in the
+    config's order, computing nothing: the results of an interrupted or partly run sweep."""
+    out = Path(out_dir)
+    records: list[dict[str, Any]] = []
+    for dcfg, strength, acfg, budget, seed in _points(cfg):
+        for legacy in (False, True):
+            path = out / "points" / f"{sweep_point_key(cfg, dcfg, strength, acfg, budget, seed, legacy=legacy)}.json"
+            if path.exists():
+                records.append(json.loads(path.read_text()))
+                break
+    if records:
+        write_results(records, out)
+        if plots:
+            from modelsteal.experiment.plots import plot_tradeoffs
+
+            plot_tradeoffs(records, out)
+    return records
+
+
 def run_sweep(
     cfg: SweepConfig, *, out_dir: str | Path, progress: bool = True, device: str | None = None, plots: bool = True
 ) -> list[dict[str, Any]]:
@@ -205,18 +249,10 @@ def run_sweep(
 
         bar = tqdm(points, desc=f"sweep {cfg.name}", unit="point")
     for dcfg, strength, acfg, budget, seed in bar:
-        key = point_key(
-            asdict(cfg.victim),
-            asdict(cfg.transfer),
-            cfg.output,
-            cfg.eval_size,
-            asdict(dcfg),
-            strength,
-            asdict(acfg),
-            budget,
-            seed,
-        )
-        path = out / "points" / f"{key}.json"
+        path = out / "points" / f"{sweep_point_key(cfg, dcfg, strength, acfg, budget, seed)}.json"
+        legacy = out / "points" / f"{sweep_point_key(cfg, dcfg, strength, acfg, budget, seed, legacy=True)}.json"
+        if not path.exists() and legacy.exists():  # cached under the key that included the strength list
+            legacy.replace(path)
         if path.exists():
             records.append(json.loads(path.read_text()))
             continue
