@@ -138,6 +138,17 @@ class FeatureSpace:
     def categorical_columns(self) -> list[int]:
         return sorted(c for f in self.features if f.categorical for c in f.columns)
 
+    def box(self, *, widen: float = 1.0) -> tuple[Tensor, Tensor]:
+        """Per-column centre and half-width of the domain; a constant column gets half-width ``widen``.
+
+        Attacks standardise their queries and clones with it: ``u = (x − centre) / half_width ∈ [−1, 1]``.
+        """
+        if widen <= 0:
+            raise ValueError(f"widen must be > 0, got {widen}")
+        low, high = self.low, self.high
+        h = 0.5 * (high - low)
+        return 0.5 * (low + high), torch.where(h > 0, h, torch.full_like(h, widen))
+
     def sample(self, n: int, *, generator: torch.Generator | None = None, widen: float = 0.0) -> Tensor:
         """``n`` uniform points ``(n, D)`` float64.
 
@@ -215,7 +226,8 @@ def _generated(name: str) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
         if name == "moons":
             return datasets.make_moons(n_samples=5000, noise=0.2, random_state=seed)
         if name == "blobs":
-            return datasets.make_blobs(n_samples=5000, centers=3, n_features=2, cluster_std=1.5, random_state=seed)
+            return datasets.make_blobs(n_samples=5000, centers=[[-4.0, 0.0], [4.0, 0.0], [0.0, 6.0]], cluster_std=1.5,
+                                       random_state=seed)
         return datasets.make_classification(n_samples=1000, n_features=20, n_informative=10, n_redundant=5,
                                             n_classes=5, n_clusters_per_class=1, random_state=seed)
 
