@@ -22,6 +22,8 @@ in the surrogate's floating dtype.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +35,9 @@ from modelsteal.models.builders import last_linear
 
 # Upper bound on the number of elements of any temporary built per chunk (about 64 MiB in float32).
 _ELEMENT_BUDGET = 1 << 24
+# Upper bound on the per-chunk features kept by the layer plans (about 128 MiB in float32); a chunk over it is
+# split and the chunk size lowered for the following calls.
+_PLAN_BUDGET = 1 << 25
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
@@ -130,14 +135,27 @@ def _pair_gram(a: Tensor) -> Tensor:
 class _Plan:
     """Accumulates one layer's contribution to ``Mb`` from the per-sample output gradients, seed by seed.
 
-    Built once per chunk from the layer input ``a`` (n, ...); :meth:`add` takes the output gradient ``g``
-    (n, *out) for seed ``s`` and stores a feature row in a preallocated ``(n, S, D)`` buffer; :meth:`gram`
-    returns the ``(n, S, S)`` contribution. Working seed by seed keeps only the small features alive.
+    Built once per chunk from the layer input ``a`` (n, ...); :meth:`add` maps the output gradient ``g``
+    (n, *out) of seed ``s`` to a feature row stored in an ``(n, S, D)`` buffer; :meth:`gram` returns the
+    ``(n, S, S)`` contribution. Only these features outlive a backward pass. The base class is the plain
+    case ``⟨∇^s, ∇^t⟩ = scale · (g_s · g_t)``.
     """
 
     def __init__(self, n: int, seeds: int, dim: int, like: Tensor, *, scale: Tensor | None = None) -> None:
-        self.buf = like.new_empty(n, seeds, dim)
+        self.shape = (n, seeds, dim)
+        self.like = like
         self.scale = scale
+        self._buf: Tensor | None = None
+
+    @property
+    def buf(self) -> Tensor:
+        if self._buf is None:
+            self._buf = self.like.new_empty(self.shape)
+        return self._buf
+
+    def numel(self) -> int:
+        """Elements this plan will hold for the chunk (features and precomputed tensors)."""
+        return self.shape[0] * self.shape[1] * self.shape[2]
 
     def feature(self, g: Tensor) -> Tensor:
         return g.reshape(g.shape[0], -1)
@@ -151,57 +169,76 @@ class _Plan:
 
 
 class _PatchPlan(_Plan):
-    """Layer linear in unfolded patches ``u`` (n, F, P): per sample ``∇_W^s = g_s Uᵀ`` (+ bias ``g_s 1``),
+    """Layer linear in unfolded patches ``U`` (n, F, P): per sample ``∇_W^s = g_s Uᵀ`` (+ bias ``g_s 1``), with
     ``g_s`` (n, O, P). Two exact forms; the constructor picks the one with fewer multiply-adds for ``S`` seeds:
 
     (a) features ``vec(g_s [U; 1ᵀ]ᵀ)`` (O·(F+1) per sample): ``⟨∇_W^s, ∇_W^t⟩`` is their dot product;
     (b) ``⟨∇_W^s, ∇_W^t⟩ = Σ_o Σ_{p,q} g_s[o,p] g_t[o,q] K_pq`` with the position kernel ``K = UᵀU (+ 1)``:
         store ``g_s`` and finish with ``H = g K`` and ``Σ_{o,q} H_s[o,q] g_t[o,q]`` (two batched products).
+
+    ``unfold`` computes ``U`` on first use, so that the memory check runs before anything large exists.
     """
 
-    def __init__(self, u: Tensor, *, bias: bool, out_features: int, seeds: int) -> None:
-        n, f, npos = u.shape
+    def __init__(self, unfold: Callable[[], Tensor], like: Tensor, *, n: int, f: int, npos: int, bias: bool,
+                 out_features: int, seeds: int) -> None:
         s, o = seeds, out_features
         fb = f + (1 if bias else 0)
         cost_a = s * o * npos * fb + s * s * o * fb
         cost_b = npos * npos * f + s * o * npos * npos + s * s * o * npos
-        self.n, self.o, self.npos = n, o, npos
+        self.unfold, self.bias = unfold, bias
+        self.n, self.o, self.npos, self.fb = n, o, npos, fb
         self.patches = cost_a <= cost_b
-        if self.patches:
-            self.ut = (torch.cat([u, u.new_ones(n, 1, npos)], dim=1) if bias else u).transpose(1, 2)
-            super().__init__(n, s, o * fb, u)
-        else:
-            kern = u.transpose(1, 2) @ u  # (n, P, P)
-            self.kern = kern + 1 if bias else kern
-            super().__init__(n, s, o * npos, u)
+        self._mat: Tensor | None = None  # (a): [U; 1ᵀ]ᵀ (n, P, F+1); (b): K (n, P, P)
+        super().__init__(n, s, o * fb if self.patches else o * npos, like)
+
+    @property
+    def mat(self) -> Tensor:
+        if self._mat is None:
+            u = self.unfold()
+            if self.patches:
+                if self.bias:
+                    u = torch.cat([u, u.new_ones(self.n, 1, self.npos)], dim=1)
+                self._mat = u.transpose(1, 2)
+            else:
+                kern = u.transpose(1, 2) @ u
+                self._mat = kern + 1 if self.bias else kern
+        return self._mat
+
+    def numel(self) -> int:
+        return super().numel() + self.n * self.npos * (self.fb if self.patches else self.npos)
 
     def feature(self, g: Tensor) -> Tensor:
         g = g.reshape(self.n, self.o, self.npos)
-        return (g @ self.ut).reshape(self.n, -1) if self.patches else g.reshape(self.n, -1)
+        return (g @ self.mat).reshape(self.n, -1) if self.patches else g.reshape(self.n, -1)
 
     def gram(self) -> Tensor:
         if self.patches:
             return _pair_gram(self.buf)
         n, s = self.buf.shape[:2]
-        h = self.buf.view(n, s * self.o, self.npos) @ self.kern
+        h = self.buf.view(n, s * self.o, self.npos) @ self.mat
         return h.view(n, s, -1) @ self.buf.transpose(1, 2)
+
+
+class _SequencePlan(_PatchPlan):
+    """Linear layer on ``(n, *T, in)`` inputs: the positions ``T`` play the role of a convolution's patches."""
+
+    def feature(self, g: Tensor) -> Tensor:
+        return super().feature(g.reshape(self.n, -1, self.o).transpose(1, 2))
 
 
 def _linear_plan(layer: nn.Linear, a: Tensor, seeds: int) -> _Plan:
     """Linear ``y = W a + b``: per sample ``∇_W = g aᵀ``, so ``⟨∇_W^s, ∇_W^t⟩ = (g_s·g_t)(a·a)`` plus ``g_s·g_t``
-    for the bias. Inputs with extra dims ``(n, T, in)`` sum over positions ``T`` (:class:`_PatchPlan`)."""
+    for the bias. Inputs with extra dims ``(n, *T, in)`` sum over the positions ``T`` (:class:`_SequencePlan`)."""
     n = a.shape[0]
     if a.ndim == 2:
         scale = (a * a).sum(dim=1) + (1.0 if layer.bias is not None else 0.0)
         return _Plan(n, seeds, layer.out_features, a, scale=scale)
-    u = a.reshape(n, -1, a.shape[-1]).transpose(1, 2)  # (n, in, T)
-    plan = _PatchPlan(u, bias=layer.bias is not None, out_features=layer.out_features, seeds=seeds)
-    inner = plan.feature
-    plan.feature = lambda g: inner(g.reshape(n, -1, g.shape[-1]).transpose(1, 2))  # type: ignore[method-assign]
-    return plan
+    u = a.reshape(n, -1, a.shape[-1]).transpose(1, 2)  # (n, in, T), a view
+    return _SequencePlan(lambda: u, a, n=n, f=u.shape[1], npos=u.shape[2], bias=layer.bias is not None,
+                         out_features=layer.out_features, seeds=seeds)
 
 
-def _conv_plan(layer: nn.Conv1d | nn.Conv2d, a: Tensor, seeds: int) -> _Plan:
+def _conv_plan(layer: nn.Conv1d | nn.Conv2d, a: Tensor, out: Tensor, seeds: int) -> _Plan:
     """Convolution as a linear map on unfolded patches (``F.unfold``): ``∇_W^s = g_s Uᵀ`` per sample."""
     if isinstance(layer, nn.Conv1d):
         a = a.unsqueeze(2)
@@ -209,8 +246,10 @@ def _conv_plan(layer: nn.Conv1d | nn.Conv2d, a: Tensor, seeds: int) -> _Plan:
         pad, stride = (0, *layer.padding), (1, *layer.stride)
     else:
         kernel, dil, pad, stride = layer.kernel_size, layer.dilation, layer.padding, layer.stride
-    u = F.unfold(a, kernel, dilation=dil, padding=pad, stride=stride)  # (n, C·kk, P)
-    return _PatchPlan(u, bias=layer.bias is not None, out_features=layer.out_channels, seeds=seeds)
+    n, f = a.shape[0], a.shape[1] * math.prod(kernel)
+    npos = math.prod(out.shape[2:])
+    return _PatchPlan(lambda: F.unfold(a, kernel, dilation=dil, padding=pad, stride=stride), a, n=n, f=f,
+                      npos=npos, bias=layer.bias is not None, out_features=layer.out_channels, seeds=seeds)
 
 
 class _BatchNormPlan(_Plan):
@@ -249,7 +288,7 @@ class _FunctionalPlan(_Plan):
         return torch.cat([vmap(self._per_sample)(a[i : i + step], g[i : i + step]) for i in range(0, len(a), step)])
 
 
-def _layer_plan(layer: nn.Module, a: Tensor, seeds: int) -> _Plan:
+def _layer_plan(layer: nn.Module, a: Tensor, out: Tensor, seeds: int) -> _Plan:
     if isinstance(layer, nn.Linear):
         return _linear_plan(layer, a, seeds)
     if (
@@ -258,7 +297,7 @@ def _layer_plan(layer: nn.Module, a: Tensor, seeds: int) -> _Plan:
         and layer.padding_mode == "zeros"
         and not isinstance(layer.padding, str)
     ):
-        return _conv_plan(layer, a, seeds)
+        return _conv_plan(layer, a, out, seeds)
     if (
         isinstance(layer, nn.modules.batchnorm._BatchNorm)
         and not layer.training
@@ -267,6 +306,9 @@ def _layer_plan(layer: nn.Module, a: Tensor, seeds: int) -> _Plan:
     ):
         return _BatchNormPlan(layer, a, seeds)
     return _FunctionalPlan(layer, a, seeds)
+
+
+_RETRY = object()
 
 
 @dataclass
@@ -323,12 +365,17 @@ class LayerwiseGram:
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
         ms, ps = [], []
-        for xc in x.split(self.chunk_size):
+        i = 0
+        while i < x.shape[0]:
+            xc = x[i : i + self.chunk_size]
             out = None if self._fallback else self._chunk(xc)
             if out is None:  # the layer-wise decomposition does not apply to this model
                 return functional_gram(self.model, x)
+            if out is _RETRY:  # chunk too large for the plan budget: chunk_size was lowered
+                continue
             ms.append(out[0])
             ps.append(out[1])
+            i += xc.shape[0]
         return torch.cat(ms), torch.cat(ps)
 
     def _forward(self, x: Tensor, clone: bool) -> tuple[_Capture, Tensor]:
@@ -360,7 +407,7 @@ class LayerwiseGram:
             used = torch.autograd.grad(out.sum(), check, allow_unused=True)
         return all(u is None for u in used)
 
-    def _chunk(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+    def _chunk(self, x: Tensor) -> tuple[Tensor, Tensor] | object | None:
         with torch.enable_grad():
             cap, z = self._forward(x, self._clone)
             if cap.stale():  # an in-place op overwrote a recorded tensor: redo with copies
@@ -372,15 +419,18 @@ class LayerwiseGram:
                 return None
             n, k = z.shape
             order = list(cap.outputs)
-            plans = [_layer_plan(self.modules[i], cap.inputs[i], k - 1) for i in order]
-            for s in range(k - 1):  # cotangent e_s − e_K on the logits (a fresh tensor: grads may alias it)
+            plans = [_layer_plan(self.modules[i], cap.inputs[i], cap.outputs[i], k - 1) for i in order]
+            footprint = sum(plan.numel() for plan in plans)
+            if footprint > _PLAN_BUDGET and n > 1:
+                self.chunk_size = max(1, n * _PLAN_BUDGET // footprint)
+                return _RETRY
+            outs = [cap.outputs[i] for i in order]
+            for s in range(k - 1):  # cotangent e_s − e_K (a fresh tensor: a gradient may alias it)
                 seed = torch.zeros_like(z)
                 seed[:, s] = 1
                 seed[:, k - 1] = -1
-                grads = torch.autograd.grad(
-                    z, [cap.outputs[i] for i in order], grad_outputs=seed, retain_graph=s < k - 2,
-                    materialize_grads=True,
-                )
+                grads = torch.autograd.grad(z, outs, grad_outputs=seed, retain_graph=s < k - 2,
+                                            materialize_grads=True)
                 for plan, g in zip(plans, grads, strict=True):
                     plan.add(s, g)
         z = z.detach()
