@@ -115,6 +115,7 @@ class LowdMeek(Attack):
                 raise BudgetExceededError(f"the budget ran out before both labels were seen ({len(ys)} queries)")
             x = self.space.sample(n, generator=generator, widen=self.widen)
             xs, ys = torch.cat([xs, x]), torch.cat([ys, self._labels(victim, x)])
+        initial = victim.used
         # 2. segments from each end point to the anchor of the other label: distinct lines through two fixed
         #    points meet the hyperplane in points in general position
         anchors = torch.stack([(ys == label).nonzero()[0, 0] for label in (0, 1)])
@@ -140,6 +141,6 @@ class LowdMeek(Attack):
             raise ValueError("the boundary points do not determine a hyperplane")
         w, bias = (w / norm)[None, :], (bias / norm).reshape(1)
         clone = TabularLinear(d, 2, mode="binary").set_raw_parameters(w, bias)
-        info = {"weights": w, "bias": bias, "boundary_points": m, "steps": self.steps,
+        info = {"weights": w, "bias": bias, "boundary_points": m, "steps": self.steps, "initial_queries": initial,
                 "singular_gap": float(s[-1] / s[-2]) if len(s) > 1 else 0.0}
         return StealResult(clone=clone, queries=victim.used, transfer_x=points, info=info)

@@ -158,7 +158,8 @@ class PathFinding(Attack):
     (the victim must accept NaN as a missing feature); ``snap`` spends one query per located threshold on
     the shortest decimal inside its bracket. The result's ``clone`` is an :class:`ExtractedTree`
     and ``info`` holds ``leaves`` (found), ``complete`` (whether the search finished within the budget).
-    A budget that runs out stops the search with the leaves found so far.
+    A budget that runs out stops the search with the leaves found so far (the last one possibly with only
+    some of its predicates).
     """
 
     def __init__(self, *, space: FeatureSpace, epsilon: float = 1e-3, incomplete: bool = False, snap: bool = True,
@@ -286,7 +287,7 @@ class PathFinding(Attack):
                 ans = self._ask(victim, [x])[0]
             if ans.id in leaves:
                 continue
-            leaf = ExtractedLeaf(ans.id, ans.label, ans.confidence)
+            leaf = leaves[ans.id] = ExtractedLeaf(ans.id, ans.label, ans.confidence)  # filled in below
             for fi, f in enumerate(self.space.features):
                 value = float(f.decode(x[None])[0])
                 if f.kind == CONTINUOUS:
@@ -306,7 +307,6 @@ class PathFinding(Attack):
                         elif gid not in leaves and gid not in queued:
                             queued.add(gid)
                             queue.append((self._with(x, f, min(cats)), other))
-            leaves[ans.id] = leaf
 
     def _top_down(self, victim: QueryBudget, leaves: dict[float, ExtractedLeaf],
                   generator: torch.Generator) -> None:
@@ -347,7 +347,7 @@ class PathFinding(Attack):
                     for cats, other in groups.values():
                         push(self._with(q, f, min(cats)), split, cats, other)
                 continue
-            leaf = ExtractedLeaf(ans.id, ans.label, ans.confidence)
+            leaf = leaves[ans.id] = ExtractedLeaf(ans.id, ans.label, ans.confidence)  # filled in below
             for fi, f in enumerate(features):
                 if fi in missing:
                     continue
@@ -368,7 +368,6 @@ class PathFinding(Attack):
                             leaf.predicates[fi] = cats
                         else:
                             push(self._with(q, f, min(cats)), fi, cats, other)
-            leaves[ans.id] = leaf
 
     def _find_split_feature(self, victim: QueryBudget, q: Tensor, missing: list[int], ans: Answer) -> int | None:
         """The missing feature the node ``ans`` splits on, by bisecting the set of missing features."""

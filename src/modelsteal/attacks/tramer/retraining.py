@@ -38,7 +38,7 @@ from modelsteal.data.tabular import FeatureSpace
 __all__ = ["Retraining", "STRATEGIES"]
 
 STRATEGIES = ("uniform", "line-search", "adaptive")
-DEFAULT_TRAIN = TrainConfig(epochs=100, batch_size=32, lr=0.01, optimizer="adam")
+DEFAULT_TRAIN = TrainConfig(epochs=100, batch_size=32, lr=0.05, optimizer="adam")
 
 
 @register_attack("retraining")
@@ -49,7 +49,7 @@ class Retraining(Attack):
     ``adaptive``; ``model`` ``"linear"`` (logistic regression) or ``"mlp"`` with ``hidden``/``activation``;
     ``rounds`` ``r`` for adaptive; ``candidates`` uniform candidates per selected query in adaptive
     rounds; ``line_search_steps`` bisection steps per segment and ``init_fraction`` the share of uniform
-    queries for line-search; ``train`` the :class:`TrainConfig` (Adam, lr 0.01, 100 epochs by default).
+    queries for line-search; ``train`` the :class:`TrainConfig` (Adam, lr 0.05, 100 epochs by default).
     The budget passed to the attack is ``m``; all of it is spent.
     """
 
