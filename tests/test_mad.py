@@ -3,6 +3,7 @@ force, the utility budget, MAD-argmax, the ablations, the greedy search and the 
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -119,9 +120,14 @@ def model_case(request):
     return request.param, model, x
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("jacobian", ["last_layer", "all"])
-def test_gram_matches_per_sample_autograd(model_case, jacobian):
+def test_gram_matches_per_sample_autograd(model_case, jacobian, layout):
     name, model, x = model_case
+    if layout == "channels_last":
+        if x.ndim != 4:
+            pytest.skip("no 2-d convolutions")
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)  # gradients arrive channels-last
     mad = MAD(surrogate=model, epsilon=0.5, jacobian=jacobian)
     m = mad.gram(x)
     if jacobian == "all":
@@ -337,6 +343,7 @@ def test_default_surrogate_is_a_fixed_random_copy(victim):
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
     sur = a.surrogate
     assert sur is not victim and type(sur) is type(victim) and not sur.training
+    assert sur.features[0].weight.is_contiguous(memory_format=torch.channels_last)  # CPU + conv: channels-last
     assert torch.equal(sur.normalize.mean, victim.normalize.mean)
     assert torch.equal(sur.normalize.std, victim.normalize.std)
     assert not torch.equal(sur.head.weight, victim.head.weight)
