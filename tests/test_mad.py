@@ -398,3 +398,20 @@ def test_surrogate_equal_to_the_victim_is_safe(victim):
         assert torch.isfinite(out).all() and (_dist(out, y, "l1") <= 0.3 + 1e-6).all()
     assert not torch.equal(random_surrogate(victim, seed=0).head.weight,
                            build_model("lenet", input_shape=(1, 8, 8), num_classes=10, seed=0).head.weight)
+
+
+def test_works_under_inference_mode(victim, batch):
+    x, y = batch
+    for jacobian in ("last_layer", "all"):
+        d = MADArgmax(epsilon=0.5, jacobian=jacobian)
+        d.bind(victim, input_shape=(1, 8, 8), num_classes=10)
+        expected = d(x, y)
+        with torch.inference_mode():
+            got = d(x.clone(), y.clone())
+        assert torch.allclose(got, expected, atol=1e-12)
+    tied = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    tied.register_forward_hook(lambda m, i, o: o + m[1](torch.zeros_like(i[0].flatten(1))))  # Linear used twice
+    d = MAD(surrogate=tied, epsilon=0.5, jacobian="all")
+    with torch.inference_mode():
+        assert torch.isfinite(d(x, y)).all()
+    assert d._layerwise._fallback is True

@@ -363,7 +363,7 @@ class _Capture:
     calls: dict[int, int] = field(default_factory=dict)
     unsupported: bool = False
 
-    def hook(self, i: int):
+    def hook(self, i: int) -> Callable[[nn.Module, tuple[object, ...], object], Tensor | None]:
         def fn(_m: nn.Module, inputs: tuple[object, ...], output: object) -> Tensor | None:
             self.calls[i] = self.calls.get(i, 0) + 1
             if len(inputs) != 1 or not isinstance(inputs[0], Tensor) or not isinstance(output, Tensor):
@@ -405,6 +405,10 @@ class LayerwiseGram:
             self._fallback = True
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.inference_mode(False), torch.enable_grad():  # works even when called in inference mode
+            return self._call(x.clone() if x.is_inference() else x)
+
+    def _call(self, x: Tensor) -> tuple[Tensor, Tensor]:
         ms, ps = [], []
         i = 0
         while i < x.shape[0]:
@@ -449,7 +453,7 @@ class LayerwiseGram:
         return all(u is None for u in used)
 
     def _chunk(self, x: Tensor) -> tuple[Tensor, Tensor] | object | None:
-        with torch.enable_grad():
+        with torch.enable_grad():  # (autograd is needed even when the caller disabled it)
             cap, z = self._forward(x, self._clone)
             if cap.stale():  # an in-place op overwrote a recorded tensor: redo with copies
                 self._clone = True
@@ -493,6 +497,11 @@ def functional_gram(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     Exact for any model whose per-sample output does not depend on the other rows of the batch; costs one
     ``(chunk, K, D)`` Jacobian per chunk, so it is the slow, general path.
     """
+    with torch.inference_mode(False), torch.enable_grad():
+        return _functional_gram(model, x.clone() if x.is_inference() else x)
+
+
+def _functional_gram(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = dict(model.named_buffers())
     d = sum(v.numel() for v in params.values())
