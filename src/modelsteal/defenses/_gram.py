@@ -388,10 +388,29 @@ class _Capture:
 
 
 class LayerwiseGram:
-    """``G Gᵀ`` over all parameters of ``model``, layer by layer (see the module docstring).
+    """``G Gᵀ`` over all parameters of ``model``, layer by layer, without forming ``G``.
 
-    Build once per surrogate; calling it on a batch returns ``(M, p)``. ``chunk_size`` bounds how many
-    samples go through one forward/backward pass (the memory of the ``K − 1`` output-gradient copies).
+    For every module with parameters of its own, a forward hook records its input ``a`` and output ``y``.
+    Since ``Σ_k c_k = 0`` for ``c_k = δ_ik − p_i``, ``∇ log p_k`` is a combination of the ``K − 1`` vectors
+    ``∇(z_i − z_K)`` (see :func:`_to_log_softmax`), so ``K − 1`` backward passes, with cotangents
+    ``e_i − e_K`` on the logits, give every per-sample output gradient ``g_i = ∂(z_i − z_K)/∂y``. A layer's
+    share of the Gram matrix then follows from ``(a, g)`` alone: ``(g_i·g_j)(||a||² + 1)`` for Linear, the
+    patch identities of :class:`_PatchPlan` for Conv1d/Conv2d (zero padding, one group), ``γ``/``β``
+    gradients for eval-mode BatchNorm, and a per-sample ``torch.func.vjp`` through the layer alone for
+    anything else (LayerNorm, GroupNorm, Embedding, custom layers). Parameter-free layers need nothing.
+    Costs: one forward pass, ``K − 1`` backward passes (input gradients only, no weight gradients) and
+    the per-layer products; memory: the recorded activations plus ``(K − 1)`` small features per layer.
+
+    Exactness needs each sample's output to depend on that sample only (eval mode: BatchNorm with running
+    statistics) and each parameter to be used by one call of one module. Checked on the first batch:
+    a module called twice, a parameter shared between modules, a non-tensor or multi-input layer, or an
+    output that depends on parameters outside the hooked calls switch to :func:`functional_gram`. An
+    in-place operation that overwrites a recorded tensor is detected (tensor versions) and the forward
+    pass is redone with copies.
+
+    Build once per surrogate; calling it on a batch returns ``(M, p)``. ``chunk_size`` is how many samples
+    go through one forward/backward pass; it is lowered automatically when a chunk's features would exceed
+    ``_PLAN_BUDGET`` elements.
     """
 
     def __init__(self, model: nn.Module, *, chunk_size: int = 64) -> None:

@@ -215,6 +215,16 @@ class MAD(Defense):
     def budget_norm(self) -> str:
         return self.norm
 
+    def __repr__(self) -> str:
+        opts = [f"epsilon={self.epsilon}", f"norm={self.norm!r}"]
+        if self.objective == "mad":
+            opts.append(f"jacobian={self.jacobian!r}")
+        if self.preserve_argmax and not type(self).preserves_argmax:
+            opts.append("preserve_argmax=True")
+        if self.objective != "mad" and type(self) is MAD:
+            opts.append(f"objective={self.objective!r}")
+        return f"{type(self).__name__}({', '.join(opts)})"
+
     # -- surrogate ------------------------------------------------------------------------------------
     def bind(self, model: nn.Module, *, input_shape: Sequence[int], num_classes: int) -> None:
         """Build the default surrogate: a fixed random re-initialisation of a copy of ``model``."""
