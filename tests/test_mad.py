@@ -415,3 +415,16 @@ def test_works_under_inference_mode(victim, batch):
     with torch.inference_mode():
         assert torch.isfinite(d(x, y)).all()
     assert d._layerwise._fallback is True
+
+
+def test_chunks_shrink_to_the_memory_budget(monkeypatch):
+    import modelsteal.defenses._gram as gram
+
+    model = build_model("lenet", input_shape=(1, 8, 8), num_classes=4, seed=2).to(DT).eval()
+    x = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=DT)
+    full, _ = LayerwiseGram(model, chunk_size=64)(x)
+    monkeypatch.setattr(gram, "_PLAN_BUDGET", 20_000)
+    lw = LayerwiseGram(model)
+    small, p = lw(x)
+    assert lw._budget_chunk is not None and lw._budget_chunk < 10
+    assert torch.allclose(small, full, atol=1e-12) and p.shape == (10, 4)

@@ -409,13 +409,16 @@ class LayerwiseGram:
     pass is redone with copies.
 
     Build once per surrogate; calling it on a batch returns ``(M, p)``. ``chunk_size`` is how many samples
-    go through one forward/backward pass; it is lowered automatically when a chunk's features would exceed
-    ``_PLAN_BUDGET`` elements.
+    go through one forward/backward pass. By default (``None``) it is 64 on CPU with one intra-op thread
+    (the per-seed gradients then stay in cache), 256 with several threads (fewer, larger operations, each
+    paying one thread synchronisation: measured 1.3–2.7× faster on 2 threads) and 1024 on GPU. It is lowered
+    automatically when a chunk's features would exceed ``_PLAN_BUDGET`` elements.
     """
 
-    def __init__(self, model: nn.Module, *, chunk_size: int = 64) -> None:
+    def __init__(self, model: nn.Module, *, chunk_size: int | None = None) -> None:
         self.model = model
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self._budget_chunk: int | None = None  # set when a chunk exceeded _PLAN_BUDGET
         self.modules = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
         self._clone = False
         self._fallback: bool | None = None
@@ -431,16 +434,22 @@ class LayerwiseGram:
         ms, ps = [], []
         i = 0
         while i < x.shape[0]:
-            xc = x[i : i + self.chunk_size]
+            xc = x[i : i + self._chunk_rows(x)]
             out = None if self._fallback else self._chunk(xc)
             if out is None:  # the layer-wise decomposition does not apply to this model
                 return functional_gram(self.model, x)
-            if out is _RETRY:  # chunk too large for the plan budget: chunk_size was lowered
+            if out is _RETRY:  # chunk too large for the plan budget: the chunk size was lowered
                 continue
             ms.append(out[0])
             ps.append(out[1])
             i += xc.shape[0]
         return torch.cat(ms), torch.cat(ps)
+
+    def _chunk_rows(self, x: Tensor) -> int:
+        rows = self.chunk_size
+        if rows is None:
+            rows = 1024 if x.device.type != "cpu" else 64 if torch.get_num_threads() <= 1 else 256
+        return max(1, min(rows, self._budget_chunk or rows))
 
     def _forward(self, x: Tensor, clone: bool) -> tuple[_Capture, Tensor]:
         cap = _Capture(clone=clone)
@@ -486,7 +495,7 @@ class LayerwiseGram:
             plans = [_layer_plan(self.modules[i], cap.inputs[i], cap.outputs[i], k - 1) for i in order]
             footprint = sum(plan.numel() for plan in plans)
             if footprint > _PLAN_BUDGET and n > 1:
-                self.chunk_size = max(1, n * _PLAN_BUDGET // footprint)
+                self._budget_chunk = max(1, n * _PLAN_BUDGET // footprint)
                 return _RETRY
             outs = [cap.outputs[i] for i in order]
             for s in range(k - 1):  # cotangent e_s − e_K (a fresh tensor: a gradient may alias it)
