@@ -211,11 +211,16 @@ class _JacobianAugmentation(Attack):
                 "score": self.score}
 
 
-class _PeriodicStep:
-    """Papernot et al. (2017, Sec. 6, "periodic step size"): ``λ_ρ = λ · (−1)^⌊ρ/τ⌋``."""
+class _PeriodicStep(_JacobianAugmentation):
+    """Papernot et al. (2017, Sec. 6, "periodic step size"): ``λ_ρ = λ · (−1)^⌊ρ/τ⌋`` (JBDA, JB-self)."""
 
-    step: float
-    tau: int | None
+    def __init__(self, *, seed_set: Tensor, seed_size: int | None = 100, rounds: int | None = None,
+                 step: float = 0.1, tau: int | None = 3, score: str = "logit", **kwargs: Any) -> None:
+        super().__init__(seed_set=seed_set, seed_size=seed_size, rounds=rounds, step=step, score=score,
+                         **kwargs)
+        if tau is not None and tau < 1:
+            raise ValueError(f"tau must be >= 1 or None, got {tau}")
+        self.tau = tau
 
     def step_size(self, rho: int) -> float:
         if self.tau is None:
@@ -224,7 +229,7 @@ class _PeriodicStep:
 
 
 @register_attack("jbda")
-class JBDA(_PeriodicStep, _JacobianAugmentation):
+class JBDA(_PeriodicStep):
     """Jacobian-based dataset augmentation (Papernot et al., AsiaCCS 2017, Algorithm 1).
 
     Round ``ρ`` adds ``x + λ_ρ · sign(∇_x z_ŷ(x))`` for every labelled ``x`` (clipped to ``clip``), with
@@ -245,20 +250,12 @@ class JBDA(_PeriodicStep, _JacobianAugmentation):
         result = attack(api, budget=50_000, seed=0)
     """
 
-    def __init__(self, *, seed_set: Tensor, seed_size: int | None = 100, rounds: int | None = None,
-                 step: float = 0.1, tau: int | None = 3, score: str = "logit", **kwargs: Any) -> None:
-        super().__init__(seed_set=seed_set, seed_size=seed_size, rounds=rounds, step=step, score=score,
-                         **kwargs)
-        if tau is not None and tau < 1:
-            raise ValueError(f"tau must be >= 1 or None, got {tau}")
-        self.tau = tau
-
     def step_classes(self, model: nn.Module, x: Tensor, answers: Tensor) -> Tensor:
         return answers.argmax(dim=1).view(-1, 1)
 
 
 @register_attack("jb-self")
-class JBSelf(_PeriodicStep, _JacobianAugmentation):
+class JBSelf(_PeriodicStep):
     """JB-self (Juuti et al., PRADA, EuroS&P 2019; Orekondy et al. 2020, App. C).
 
     Identical to :class:`JBDA` except for the class differentiated: the substitute's own
@@ -266,14 +263,6 @@ class JBSelf(_PeriodicStep, _JacobianAugmentation):
     adds ``clip(x + λ_ρ · sign(∇_x z_c(x)))`` with the same periodic ``λ_ρ = λ · (−1)^⌊ρ/τ⌋``. Same
     options as :class:`JBDA`.
     """
-
-    def __init__(self, *, seed_set: Tensor, seed_size: int | None = 100, rounds: int | None = None,
-                 step: float = 0.1, tau: int | None = 3, score: str = "logit", **kwargs: Any) -> None:
-        super().__init__(seed_set=seed_set, seed_size=seed_size, rounds=rounds, step=step, score=score,
-                         **kwargs)
-        if tau is not None and tau < 1:
-            raise ValueError(f"tau must be >= 1 or None, got {tau}")
-        self.tau = tau
 
     def step_classes(self, model: nn.Module, x: Tensor, answers: Tensor) -> Tensor:
         logits = predict_logits(model, x, batch_size=self.jacobian_batch_size, device=self.device)
