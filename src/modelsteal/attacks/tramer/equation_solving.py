@@ -189,15 +189,12 @@ class EquationSolving(Attack):
         xs, ps = x.to(self.device), p.to(self.device)
         seeds = torch.randint(0, 2**31 - 1, (self.restarts,), generator=generator).tolist()
         start = time.perf_counter()
-        best: tuple[float, nn.Module] | None = None
-        for seed in seeds if model == "mlp" else seeds[:1]:
+        fits = []
+        for seed in seeds if model == "mlp" else seeds[:1]:  # a convex problem needs one start
             net = self._make(model, k, int(seed))
-            loss = self._fit(net, xs, ps)
-            if best is None or loss < best[0]:
-                best = (loss, net)
+            fits.append((self._fit(net, xs, ps), net))
         elapsed = time.perf_counter() - start
-        assert best is not None
-        loss, clone = best
+        loss, clone = min(fits, key=lambda fit: fit[0])
         clone = clone.cpu().eval()
         entropy = float(-(p * p.clamp_min(1e-300).log()).sum(dim=1).mean())
         info: dict[str, Any] = {"method": "optimize", "unknowns": self.unknowns(k), "time_s": elapsed,
