@@ -5,8 +5,14 @@ import pytest
 import torch
 
 from modelsteal import BudgetExceededError, PredictionAPI
-from modelsteal.attacks import attack_class
-from modelsteal.attacks.tramer import EquationSolving, SklearnVictim, fit_victim, raw_linear_parameters
+from modelsteal.attacks import TrainConfig, attack_class, train_classifier
+from modelsteal.attacks.tramer import (
+    EquationSolving,
+    SklearnVictim,
+    TabularLinear,
+    fit_victim,
+    raw_linear_parameters,
+)
 from modelsteal.attacks.tramer.equation_solving import logistic_unknowns, mlp_unknowns
 from modelsteal.data.tabular import available_tabular, load_tabular
 from modelsteal.metrics.extraction import r_test, r_unif
@@ -130,6 +136,21 @@ def test_mlp_by_loss_minimisation():
     x = torch.from_numpy(data.x_test)
     assert 1 - r_test(probs_of(victim), probs_of(result.clone), x) > 0.99
     assert 1 - r_test(probs_of(victim), probs_of(result.clone), x, labels=True) > 0.97
+
+
+def test_pytorch_victims_are_extracted_exactly_too():
+    data = load_tabular("wine")
+    center, half = data.space.box()
+    victim = TabularLinear(13, 3, mode="softmax", center=center, scale=half)
+    train_classifier(victim, torch.from_numpy(data.x_train), torch.from_numpy(data.y_train),
+                     config=TrainConfig(epochs=20, lr=0.05, optimizer="adam"))
+    api = PredictionAPI(victim)
+    result = EquationSolving(space=data.space)(api, budget=14)
+    w, b = victim.raw_parameters()
+    w, b = w - w.mean(0), b - b.mean()  # softmax identifies the centred parameters
+    assert result.queries == 14
+    torch.testing.assert_close(result.info["weights"], w, rtol=0, atol=1e-6)
+    torch.testing.assert_close(result.info["bias"], b, rtol=0, atol=1e-6)
 
 
 def test_registered_and_validated():

@@ -118,29 +118,29 @@ class ExtractedTree(nn.Module):
         self.register_buffer("allowed", allowed)
         self.register_buffer("labels", torch.tensor([leaf.label for leaf in leaves], dtype=torch.long))
         self.register_buffer("ids", torch.tensor([leaf.id for leaf in leaves], dtype=torch.float64))
-        self._categorical = torch.tensor([f.categorical for f in space.features], dtype=torch.bool)
+        self.register_buffer("categorical", torch.tensor([f.categorical for f in space.features], dtype=torch.bool))
 
     def leaf_index(self, x: Tensor, *, chunk: int = 1024) -> Tensor:
         """Index into :attr:`leaves` ``(N,)`` of the leaf each row of ``x`` ``(N, D)`` falls in."""
-        x = x.to(torch.float64).cpu()
+        x = x.to(self.lo.device, torch.float64)
         values = torch.stack([f.decode(x) for f in self.space.features], dim=1)  # (N, F)
         codes = values.nan_to_num(0).long().clamp(0, self.allowed.shape[2] - 1)
-        cols = torch.arange(values.shape[1])[None, :]
+        cols = torch.arange(values.shape[1], device=x.device)[None, :]
         out = []
         for v, c in zip(values.split(chunk), codes.split(chunk), strict=True):
             inside = (v[:, None, :] > self.lo) & (v[:, None, :] <= self.hi)  # (n, L, F)
             cat_ok = self.allowed[:, cols, c].permute(1, 0, 2)  # (n, L, F)
-            ok = torch.where(self._categorical, cat_ok, inside)
+            ok = torch.where(self.categorical, cat_ok, inside)
             out.append((~ok).sum(dim=2).argmin(dim=1))
         return torch.cat(out)
 
     def predict(self, x: Tensor) -> Tensor:
-        """Predicted labels ``(N,)``."""
-        return self.labels[self.leaf_index(x)]
+        """Predicted labels ``(N,)`` (on ``x``'s device)."""
+        return self.labels[self.leaf_index(x)].to(x.device)
 
     def leaf_ids(self, x: Tensor) -> Tensor:
-        """Oracle identifiers ``(N,)`` of the leaves the rows fall in."""
-        return self.ids[self.leaf_index(x)]
+        """Oracle identifiers ``(N,)`` of the leaves the rows fall in (on ``x``'s device)."""
+        return self.ids[self.leaf_index(x)].to(x.device)
 
     def forward(self, x: Tensor) -> Tensor:
         labels = self.predict(x)
