@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 from modelsteal.attacks import TrainConfig, train_classifier
 from modelsteal.data import load_dataset
 from modelsteal.models import build_model
 
-# Two cores shared by many processes: one torch thread per test process avoids thread thrashing.
+# Two cores shared by many processes: one torch thread and one BLAS thread per test process avoid thrashing.
 torch.set_num_threads(1)
+threadpool_limits(1)
 
 
 @pytest.fixture(scope="session")

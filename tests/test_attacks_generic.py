@@ -30,6 +30,14 @@ def test_every_attack_respects_its_budget_and_learns(name, digits_victim, digits
     assert attacker_accuracy(result.clone, digits.x_test, digits.y_test) > 0.3  # chance is 0.1
 
 
+def test_tabular_attacks_point_to_their_command():
+    tabular = [a for a in available_attacks() if a not in IMAGE_ATTACKS]
+    assert tabular, "the Tramer attacks should be registered"
+    with pytest.raises(ValueError, match="modelsteal tramer"):
+        build_attack(AttackConfig(name=tabular[0]), victim_arch="mlp", transfer=(torch.zeros(1), None),
+                     seeds=torch.zeros(1), device=torch.device("cpu"))
+
+
 def test_unknown_attack_lists_known():
     with pytest.raises(ValueError, match="known attacks: .*knockoff"):
         attack_class("steal-everything")

@@ -10,3 +10,5 @@ __all__ = [
     "JBDA", "AdaptiveKnockoff", "Attack", "JBSelf", "JBTopK", "KnockoffNets", "StealResult", "TrainConfig",
     "attack_class", "available_attacks", "register_attack", "train_classifier",
 ]
+
+import modelsteal.attacks.tramer  # noqa: E402, F401  (registers the Tramèr et al. tabular attacks)

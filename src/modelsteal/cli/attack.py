@@ -18,6 +18,13 @@ from modelsteal.metrics import attacker_accuracy, fidelity
 from modelsteal.models import load_checkpoint
 
 
+def image_attacks() -> list[str]:
+    """Registered attacks that steal image classifiers (the Tramèr suite has its own command)."""
+    from modelsteal.attacks import attack_class
+
+    return [a for a in available_attacks() if ".tramer" not in attack_class(a).__module__]
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "attack",
@@ -28,7 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--target", required=True, help="checkpoint path or http(s)://host:port of a modelsteal server")
     p.add_argument("--key", default=None, help="API key for an HTTP target")
-    p.add_argument("--attack", default="knockoff", help=f"one of: {', '.join(available_attacks())}")
+    p.add_argument(
+        "--attack",
+        default="knockoff",
+        help=f"one of: {', '.join(image_attacks())} (tabular attacks: modelsteal tramer)",
+    )
     p.add_argument("--attack-option", action="append", default=[], metavar="K=V", help="attack option (repeatable)")
     p.add_argument("--budget", type=int, required=True, help="number of queries (input rows) to spend")
     p.add_argument("--seed", type=int, default=0)

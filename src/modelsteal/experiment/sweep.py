@@ -108,6 +108,8 @@ def build_attack(
     """Instantiate a registered attack, handing it the attacker's data its constructor asks for."""
     cls = attack_class(acfg.name)
     params = inspect.signature(cls.__init__).parameters
+    if "space" in params:
+        raise ValueError(f"attack {acfg.name!r} extracts tabular models; run it with `modelsteal tramer`")
     kwargs: dict[str, Any] = dict(acfg.options)
     if "transfer_set" in params:
         kwargs["transfer_set"] = transfer[0]
