@@ -6,11 +6,12 @@ import torch
 
 from modelsteal import PredictionAPI
 from modelsteal.attacks import attack_class, available_attacks
+from modelsteal.attacks.base import image_attacks
 from modelsteal.experiment.config import AttackConfig
 from modelsteal.experiment.sweep import build_attack
 from modelsteal.metrics import attacker_accuracy
 
-IMAGE_ATTACKS = [a for a in available_attacks() if ".tramer" not in attack_class(a).__module__]
+IMAGE_ATTACKS = image_attacks()
 BUDGET = 257  # not a multiple of anything convenient
 
 

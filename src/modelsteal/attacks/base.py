@@ -47,6 +47,9 @@ class Attack(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: what the attack queries: ``"images"`` (transfer sets and seed sets, usable in sweeps and
+    #: ``modelsteal attack``) or ``"tabular"`` (a feature space; ``modelsteal tramer``).
+    modality: ClassVar[str] = "images"
 
     def __init__(
         self,
@@ -143,6 +146,11 @@ def available_attacks() -> list[str]:
     import modelsteal.attacks  # noqa: F401  (registers the built-ins)
 
     return sorted(_REGISTRY)
+
+
+def image_attacks() -> list[str]:
+    """Registered attacks that steal image classifiers from transfer or seed sets."""
+    return [a for a in available_attacks() if _REGISTRY[a].modality == "images"]
 
 
 def attack_class(name: str) -> type[Attack]:

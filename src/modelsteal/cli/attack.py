@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from modelsteal.attacks import available_attacks
+from modelsteal.attacks.base import image_attacks
 from modelsteal.blackbox import BlackBox, PredictionAPI
 from modelsteal.cli._common import add_device, parse_options
 from modelsteal.data import load_dataset
@@ -16,13 +16,6 @@ from modelsteal.experiment.sweep import build_attack, resolve_device
 from modelsteal.experiment.transfer import build_transfer_set, seed_set
 from modelsteal.metrics import attacker_accuracy, fidelity
 from modelsteal.models import load_checkpoint
-
-
-def image_attacks() -> list[str]:
-    """Registered attacks that steal image classifiers (the Tramèr suite has its own command)."""
-    from modelsteal.attacks import attack_class
-
-    return [a for a in available_attacks() if ".tramer" not in attack_class(a).__module__]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -108,7 +108,7 @@ def build_attack(
     """Instantiate a registered attack, handing it the attacker's data its constructor asks for."""
     cls = attack_class(acfg.name)
     params = inspect.signature(cls.__init__).parameters
-    if "space" in params:
+    if cls.modality != "images":
         raise ValueError(f"attack {acfg.name!r} extracts tabular models; run it with `modelsteal tramer`")
     kwargs: dict[str, Any] = dict(acfg.options)
     if "transfer_set" in params:

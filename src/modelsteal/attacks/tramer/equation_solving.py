@@ -81,6 +81,8 @@ class EquationSolving(Attack):
     is identifiable too).
     """
 
+    modality = "tabular"
+
     def __init__(self, *, space: FeatureSpace, model: str = "logistic", method: str = "auto",
                  num_queries: int | None = None, design: str = "random", hidden: Sequence[int] = (20,),
                  activation: str = "tanh", regularization: float = 1e-12, max_iter: int = 2000,

@@ -69,6 +69,8 @@ class LowdMeek(Attack):
     ``info`` holds ``weights`` ``(1, d)`` and ``bias`` ``(1,)`` (unit-norm ``w``, raw input units).
     """
 
+    modality = "tabular"
+
     def __init__(self, *, space: FeatureSpace, epsilon: float = 1e-10, boundary_points: int | None = None,
                  init_batch: int = 16, max_init: int = 10_000, widen: float = 1.0,
                  device: str | torch.device | None = None) -> None:

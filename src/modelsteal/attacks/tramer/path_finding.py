@@ -162,6 +162,8 @@ class PathFinding(Attack):
     some of its predicates).
     """
 
+    modality = "tabular"
+
     def __init__(self, *, space: FeatureSpace, epsilon: float = 1e-3, incomplete: bool = False, snap: bool = True,
                  device: str | torch.device | None = None) -> None:
         super().__init__(device=device)

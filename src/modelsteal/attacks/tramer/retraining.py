@@ -53,6 +53,8 @@ class Retraining(Attack):
     The budget passed to the attack is ``m``; all of it is spent.
     """
 
+    modality = "tabular"
+
     def __init__(self, *, space: FeatureSpace, strategy: str = "adaptive", model: str = "linear",
                  hidden: Sequence[int] = (20,), activation: str = "tanh", rounds: int = 10, candidates: int = 20,
                  line_search_steps: int = 10, init_fraction: float = 0.25, train: TrainConfig | None = None,
