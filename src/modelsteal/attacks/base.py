@@ -14,6 +14,7 @@ from typing import Any, ClassVar, final
 import torch
 from torch import Tensor, nn
 
+from modelsteal._registry import Registry
 from modelsteal.attacks._training import TrainConfig
 from modelsteal.blackbox import BlackBox, QueryBudget
 from modelsteal.models import build_model
@@ -126,36 +127,24 @@ class Attack(ABC):
         return {"attack": self.name, "labels": self.labels, "clone": str(self.clone_spec)}
 
 
-_REGISTRY: dict[str, type[Attack]] = {}
+_ATTACKS: Registry[type[Attack]] = Registry("attack", package="modelsteal.attacks")
 
 
 def register_attack(name: str) -> Callable[[type[Attack]], type[Attack]]:
     """Class decorator adding an attack to the registry (``attack: knockoff`` in sweep configs)."""
-
-    def deco(cls: type[Attack]) -> type[Attack]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"attack name {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return _ATTACKS.register(name)
 
 
 def available_attacks() -> list[str]:
-    import modelsteal.attacks  # noqa: F401  (registers the built-ins)
-
-    return sorted(_REGISTRY)
+    """Names of every registered attack."""
+    return _ATTACKS.names()
 
 
 def image_attacks() -> list[str]:
     """Registered attacks that steal image classifiers from transfer or seed sets."""
-    return [a for a in available_attacks() if _REGISTRY[a].modality == "images"]
+    return [a for a in available_attacks() if _ATTACKS.get(a).modality == "images"]
 
 
 def attack_class(name: str) -> type[Attack]:
-    known = available_attacks()
-    key = name.strip().lower().replace("_", "-")
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(known)}")
-    return _REGISTRY[key]
+    """The attack class registered under ``name`` (``ValueError`` naming the known ones otherwise)."""
+    return _ATTACKS.get(name)

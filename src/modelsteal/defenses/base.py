@@ -13,6 +13,7 @@ from typing import Any, ClassVar, final
 import torch
 from torch import Tensor, nn
 
+from modelsteal._registry import Registry
 from modelsteal._simplex import check_simplex
 
 
@@ -64,35 +65,22 @@ class Defense(ABC):
         return f"{type(self).__name__}({self.strength_param}={s})" if s is not None else f"{type(self).__name__}()"
 
 
-_REGISTRY: dict[str, type[Defense]] = {}
+_DEFENSES: Registry[type[Defense]] = Registry("defense", package="modelsteal.defenses")
 
 
 def register_defense(name: str) -> Callable[[type[Defense]], type[Defense]]:
     """Class decorator adding a defense to the registry under ``name``."""
-
-    def deco(cls: type[Defense]) -> type[Defense]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"defense name {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return _DEFENSES.register(name)
 
 
 def available_defenses() -> list[str]:
     """Names of every registered defense."""
-    import modelsteal.defenses  # noqa: F401  (importing the package registers the built-ins)
-
-    return sorted(_REGISTRY)
+    return _DEFENSES.names()
 
 
 def defense_class(name: str) -> type[Defense]:
-    known = available_defenses()
-    key = name.strip().lower().replace("_", "-")
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown defense {name!r}; known defenses: {', '.join(known)}")
-    return _REGISTRY[key]
+    """The defense class registered under ``name`` (``ValueError`` naming the known ones otherwise)."""
+    return _DEFENSES.get(name)
 
 
 def make_defense(name: str, *, strength: float | None = None, **options: Any) -> Defense | None:
