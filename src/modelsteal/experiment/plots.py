@@ -1,6 +1,11 @@
-"""Trade-off plots in the style of Orekondy et al. (ICLR 2020), Fig. 4: non-replicability (attacker
-accuracy) against utility — the L1 perturbation (left) and the defender's accuracy (right) — one line per
-defense, its operating points ordered by strength, the undefended point marked by a circle."""
+"""Plots of a sweep, in the style of Orekondy et al. (ICLR 2020).
+
+- Fig. 4: non-replicability (attacker accuracy) against utility — the L1 perturbation (left) and the
+  defender's accuracy (right) — one line per defense, its operating points ordered by strength, the
+  undefended point marked by a circle (:func:`plot_tradeoffs`);
+- Fig. A3: attacker accuracy against the query budget, one line per attack and defense operating point
+  (:func:`plot_budget_curves`).
+"""
 
 from __future__ import annotations
 
@@ -24,12 +29,61 @@ def _mean_by(records: Sequence[dict[str, Any]], keys: tuple[str, ...]) -> list[d
     return out
 
 
-def plot_tradeoffs(records: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """One PNG per (attack, budget): ``fig4-<attack>-b<budget>.png``. Returns the written paths."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_sweep(records: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Every plot a sweep's records support: the trade-offs and, with two budgets or more, the budget curves."""
+    return plot_tradeoffs(records, out_dir) + plot_budget_curves(records, out_dir)
+
+
+def plot_budget_curves(records: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Fig. A3: ``budget-curves.png``, attacker accuracy against the query budget (log scale).
+
+    One line per (attack, defense, strength) with the mean over seeds; where a point has several seeds a
+    band spans their minimum and maximum. The victim's accuracy is the dashed line. Nothing is written
+    (and ``[]`` returned) when the records hold fewer than two budgets.
+    """
+    if len({r["budget"] for r in records}) < 2:
+        return []
+    groups: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        groups[(r["attack"], r["defense"], r.get("strength"))][int(r["budget"])].append(100 * r["attacker_accuracy"])
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for (attack, defense, strength), by_budget in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        xs = sorted(by_budget)
+        accs = [by_budget[b] for b in xs]
+        undefended = defense in ("none", "undefended", "identity")
+        label = attack if undefended else f"{attack} vs {defense}" + (f" {strength:g}" if strength is not None else "")
+        (line,) = ax.plot(xs, [sum(a) / len(a) for a in accs], marker="o", ls="-" if undefended else "--", label=label)
+        if any(len(a) > 1 for a in accs):
+            ax.fill_between(xs, [min(a) for a in accs], [max(a) for a in accs], color=line.get_color(), alpha=0.2)
+    victim = [r["victim_accuracy"] for r in records if r.get("victim_accuracy") is not None]
+    if victim:
+        ax.axhline(100 * sum(victim) / len(victim), color="grey", lw=0.8, ls=":", label="victim")
+    ax.set_xscale("log")
+    names = sorted({str(r["dataset"]) for r in records if r.get("dataset")})
+    title = f"{', '.join(names)}: " * bool(names) + "attacker accuracy against budget"
+    ax.set(xlabel="query budget B", ylabel="attacker accuracy (%)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(out_dir) / "budget-curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def plot_tradeoffs(records: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """One PNG per (attack, budget): ``fig4-<attack>-b<budget>.png``. Returns the written paths."""
+    plt = _pyplot()
 
     out = Path(out_dir)
     rows = _mean_by(records, ("attack", "budget", "defense", "strength"))

@@ -226,9 +226,9 @@ def collect_sweep(cfg: SweepConfig, *, out_dir: str | Path, plots: bool = True) 
     if records:
         write_results(records, out)
         if plots:
-            from modelsteal.experiment.plots import plot_tradeoffs
+            from modelsteal.experiment.plots import plot_sweep
 
-            plot_tradeoffs(records, out)
+            plot_sweep(records, out)
     return records
 
 
@@ -283,7 +283,7 @@ def run_sweep(
         write_results(records, out)
     write_results(records, out)
     if plots:
-        from modelsteal.experiment.plots import plot_tradeoffs
+        from modelsteal.experiment.plots import plot_sweep
 
-        plot_tradeoffs(records, out)
+        plot_sweep(records, out)
     return records
