@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "sweep",
         help="run a defense/attack sweep from a YAML config",
         description="Run every point of a sweep config (cached per point in DIR/points, so reruns "
-        "and interrupted runs skip finished points); write DIR/results.csv and Fig.-4-style plots.",
+        "and interrupted runs skip finished points); write DIR/results.csv, Fig.-4-style trade-off plots "
+        "and, with two budgets or more, DIR/budget-curves.png (Fig. A3).",
     )
     p.add_argument("config", help="YAML sweep config (see configs/)")
     p.add_argument("--out", required=True, help="output directory")
@@ -53,5 +54,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_table(records))
     out = Path(args.out)
-    print(f"\nwrote {out / 'results.csv'} and {len(list(out.glob('*.png')))} plot(s) in {out}")
+    plots = "plots skipped" if args.no_plots else f"{len(list(out.glob('*.png')))} plot(s) in {out}"
+    print(f"\nwrote {out / 'results.csv'}; {plots}")
     return 0
