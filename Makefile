@@ -25,7 +25,7 @@ test-slow: setup
 	$(PY) -m pytest -m slow
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
 
 bench: setup
 	$(PY) bench/mad_throughput.py
