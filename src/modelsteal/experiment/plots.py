@@ -57,14 +57,20 @@ def plot_budget_curves(records: Sequence[dict[str, Any]], out_dir: str | Path) -
         groups[(r["attack"], r["defense"], r.get("strength"))][int(r["budget"])].append(100 * r["attacker_accuracy"])
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    attacks = sorted({k[0] for k in groups}, key=str)
+    colour = {a: f"C{i % 10}" for i, a in enumerate(attacks)}  # one colour per attack, a line style per defense
+    styles = ("--", ":", "-.")
+    defended = sorted({k[1:] for k in groups if k[1] not in ("none", "undefended", "identity")}, key=str)
     for (attack, defense, strength), by_budget in sorted(groups.items(), key=lambda kv: str(kv[0])):
         xs = sorted(by_budget)
         accs = [by_budget[b] for b in xs]
         undefended = defense in ("none", "undefended", "identity")
         label = attack if undefended else f"{attack} vs {defense}" + (f" {strength:g}" if strength is not None else "")
-        (line,) = ax.plot(xs, [sum(a) / len(a) for a in accs], marker="o", ls="-" if undefended else "--", label=label)
+        ls = "-" if undefended else styles[defended.index((defense, strength)) % len(styles)]
+        means = [sum(a) / len(a) for a in accs]
+        ax.plot(xs, means, marker="o" if undefended else "x", ls=ls, color=colour[attack], label=label)
         if any(len(a) > 1 for a in accs):
-            ax.fill_between(xs, [min(a) for a in accs], [max(a) for a in accs], color=line.get_color(), alpha=0.2)
+            ax.fill_between(xs, [min(a) for a in accs], [max(a) for a in accs], color=colour[attack], alpha=0.15)
     victim = [r["victim_accuracy"] for r in records if r.get("victim_accuracy") is not None]
     if victim:
         ax.axhline(100 * sum(victim) / len(victim), color="grey", lw=0.8, ls=":", label="victim")
