@@ -18,8 +18,7 @@ import torch
 
 from modelsteal import PredictionAPI
 from modelsteal.experiment.config import load_config
-from modelsteal.experiment.sweep import build_attack, prepare_victim, resolve_device
-from modelsteal.experiment.transfer import build_transfer_set, seed_set
+from modelsteal.experiment.sweep import build_attack, prepare_sweep, resolve_device
 
 
 def main() -> None:
@@ -31,16 +30,15 @@ def main() -> None:
     args = p.parse_args()
     cfg = load_config(args.config)
     dev = resolve_device(None if args.device == "auto" else args.device)
-    victim, data, _ = prepare_victim(cfg, out_dir=args.out.parent, device=dev, progress=False)
-    transfer = build_transfer_set(cfg.transfer, victim_data=data)
-    seeds = seed_set(cfg.transfer, victim_data=data)
+    inputs = prepare_sweep(cfg, out_dir=args.out.parent, device=dev, progress=False)
     acfg = next((a for a in cfg.attacks if a.name == "knockoff-adaptive"), None)
     if acfg is None:
         raise SystemExit(f"{args.config} has no knockoff-adaptive attack")
     out = {}
     for seed in cfg.seeds:
-        attack = build_attack(acfg, victim_arch=cfg.victim.arch, transfer=transfer, seeds=seeds, device=dev)
-        info = attack(PredictionAPI(victim), budget=args.budget, seed=seed).info
+        attack = build_attack(acfg, victim_arch=cfg.victim.arch, transfer=inputs.transfer, seeds=inputs.seeds,
+                              device=dev)
+        info = attack(PredictionAPI(inputs.victim), budget=args.budget, seed=seed).info
         out[str(seed)] = {"classes": info["classes"], "policy": [round(float(x), 4) for x in info["policy"]],
                           "action_counts": info["action_counts"].tolist()}
         print(seed, out[str(seed)], flush=True)

@@ -27,3 +27,15 @@ def test_plot_sweep_writes_one_tradeoff_per_budget_and_the_budget_curves(tmp_pat
     paths = plot_sweep(_records([100, 1000], [0]), tmp_path)
     assert sorted(p.name for p in paths) == ["budget-curves.png", "fig4-knockoff-b100.png", "fig4-knockoff-b1000.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_plot_angles_writes_the_histogram_and_the_loss_curve(tmp_path):
+    import torch
+
+    from modelsteal.experiment.angles import AngleTrace, plot_angles
+
+    traces = [AngleTrace(epsilon=e, angles=torch.rand(50) * 90 * (1 + e), loss_steps=[0, 10, 20],
+                         test_loss=[2.3, 2.2 + e, 2.1 + 2 * e]) for e in (0.0, 1.0)]
+    paths = plot_angles(traces, tmp_path, title="digits")
+    assert [p.name for p in paths] == ["fig6-angles.png", "fig7-test-loss.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)

@@ -92,6 +92,11 @@ class ActionTree:
                 path.append((p, self.children[p].index(cur)))
                 cur = p
             self.paths.append(path[::-1])
+        # child_of[n][i]: position among n's children of the child on leaf i's path (-1: the path avoids n)
+        self.child_of = {n: torch.full((len(self.classes),), -1, dtype=torch.long) for n in self.order}
+        for i, path in enumerate(self.paths):
+            for node, j in path:
+                self.child_of[node][i] = j
         self.available = torch.ones(len(self.classes), dtype=torch.bool)
 
     def _node_available(self) -> dict[Hashable, bool]:
@@ -123,16 +128,15 @@ class ActionTree:
         self, leaves: Tensor, advantages: Tensor, policies: dict[Hashable, Tensor], *, lr: float,
     ) -> None:
         """Batched gradient-bandit step: ``H_n += lr/B · Σ_i adv_i (e_{a_i} − π_n)`` over paths through n."""
-        acc = {n: torch.zeros_like(h) for n, h in self.H.items()}
-        mass = dict.fromkeys(self.H, 0.0)
-        for leaf, adv in zip(leaves.tolist(), advantages.tolist(), strict=True):
-            for node, j in self.paths[leaf]:
-                acc[node][j] += adv
-                mass[node] += adv
+        adv = advantages.to(torch.float64)
         b = max(len(leaves), 1)
         for node in self.order:
-            if mass[node] != 0.0 or bool(acc[node].any()):
-                self.H[node] += lr / b * (acc[node] - mass[node] * policies[node])
+            child = self.child_of[node][leaves]
+            through = child >= 0
+            if not bool(through.any()):
+                continue
+            acc = torch.zeros_like(self.H[node]).index_add_(0, child[through], adv[through])
+            self.H[node] += lr / b * (acc - adv[through].sum() * policies[node])
 
 
 class _RunningStats:
@@ -235,9 +239,13 @@ class AdaptiveKnockoff(Attack):
         self.online_epochs = online_epochs
 
     def _draw(self, tree: ActionTree, pools: list[Tensor], cursor: list[int], n: int,
-              generator: torch.Generator) -> Tensor:
-        """Sample ``n`` leaves from the current policy, masking classes as they run out of images."""
+              generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Sample ``n`` leaves from the current policy and take the next unqueried image of each.
+
+        Classes leave the policy as they run out of images. Returns ``(leaves, transfer-set indices)``.
+        """
         leaves: list[Tensor] = []
+        indices: list[Tensor] = []
         while n > 0 and bool(tree.available.any()):
             probs = tree.leaf_probabilities()
             draw = torch.multinomial(probs, n, replacement=True, generator=generator)
@@ -246,11 +254,19 @@ class AdaptiveKnockoff(Attack):
                 left = len(pools[leaf]) - cursor[leaf]
                 take = min(int(counts[leaf]), left)
                 leaves.append(torch.full((take,), leaf, dtype=torch.long))
+                indices.append(pools[leaf][cursor[leaf]:cursor[leaf] + take])
+                cursor[leaf] += take
                 n -= take
                 if take == left:
                     tree.available[leaf] = False
-        out = torch.cat(leaves) if leaves else torch.empty(0, dtype=torch.long)
-        return out[torch.randperm(len(out), generator=generator)]
+        if not leaves:
+            return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+        drawn, images = torch.cat(leaves), torch.cat(indices)
+        shuffled = drawn[torch.randperm(len(drawn), generator=generator)]
+        # the k-th draw of a class in the shuffled batch gets that class's k-th image (cursor order)
+        out = torch.empty_like(images)
+        out[torch.sort(shuffled, stable=True).indices] = images[torch.sort(drawn, stable=True).indices]
+        return shuffled, out
 
     def _rewards(self, y: Tensor, logits: Tensor, history: Tensor,
                  stats: dict[str, _RunningStats]) -> Tensor:
@@ -290,12 +306,7 @@ class AdaptiveKnockoff(Attack):
         while victim.remaining > 0 and bool(tree.available.any()):
             b = min(self.policy_batch_size, victim.remaining)
             policies = tree.policies()
-            leaves = self._draw(tree, pools, cursor, b, generator)
-            idx = []
-            for leaf in leaves.tolist():
-                idx.append(int(pools[leaf][cursor[leaf]]))
-                cursor[leaf] += 1
-            idx_t = torch.tensor(idx, dtype=torch.long)
+            leaves, idx_t = self._draw(tree, pools, cursor, b, generator)
             xb = self.transfer_set[idx_t]
             y = self.query_all(victim, xb).float()
             logits = predict_logits(online, xb, device=self.device).cpu().float()

@@ -151,11 +151,9 @@ def write_angles(traces: Sequence[AngleTrace], out_dir: str | Path) -> list[Path
 
 def plot_angles(traces: Sequence[AngleTrace], out_dir: str | Path, *, title: str = "") -> list[Path]:
     """``fig6-angles.png`` (histogram of deviations per ε) and ``fig7-test-loss.png`` (test loss per ε)."""
-    import matplotlib
+    from modelsteal.experiment.plots import load_pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = load_pyplot()
     out = Path(out_dir)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     bins = torch.linspace(0, 180, 61).tolist()
@@ -164,16 +162,11 @@ def plot_angles(traces: Sequence[AngleTrace], out_dir: str | Path, *, title: str
     ax.set(xlabel="angular deviation θ (degrees)", ylabel="queries", title=f"{title} white-box MAD: θ(u, a)".strip())
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "fig6-angles.png", dpi=110)
-    plt.close(fig)
+    paths = [save_figure(fig, out / "fig6-angles.png")]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for t in traces:
         ax.plot(t.loss_steps, t.test_loss, label=f"ε={t.epsilon:g}")
     ax.set(xlabel="online SGD step", ylabel="attacker test loss", title=f"{title} test loss during training".strip())
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "fig7-test-loss.png", dpi=110)
-    plt.close(fig)
-    return [out / "fig6-angles.png", out / "fig7-test-loss.png"]
+    return paths + [save_figure(fig, out / "fig7-test-loss.png")]

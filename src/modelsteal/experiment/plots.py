@@ -29,13 +29,22 @@ def _mean_by(records: Sequence[dict[str, Any]], keys: tuple[str, ...]) -> list[d
     return out
 
 
-def _pyplot():
+def load_pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (matplotlib is imported only when plotting)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write (110 dpi) and close ``fig``; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    load_pyplot().close(fig)
+    return path
 
 
 def plot_sweep(records: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
@@ -55,7 +64,7 @@ def plot_budget_curves(records: Sequence[dict[str, Any]], out_dir: str | Path) -
     groups: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         groups[(r["attack"], r["defense"], r.get("strength"))][int(r["budget"])].append(100 * r["attacker_accuracy"])
-    plt = _pyplot()
+    plt = load_pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     attacks = sorted({k[0] for k in groups}, key=str)
     colour = {a: f"C{i % 10}" for i, a in enumerate(attacks)}  # one colour per attack, a line style per defense
@@ -80,16 +89,12 @@ def plot_budget_curves(records: Sequence[dict[str, Any]], out_dir: str | Path) -
     ax.set(xlabel="query budget B", ylabel="attacker accuracy (%)", title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(out_dir) / "budget-curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, Path(out_dir) / "budget-curves.png")]
 
 
 def plot_tradeoffs(records: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """One PNG per (attack, budget): ``fig4-<attack>-b<budget>.png``. Returns the written paths."""
-    plt = _pyplot()
+    plt = load_pyplot()
 
     out = Path(out_dir)
     rows = _mean_by(records, ("attack", "budget", "defense", "strength"))
@@ -126,9 +131,5 @@ def plot_tradeoffs(records: Sequence[dict[str, Any]], out_dir: str | Path) -> li
         for ax in axes:
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        name = f"fig4-{str(attack).replace('/', '_')}-b{budget}.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        paths.append(out / name)
+        paths.append(save_figure(fig, out / f"fig4-{str(attack).replace('/', '_')}-b{budget}.png"))
     return paths

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -232,6 +232,23 @@ def collect_sweep(cfg: SweepConfig, *, out_dir: str | Path, plots: bool = True) 
     return records
 
 
+class SweepInputs(NamedTuple):
+    """What every point of a sweep shares: the victim, its data and test accuracy, the attacker's data."""
+
+    victim: nn.Module
+    data: DatasetSplits
+    victim_accuracy: float
+    transfer: tuple[Tensor, Tensor | None]
+    seeds: Tensor
+
+
+def prepare_sweep(cfg: SweepConfig, *, out_dir: Path, device: torch.device, progress: bool = True) -> SweepInputs:
+    """Load or train the victim (:func:`prepare_victim`) and build the transfer and seed sets of ``cfg``."""
+    victim, data, acc = prepare_victim(cfg, out_dir=out_dir, device=device, progress=progress)
+    return SweepInputs(victim, data, acc, build_transfer_set(cfg.transfer, victim_data=data),
+                       seed_set(cfg.transfer, victim_data=data))
+
+
 def run_sweep(
     cfg: SweepConfig, *, out_dir: str | Path, progress: bool = True, device: str | None = None, plots: bool = True
 ) -> list[dict[str, Any]]:
@@ -239,9 +256,7 @@ def run_sweep(
     out = Path(out_dir)
     (out / "points").mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device or cfg.device)
-    victim, data, victim_acc = prepare_victim(cfg, out_dir=out, device=dev, progress=progress)
-    transfer = build_transfer_set(cfg.transfer, victim_data=data)
-    seeds = seed_set(cfg.transfer, victim_data=data)
+    victim, data, victim_acc, transfer, seeds = prepare_sweep(cfg, out_dir=out, device=dev, progress=progress)
     points = list(_points(cfg))
     utility_cache: dict[str, dict[str, float]] = {}
     records: list[dict[str, Any]] = []
