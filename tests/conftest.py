@@ -6,9 +6,10 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from modelsteal.attacks import TrainConfig, train_classifier
+from modelsteal.attacks import TrainConfig
 from modelsteal.data import load_dataset
 from modelsteal.models import build_model
+from modelsteal.training import train
 
 # Two cores shared by many processes: one torch thread and one BLAS thread per test process avoid thrashing.
 torch.set_num_threads(1)
@@ -25,7 +26,7 @@ def digits():
 def digits_victim(digits):
     """A small MLP trained on digits for a few epochs (test accuracy well above 90%)."""
     model = build_model("mlp", input_shape=digits.input_shape, num_classes=10, mean=digits.mean, std=digits.std, seed=0)
-    train_classifier(
+    train(
         model,
         digits.x_train,
         digits.y_train,

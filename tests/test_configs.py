@@ -7,6 +7,7 @@ import pytest
 from modelsteal.attacks import TrainConfig, attack_class
 from modelsteal.defenses import make_defense
 from modelsteal.experiment import load_config
+from modelsteal.experiment.sweep import is_recipe_defense, validate_sweep
 from modelsteal.models import build_model
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -21,9 +22,11 @@ def test_configs_are_shipped() -> None:
 def test_config_parses_and_names_what_exists(path: Path) -> None:
     cfg = load_config(path)
     assert cfg.name == path.stem
+    validate_sweep(cfg)  # recipes, defenses at every strength, attacks: what a sweep checks before training
     for d in cfg.defenses:
         for strength in d.strengths:
-            make_defense(d.name, strength=strength, **d.options)  # raises on unknown names/options
+            if not is_recipe_defense(d):
+                make_defense(d.name, strength=strength, **d.options)  # raises on unknown names/options
     for a in cfg.attacks:
         cls = attack_class(a.name)
         assert cls.modality == "images"

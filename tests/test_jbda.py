@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from modelsteal import BudgetExceededError, PredictionAPI
-from modelsteal.attacks import JBDA, JBSelf, JBTopK, TrainConfig, attack_class, train_classifier
-from modelsteal.attacks._training import accuracy
+from modelsteal.attacks import JBDA, JBSelf, JBTopK, TrainConfig, attack_class
+from modelsteal.training import accuracy, train
 from modelsteal.attacks.jbda import input_jacobian
 from modelsteal.models import build_model
 
@@ -31,7 +31,7 @@ def digits() -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def victim(digits: dict[str, torch.Tensor]) -> nn.Module:
     model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, seed=0)
-    train_classifier(model, digits["x_train"], digits["y_train"], config=TrainConfig(epochs=15))
+    train(model, digits["x_train"], digits["y_train"], config=TrainConfig(epochs=15))
     assert accuracy(model, digits["x_test"], digits["y_test"]) > 0.85
     return model
 

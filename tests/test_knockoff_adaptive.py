@@ -7,10 +7,10 @@ import torch
 from torch import Tensor, nn
 
 from modelsteal import PredictionAPI
-from modelsteal.attacks import AdaptiveKnockoff, TrainConfig, attack_class, train_classifier
-from modelsteal.attacks._training import accuracy
+from modelsteal.attacks import AdaptiveKnockoff, TrainConfig, attack_class
 from modelsteal.attacks.knockoff_adaptive import ActionTree, _RunningStats
 from modelsteal.models import build_model
+from modelsteal.training import accuracy, train
 
 FAST = TrainConfig(epochs=8)
 
@@ -30,7 +30,7 @@ def digits() -> dict[str, Tensor]:
 @pytest.fixture(scope="module")
 def victim(digits: dict[str, Tensor]) -> nn.Module:
     model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, seed=0)
-    train_classifier(model, digits["x_train"], digits["y_train"], config=TrainConfig(epochs=15))
+    train(model, digits["x_train"], digits["y_train"], config=TrainConfig(epochs=15))
     return model
 
 

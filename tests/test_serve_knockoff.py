@@ -13,11 +13,11 @@ datasets = pytest.importorskip("sklearn.datasets")
 from serve_helpers import ServerProcess  # noqa: E402
 
 from modelsteal import PredictionAPI  # noqa: E402
-from modelsteal.attacks._training import TrainConfig, accuracy, train_classifier  # noqa: E402
 from modelsteal.attacks.knockoff import KnockoffNets  # noqa: E402
 from modelsteal.models import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from modelsteal.serve.client import HTTPBlackBox  # noqa: E402
 from modelsteal.serve.store import open_store  # noqa: E402
+from modelsteal.training import TrainConfig, accuracy, train  # noqa: E402
 
 BUDGET, SEED = 300, 0
 
@@ -38,7 +38,7 @@ def test_knockoff_through_http_matches_in_process(tmp_path, one_thread):
     x_train, y_train, pool, x_test, y_test = x[:900], y[:900], x[900:1400], x[1400:], y[1400:]
 
     victim = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, seed=0)
-    train_classifier(victim, x_train, y_train, config=TrainConfig(epochs=8, batch_size=32),
+    train(victim, x_train, y_train, config=TrainConfig(epochs=8, batch_size=32),
                      generator=torch.Generator().manual_seed(0))
     ckpt = save_checkpoint(victim, tmp_path / "victim.pt", dataset="digits")
     model, meta = load_checkpoint(ckpt)

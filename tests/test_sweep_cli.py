@@ -143,3 +143,23 @@ def test_demo_config_is_valid_and_uses_registered_names():
     assert {d.name for d in cfg.defenses} - {"none"} <= set(available_defenses())
     assert {a.name for a in cfg.attacks} <= set(available_attacks())
     assert cfg.victim.dataset == "digits" and cfg.transfer.source == "sample-patches"
+
+
+def test_only_keeps_the_named_defenses_and_every_attack_and_rejects_unknown_names():
+    from modelsteal.cli.sweep import restrict
+
+    cfg = parse_config(TINY)
+    only = restrict(cfg, ["reverse-sigmoid"])
+    assert [d.name for d in only.defenses] == ["reverse-sigmoid"] and only.attacks == cfg.attacks
+    with pytest.raises(ValueError, match="names no defense or attack of tiny; known: knockoff, none, reverse-sigmoid"):
+        restrict(cfg, ["mad"])
+
+
+def test_transfer_set_joins_several_datasets_with_their_classes_numbered_in_turn(digits):
+    from modelsteal.experiment.config import TransferConfig
+    from modelsteal.experiment.transfer import build_transfer_set
+
+    x, labels = build_transfer_set(TransferConfig(dataset=["digits", "digits"], split="val"), victim_data=digits)
+    n = len(digits.x_val)
+    assert len(x) == 2 * n and bool((x[:n] == x[n:]).all())
+    assert labels[:n].tolist() == digits.y_val.tolist() and labels[n:].tolist() == (digits.y_val + 10).tolist()

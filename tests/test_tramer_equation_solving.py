@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from modelsteal import BudgetExceededError, PredictionAPI
-from modelsteal.attacks import TrainConfig, attack_class, train_classifier
+from modelsteal.attacks import TrainConfig, attack_class
 from modelsteal.attacks.tramer import (
     EquationSolving,
     SklearnVictim,
@@ -16,6 +16,7 @@ from modelsteal.attacks.tramer import (
 from modelsteal.attacks.tramer.equation_solving import logistic_unknowns, mlp_unknowns
 from modelsteal.data.tabular import available_tabular, load_tabular
 from modelsteal.metrics.extraction import r_test, r_unif
+from modelsteal.training import train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -142,7 +143,7 @@ def test_pytorch_victims_are_extracted_exactly_too():
     data = load_tabular("wine")
     center, half = data.space.box()
     victim = TabularLinear(13, 3, mode="softmax", center=center, scale=half)
-    train_classifier(victim, torch.from_numpy(data.x_train), torch.from_numpy(data.y_train),
+    train(victim, torch.from_numpy(data.x_train), torch.from_numpy(data.y_train),
                      config=TrainConfig(epochs=20, lr=0.05, optimizer="adam"))
     api = PredictionAPI(victim)
     result = EquationSolving(space=data.space)(api, budget=14)

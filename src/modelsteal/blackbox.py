@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from modelsteal._simplex import check_simplex
+from modelsteal.models.builders import model_device
 from modelsteal.outputs import OutputFormat, make_output
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ class PredictionAPI:
             raise ValueError(f"budget must be >= 0, got {budget}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device) if device is not None else _module_device(model)
+        self.device = torch.device(device) if device is not None else model_device(model)
         self.model = model.to(self.device).eval()
         self.output = make_output(output)
         self.budget = budget
@@ -172,11 +173,3 @@ class QueryBudget:
         out = self.blackbox.query(x, client=client or self.client)
         self.used += n
         return out
-
-
-def _module_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")

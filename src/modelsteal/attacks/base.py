@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from modelsteal._registry import Registry
-from modelsteal.attacks._training import TrainConfig
 from modelsteal.blackbox import BlackBox, QueryBudget
-from modelsteal.models import build_model
+from modelsteal.models import build_model, build_seeded
+from modelsteal.training import TrainConfig
 
 CloneFactory = Callable[[Sequence[int], int], nn.Module]
 
@@ -95,9 +95,8 @@ class Attack(ABC):
         """A fresh clone for ``victim``'s input shape and classes, seeded from ``generator``."""
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         if callable(self.clone_spec):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model = self.clone_spec(victim.input_shape, victim.num_classes)
+            spec = self.clone_spec
+            model = build_seeded(lambda: spec(victim.input_shape, victim.num_classes), seed=seed)
         else:
             model = build_model(
                 self.clone_spec,

@@ -4,7 +4,7 @@ The three attacks share one loop (Papernot et al., *Practical Black-Box Attacks 
 Learning*, AsiaCCS 2017, Algorithm 1; recapped in Orekondy et al., ICLR 2020, Appendix C):
 
 1. label the substitute set ``D_ρ`` (initially the seed set ``D_0``) by querying the victim;
-2. train the substitute ``F_A`` on every labelled point so far (:func:`train_classifier`);
+2. train the substitute ``F_A`` on every labelled point so far (:func:`modelsteal.training.train`);
 3. augment ``D_{ρ+1} = D_ρ ∪ {clip(x + λ_ρ · sign(∇_x s_c(x))) : x ∈ D_ρ, c ∈ C(x)}``.
 
 They differ only in the classes ``C(x)`` whose score ``s_c`` is differentiated:
@@ -30,9 +30,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from modelsteal.attacks._training import predict_logits, train_classifier
+from modelsteal import training
 from modelsteal.attacks.base import Attack, StealResult, register_attack
 from modelsteal.blackbox import QueryBudget
+from modelsteal.training import predict_logits
 
 SCORES = ("logit", "log_prob")
 
@@ -157,8 +158,8 @@ class _JacobianAugmentation(Attack):
              generator: torch.Generator) -> None:
         if not self.warm_start:
             model.load_state_dict(init)
-        train_classifier(model, x, self.targets(answers), config=self.train_config, generator=generator,
-                         device=self.device, progress="substitute" if self.progress else False)
+        training.train(model, x, self.targets(answers), config=self.train_config, generator=generator,
+                       device=self.device, progress="substitute" if self.progress else False)
 
     def run(self, victim: QueryBudget, *, generator: torch.Generator) -> StealResult:
         if tuple(self.seed_set.shape[1:]) != tuple(victim.input_shape):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from modelsteal.attacks._training import train_classifier
+from modelsteal import training
 from modelsteal.attacks.augment import QUERY_AUGMENTATIONS
 from modelsteal.attacks.base import Attack, StealResult, register_attack
 from modelsteal.blackbox import QueryBudget
@@ -78,7 +78,7 @@ class KnockoffNets(Attack):
             x = queries
         y = self.targets(answers)
         clone = self.make_clone(victim, generator=generator)
-        history = train_classifier(
+        history = training.train(
             clone,
             x,
             y,

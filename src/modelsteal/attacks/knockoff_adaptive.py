@@ -29,9 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from modelsteal.attacks._training import predict_logits, train_classifier
+from modelsteal import training
 from modelsteal.attacks.base import Attack, StealResult, register_attack
 from modelsteal.blackbox import QueryBudget
+from modelsteal.training import predict_logits
 
 REWARDS = ("all", "certainty", "diversity", "loss")
 _ROOT = object()
@@ -182,7 +183,7 @@ class AdaptiveKnockoff(Attack):
       gradient-bandit terms. The baseline ``r̄`` is the mean of all earlier rewards (of the batch itself
       for the first step);
     - ``diversity_window``: Δ, how many previous answers ``ȳ`` averages (default 256);
-    - ``online_epochs``: passes of :func:`train_classifier` over each answered batch (default 1).
+    - ``online_epochs``: passes of :func:`modelsteal.training.train` over each answered batch (default 1).
 
     Images are drawn without replacement; a class with no images left leaves the policy. The run stops
     when the budget or the transfer set is spent. Finally a fresh clone — the same initial weights the
@@ -318,7 +319,7 @@ class AdaptiveKnockoff(Attack):
             history = torch.cat([history, y])[-self.diversity_window:]
             if self.online_epochs > 0:
                 cfg = dataclasses.replace(online_cfg, batch_size=len(xb))
-                train_classifier(online, xb, self.targets(y), config=cfg, generator=generator,
+                training.train(online, xb, self.targets(y), config=cfg, generator=generator,
                                  device=self.device)
             queried.append(idx_t)
             answers.append(y)
@@ -328,7 +329,7 @@ class AdaptiveKnockoff(Attack):
         indices = torch.cat(queried)
         x = self.transfer_set[indices]
         y = torch.cat(answers)
-        train_classifier(clone, x, self.targets(y), config=self.train_config, generator=generator,
+        training.train(clone, x, self.targets(y), config=self.train_config, generator=generator,
                          device=self.device, progress="knockoff" if self.progress else False)
         info = {
             "classes": list(self.classes),

@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     budget = args.budget or cfg.budgets[0]
     if budget < 1:
         raise ValueError(f"--budget must be positive, got {budget}")
+    if args.eval_every < 1:
+        raise ValueError(f"--eval-every must be >= 1, got {args.eval_every}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(None if args.device == "auto" else args.device)
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         traces.append(
             online_angles(
                 victim, pool, epsilon=float(eps), queries=budget, x_test=data.x_test[:n], y_test=data.y_test[:n],
-                clone=acfg.clone or cfg.victim.arch, train=train, defense_options=dcfg.options,
+                clone=acfg.clone or cfg.victim.arch, train_config=train, defense_options=dcfg.options,
                 eval_every=args.eval_every, seed=cfg.seeds[0],
             )
         )

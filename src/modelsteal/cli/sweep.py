@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from modelsteal.cli._common import add_device
-from modelsteal.experiment import load_config, run_sweep
+from modelsteal.experiment import SweepConfig, load_config, run_sweep
 from modelsteal.experiment.results import format_table
 
 
@@ -27,9 +28,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="compute nothing: write results.csv and plots from the points already finished in DIR",
     )
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                   help="run only the defenses and attacks with these names or labels (others are left out)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device(p)
     return p
+
+
+def restrict(cfg: SweepConfig, names: list[str]) -> SweepConfig:
+    """``cfg`` with only the defenses and attacks named (by name or label) in ``names``; a kind none of
+    ``names`` picks is kept whole (``--only dp-sgd`` keeps every attack)."""
+    wanted = set(names)
+    defenses = [d for d in cfg.defenses if {d.name, d.display} & wanted]
+    attacks = [a for a in cfg.attacks if {a.name, a.display} & wanted]
+    if not defenses and not attacks:
+        known = sorted({d.display for d in cfg.defenses} | {a.display for a in cfg.attacks})
+        raise ValueError(f"--only {' '.join(names)} names no defense or attack of {cfg.name}; "
+                         f"known: {', '.join(known)}")
+    return replace(cfg, defenses=defenses or cfg.defenses, attacks=attacks or cfg.attacks)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
         if any(b < 1 for b in args.budget):
             raise ValueError(f"--budget must be positive, got {args.budget}")
         cfg = cfg.with_budgets(args.budget)
+    if args.seeds:
+        cfg = replace(cfg, seeds=list(args.seeds))
+    if args.only:
+        cfg = restrict(cfg, args.only)
     if args.cached_only:
         from modelsteal.experiment.sweep import collect_sweep
 

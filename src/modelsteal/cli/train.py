@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from modelsteal.attacks import TrainConfig
-from modelsteal.attacks._training import accuracy
-from modelsteal.cli._common import add_device
+from modelsteal.cli._common import add_device, parse_options
 from modelsteal.data import available_datasets, load_dataset
-from modelsteal.experiment.sweep import resolve_device, train_victim
+from modelsteal.experiment.sweep import recipe_checkpoint_meta, resolve_device, train_victim
 from modelsteal.models import ARCHITECTURES, save_checkpoint
+from modelsteal.training import TrainConfig, accuracy, available_recipes, make_recipe
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -28,6 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--lr-step", type=int, default=None, help="decay the learning rate by 10x every N epochs")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    p.add_argument("--recipe", default="plain",
+                   help=f"how to train: {', '.join(available_recipes())} (default plain)")
+    p.add_argument("--recipe-option", action="append", metavar="KEY=VALUE",
+                   help="a recipe option, repeatable: outlier-exposure weight=0.5 outliers=kana; "
+                   "dp-sgd noise_multiplier=1.0 max_grad_norm=1.0 delta=1e-5 poisson=true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="where the dataset's files are")
     p.add_argument("--download", action="store_true", help="download the dataset if it is not found")
@@ -38,8 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download, seed=args.seed)
-    print(data.summary())
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1 (0 would save an untrained model), got {args.epochs}")
+    options = parse_options(args.recipe_option, flag="--recipe-option")
+    recipe = make_recipe(args.recipe, **options)
+    check = getattr(recipe, "check_victim_data", None)
+    if check is not None:
+        check(args.dataset)
     cfg = TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
@@ -49,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
         lr_step=args.lr_step,
         optimizer=args.optimizer,
     )
-    model, hist = train_victim(data, arch=args.arch, config=cfg, seed=args.seed, device=device)
+    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download, seed=args.seed)
+    print(data.summary())
+    model, hist = train_victim(data, arch=args.arch, config=cfg, recipe=recipe, seed=args.seed, device=device)
     val_acc = accuracy(model, data.x_val, data.y_val, device=device)
     test_acc = accuracy(model, data.x_test, data.y_test, device=device)
     path = save_checkpoint(
@@ -62,9 +73,15 @@ def run(args: argparse.Namespace) -> int:
             "best_epoch": hist.best_epoch,
             "epochs": args.epochs,
         },
+        extra=recipe_checkpoint_meta(hist, recipe),
     )
     print(
         f"validation accuracy {100 * val_acc:.2f}% (best epoch {hist.best_epoch}), test accuracy {100 * test_acc:.2f}%"
     )
+    if "dp" in hist.info:
+        dp = hist.info["dp"]
+        fixed = " (BatchNorm replaced by GroupNorm with Opacus' ModuleValidator)" if dp["module_fix"] else ""
+        print(f"DP-SGD: ε = {dp['epsilon']:.3f} at δ = {dp['delta']:.3g} (σ = {dp['noise_multiplier']:g}, "
+              f"C = {dp['max_grad_norm']:g}, {dp['steps']} steps, sample rate {dp['sample_rate']:.4g}){fixed}")
     print(f"saved {path}")
     return 0

@@ -203,9 +203,9 @@ def attack_estimator(est: Any, data: Any, args: argparse.Namespace) -> dict[str,
         record.update(unknowns=d + 1, epsilon=attack.epsilon, scale="unit-norm: labels do not reveal |w|")
         labels_only = True
     else:
-        from modelsteal.attacks._training import TrainConfig
         from modelsteal.attacks.tramer.equation_solving import mlp_unknowns
         from modelsteal.attacks.tramer.retraining import DEFAULT_TRAIN, Retraining
+        from modelsteal.training import TrainConfig
 
         model = "linear" if kind in LINEAR else "mlp"
         hidden = (20,)

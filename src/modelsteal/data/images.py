@@ -1,4 +1,5 @@
-"""Built-in image datasets: ``digits`` (embedded), ``fashion-mnist``, ``mnist`` and ``image-folder``."""
+"""Built-in image datasets: ``digits`` (embedded), ``fashion-mnist``, ``mnist`` and ``image-folder``; the
+font-rendered ``letters`` and ``kana`` live in :mod:`modelsteal.data.glyphs` (imported at the end)."""
 
 from __future__ import annotations
 
@@ -187,3 +188,6 @@ def _image_folder(*, data_dir: Path | None = None, download: bool = False) -> Ra
     if data_dir is None:
         raise DatasetNotFoundError("the image-folder dataset needs --data-dir pointing at root/<class>/*.png")
     return load_image_folder(data_dir)
+
+
+import modelsteal.data.glyphs  # noqa: E402, F401  (registers the font-rendered `letters` and `kana`)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from modelsteal.defenses._gram import LayerwiseGram, last_layer_gram, model_dtype
 from modelsteal.defenses.base import Defense, as_float, register_defense
+from modelsteal.models import model_device, seeded
 
 Norm = Literal["l1", "l2"]
 Jacobian = Literal["last_layer", "all"]
@@ -231,7 +232,7 @@ class MAD(Defense):
         if self.objective != "mad" or self.surrogate is not None:
             return
         sur = random_surrogate(model, seed=self.seed)
-        if _module_device(sur).type == "cpu" and any(isinstance(m, nn.Conv2d) for m in sur.modules()):
+        if model_device(sur).type == "cpu" and any(isinstance(m, nn.Conv2d) for m in sur.modules()):
             # oneDNN runs 2-d convolutions (forward and backward) markedly faster in channels-last layout;
             # only the memory layout of this private copy changes, not its function
             sur = sur.to(memory_format=torch.channels_last)
@@ -253,7 +254,7 @@ class MAD(Defense):
         (:class:`~modelsteal.defenses._gram.LayerwiseGram`). Computed in the surrogate's dtype.
         """
         sur = self._require_surrogate()
-        dev = _module_device(sur)
+        dev = model_device(sur)
         xs = x.detach().to(device=dev, dtype=model_dtype(sur))
         if xs.ndim == 4 and _channels_last(sur):
             xs = xs.contiguous(memory_format=torch.channels_last)
@@ -401,21 +402,14 @@ def random_surrogate(model: nn.Module, *, seed: int = 0) -> nn.Module:
     """A fixed, randomly initialised copy of ``model`` (the surrogate the paper found best, Sec. 4).
 
     ``copy.deepcopy(model)``, then every submodule with ``reset_parameters`` is re-initialised under
-    ``torch.random.fork_rng`` seeded with ``seed ^ 0x6D6164`` (``"mad"``: so that an untrained victim built
-    with ``build_model(..., seed=0)`` does not get itself back as the surrogate, for which ``Gᵀy = 0``), so
-    the global RNG is untouched; buffers of modules
+    :func:`modelsteal.models.seeded` (a forked global RNG) seeded with ``seed ^ 0x6D6164`` (``"mad"``: so that
+    an untrained victim built with ``build_model(..., seed=0)`` does not get itself back as the surrogate, for
+    which ``Gᵀy = 0``), so the global RNG is untouched; buffers of modules
     without ``reset_parameters`` (e.g. :class:`~modelsteal.models.Normalize`) are kept. Returned in eval
     mode, on the victim's device, with ``requires_grad`` off (gradients are taken through the input).
     """
     sur = copy.deepcopy(model)
-    device = _module_device(sur)
-    cuda = [torch.cuda._utils._get_device_index(device)] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        mixed = int(seed) ^ _SURROGATE_SALT
-        torch.random.default_generator.manual_seed(mixed)
-        if cuda:
-            with torch.cuda.device(cuda[0]):
-                torch.cuda.manual_seed(mixed)
+    with seeded(int(seed) ^ _SURROGATE_SALT, device=model_device(sur)):
         with torch.no_grad():
             for mod in sur.modules():
                 reset = getattr(mod, "reset_parameters", None)
@@ -430,14 +424,6 @@ def _channels_last(model: nn.Module) -> bool:
         if t.ndim == 4:
             return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
     return False
-
-
-def _module_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 __all__ = [

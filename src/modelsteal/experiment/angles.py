@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modelsteal.attacks._training import TrainConfig, make_optimizer, predict_logits, soft_cross_entropy
 from modelsteal.defenses.mad import MAD
 from modelsteal.metrics import angular_deviation
 from modelsteal.models import build_model
+from modelsteal.training import Callback, Loss, TrainConfig, TrainState, predict_logits, soft_cross_entropy, train
 
 
 @dataclass
@@ -66,6 +66,44 @@ def _test_loss(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return float(soft_cross_entropy(predict_logits(model, x), y))
 
 
+class WhiteBoxMADLoss(Loss):
+    """The attacker's online loss under white-box MAD, recording the angle ``θ_t`` of every query.
+
+    For a batch ``x`` at parameters ``w_t``: the victim's posterior ``y``, MAD's answer ``ỹ`` crafted on the
+    attacker's current model (the defense's surrogate *is* the model), the angle between ``∇_w L(w_t, y)`` and
+    ``∇_w L(w_t, ỹ)`` before the step, then ``CE(F(x), ỹ)`` for the step itself.
+    """
+
+    def __init__(self, victim: nn.Module, defense: MAD) -> None:
+        self.victim, self.defense, self.angles = victim, defense, []
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, extra: Any) -> Tensor:
+        with torch.no_grad():
+            probs = torch.softmax(predict_logits(self.victim, x), dim=1)
+        model.eval()
+        y_tilde = self.defense(x, probs)
+        self.angles.append(angular_deviation(model, x, probs, y_tilde, jacobian="all"))
+        model.train()
+        return soft_cross_entropy(model(x), y_tilde)
+
+
+class TestLossTrace(Callback):
+    """The attacker's test loss every ``every`` online steps and after the last one (Fig. 7)."""
+
+    def __init__(self, x_test: Tensor, y_test: Tensor, *, every: int, total_steps: int) -> None:
+        self.x_test, self.y_test, self.every, self.total = x_test, y_test, every, total_steps
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self.steps, self.losses = [0], [_test_loss(state.model, self.x_test, self.y_test)]
+
+    def on_step(self, state: TrainState) -> None:
+        if state.step % self.every == 0 or state.step == self.total:
+            self.steps.append(state.step)
+            self.losses.append(_test_loss(state.model, self.x_test, self.y_test))
+
+
 def online_angles(
     victim: nn.Module,
     pool: Tensor,
@@ -75,20 +113,24 @@ def online_angles(
     x_test: Tensor,
     y_test: Tensor,
     clone: str = "lenet",
-    train: TrainConfig | None = None,
+    train_config: TrainConfig | None = None,
     defense_options: dict[str, Any] | None = None,
     eval_every: int = 100,
     seed: int = 0,
 ) -> AngleTrace:
     """Train a fresh ``clone`` online on white-box-MAD answers for ``queries`` images; record every angle.
 
-    ``train`` supplies ``lr``, ``momentum``, ``optimizer`` and ``batch_size`` (paper: SGD, lr 0.001, batch 1);
-    its ``epochs`` is ignored (one pass over ``queries`` images). ``defense_options`` go to :class:`MAD`
-    (default ``norm="l1"``, ``jacobian="all"``); its surrogate is the attacker's model at each step.
+    ``train_config`` supplies ``lr``, ``momentum``, ``optimizer`` and ``batch_size`` (paper: SGD, lr 0.001,
+    batch 1); its ``epochs`` is ignored (one pass over ``queries`` images, in a seeded order). ``defense_options``
+    go to :class:`MAD` (default ``norm="l1"``, ``jacobian="all"``); its surrogate is the attacker's model at each
+    step. The steps run through :func:`~modelsteal.training.train` with :class:`WhiteBoxMADLoss` as the loss and
+    :class:`TestLossTrace` as a callback.
     """
     if queries < 1:
         raise ValueError(f"queries must be >= 1, got {queries}")
-    train = train if train is not None else TrainConfig(lr=0.001, momentum=0.0, batch_size=1)
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+    cfg = train_config if train_config is not None else TrainConfig(lr=0.001, momentum=0.0, batch_size=1)
     g = torch.Generator().manual_seed(seed)
     shape = tuple(pool.shape[1:])
     channels = shape[0] if len(shape) == 3 else None
@@ -101,30 +143,17 @@ def online_angles(
         seed=seed,
     )
     opts = {"norm": "l1", "jacobian": "all", **(defense_options or {})}
-    defense = MAD(surrogate=model, epsilon=epsilon, **opts)
-    opt = make_optimizer(model, train)
+    loss = WhiteBoxMADLoss(victim, MAD(surrogate=model, epsilon=epsilon, **opts))
     reps = math.ceil(queries / len(pool))
     order = torch.cat([torch.randperm(len(pool), generator=g) for _ in range(reps)])[:queries]
-    angles: list[Tensor] = []
-    steps, losses = [0], [_test_loss(model, x_test, y_test)]
-    done = 0
-    for i, idx in enumerate(order.split(train.batch_size)):
-        x = pool[idx]
-        with torch.no_grad():
-            y = torch.softmax(predict_logits(victim, x), dim=1)
-        model.eval()
-        y_tilde = defense(x, y)
-        angles.append(angular_deviation(model, x, y, y_tilde, jacobian="all"))
-        model.train()
-        loss = soft_cross_entropy(model(x), y_tilde)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        done += len(idx)
-        if (i + 1) % eval_every == 0 or done == queries:
-            steps.append(i + 1)
-            losses.append(_test_loss(model, x_test, y_test))
-    return AngleTrace(epsilon=float(epsilon), angles=torch.cat(angles), loss_steps=steps, test_loss=losses)
+    x = pool[order]
+    trace = TestLossTrace(x_test, y_test, every=eval_every, total_steps=math.ceil(queries / cfg.batch_size))
+    one_pass = TrainConfig(**{**cfg.__dict__, "epochs": 1})
+    # y is unused by the loss (the targets are MAD's answers, made at each step); the rows go in drawn order
+    train(model, x, torch.zeros(len(x), dtype=torch.long), config=one_pass, loss=loss, shuffle=False, generator=g,
+          callbacks=[trace])
+    return AngleTrace(epsilon=float(epsilon), angles=torch.cat(loss.angles), loss_steps=trace.steps,
+                      test_loss=trace.losses)
 
 
 def write_angles(traces: Sequence[AngleTrace], out_dir: str | Path) -> list[Path]:

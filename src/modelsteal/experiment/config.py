@@ -59,17 +59,49 @@ class VictimConfig:
     seed: int = 0
     data_dir: str | None = None
     checkpoint: str | None = None
+    #: the training recipe: a name (``plain``, ``outlier-exposure``, ``dp-sgd``) or a mapping ``{name: …,
+    #: option: value, …}`` (see :mod:`modelsteal.training.recipes`); stored as the mapping
+    recipe: str | dict[str, Any] = "plain"
+
+    def __post_init__(self) -> None:
+        spec = self.recipe
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ConfigError(f"victim.recipe must be a recipe name or a mapping with a 'name', got {self.recipe!r}")
+        object.__setattr__(self, "recipe", dict(spec))
+
+    @property
+    def recipe_name(self) -> str:
+        return self.recipe["name"]
+
+    @property
+    def recipe_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.recipe.items() if k != "name"}
+
+    @property
+    def is_plain(self) -> bool:
+        return self.recipe_name == "plain" and not self.recipe_options
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the trained victim (cache keys): every field, the recipe only when not plain, so
+        keys made before recipes existed stay valid."""
+        d = asdict(self)
+        if self.is_plain:
+            d.pop("recipe")
+        return d
 
 
 @dataclass(frozen=True)
 class TransferConfig:
     """The attacker's data: ``source`` is ``sample-patches`` (natural 8×8 … patches cut from the photos
-    bundled with scikit-learn), or ``dataset`` (images of ``dataset``'s ``split``, optionally only
+    bundled with scikit-learn), or ``dataset`` (images of ``dataset``'s ``split`` — or of several datasets
+    joined, ``dataset: [letters, mnist]``, their classes numbered one after another — optionally only
     ``classes``, optionally noise/shift-augmented into ``copies`` variants, capped at ``size``).
     ``seed_size`` images of the victim's validation split form the seed set of synthetic-query attacks."""
 
     source: str = "dataset"
-    dataset: str | None = None
+    dataset: str | list[str] | None = None
     split: str = "train"
     classes: list[int] | None = None
     size: int | None = None
@@ -129,7 +161,7 @@ def point_key(*parts: Any) -> str:
 
 
 def victim_key(cfg: SweepConfig) -> str:
-    return point_key(asdict(cfg.victim))
+    return point_key(cfg.victim.identity())
 
 
 def parse_config(raw: dict[str, Any]) -> SweepConfig:

@@ -20,17 +20,24 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from modelsteal.attacks import TrainConfig, attack_class, train_classifier
-from modelsteal.attacks._training import TrainHistory
+from modelsteal.attacks import attack_class
 from modelsteal.attacks.base import Attack
 from modelsteal.blackbox import PredictionAPI
 from modelsteal.data import DatasetSplits, load_dataset
-from modelsteal.defenses import make_defense
-from modelsteal.experiment.config import AttackConfig, DefenseConfig, SweepConfig, point_key, victim_key
+from modelsteal.defenses import available_defenses, make_defense
+from modelsteal.experiment.config import (
+    AttackConfig,
+    ConfigError,
+    DefenseConfig,
+    SweepConfig,
+    VictimConfig,
+    point_key,
+)
 from modelsteal.experiment.results import write_results
 from modelsteal.experiment.transfer import build_transfer_set, seed_set
 from modelsteal.metrics import angular_deviation, argmax_accuracy, attacker_accuracy, fidelity, perturbation_summary
 from modelsteal.models import build_model, load_checkpoint, save_checkpoint
+from modelsteal.training import Recipe, TrainConfig, TrainHistory, available_recipes, make_recipe
 
 ANGLE_SAMPLES = 128  # attacker queries on which the clone's gradient deviation is measured
 
@@ -47,35 +54,71 @@ def train_victim(
     *,
     arch: str,
     config: TrainConfig,
+    recipe: Recipe | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool | str = True,
 ) -> tuple[nn.Module, TrainHistory]:
-    """Build ``arch`` for ``data`` (normalisation from its training split inside the model) and train it,
-    keeping the epoch with the best validation accuracy. Used by ``modelsteal train`` and sweeps."""
+    """Build ``arch`` for ``data`` (normalisation from its training split inside the model) and train it with
+    ``recipe`` (default ``plain``), keeping the epoch with the best validation accuracy. Used by
+    ``modelsteal train`` and sweeps."""
+    recipe = recipe if recipe is not None else make_recipe("plain")
     model = build_model(
         arch, input_shape=data.input_shape, num_classes=data.num_classes, mean=data.mean, std=data.std, seed=seed
     ).to(device)
-    history = train_classifier(
-        model,
-        data.x_train,
-        data.y_train,
-        config=config,
-        val=(data.x_val, data.y_val),
-        generator=torch.Generator().manual_seed(seed),
-        device=device,
-        progress=(f"train {arch}" if progress is True else progress),
-    )
-    return model, history
+    label = f"train {arch}" + ("" if recipe.name == "plain" else f" ({recipe.name})")
+    return recipe.fit(model, data, config=config, generator=torch.Generator().manual_seed(seed), device=device,
+                      progress=(label if progress is True else progress))
+
+
+def victim_recipe(v: VictimConfig) -> Recipe:
+    """The victim's training recipe, made (and so validated) from its config; a ``ConfigError`` names the key."""
+    try:
+        recipe = make_recipe(v.recipe_name, **v.recipe_options)
+        check = getattr(recipe, "check_victim_data", None)
+        if check is not None:
+            check(v.dataset)
+        return recipe
+    except ValueError as e:
+        raise ConfigError(f"victim.recipe: {e}") from None
+
+
+def recipe_checkpoint_meta(history: TrainHistory, recipe: Recipe) -> dict[str, Any]:
+    """What a checkpoint records of its training: the recipe with its options and, for DP-SGD, ε at δ."""
+    extra: dict[str, Any] = {"recipe": recipe.describe()}
+    if "dp" in history.info:
+        extra["dp"] = history.info["dp"]
+        if history.info["dp"].get("module_fix"):
+            extra["module_fix"] = history.info["dp"]["module_fix"]
+    return extra
+
+
+def victim_checkpoint_path(v: VictimConfig, *, out_dir: Path, key: str) -> Path:
+    """Where the victim is cached: ``victim.checkpoint`` for a plain recipe; beside it (or in ``out_dir``) with
+    the recipe's name and config hash otherwise, so every recipe setting has its own cached victim."""
+    if v.checkpoint and v.is_plain:
+        return Path(v.checkpoint)
+    if v.checkpoint:
+        p = Path(v.checkpoint)
+        return p.with_name(f"{p.stem}-{v.recipe_name}-{key}{p.suffix}")
+    return out_dir / f"victim-{key}.pt"
 
 
 def prepare_victim(
     cfg: SweepConfig, *, out_dir: Path, device: torch.device, progress: bool = True
 ) -> tuple[nn.Module, DatasetSplits, float]:
     """Load or train the victim; returns ``(model, data, test accuracy)``."""
-    v = cfg.victim
-    data = load_dataset(v.dataset, data_dir=v.data_dir, seed=v.seed)
-    path = Path(v.checkpoint) if v.checkpoint else out_dir / f"victim-{victim_key(cfg)}.pt"
+    model, data, acc, _ = load_or_train_victim(cfg.victim, out_dir=out_dir, device=device, progress=progress)
+    return model, data, acc
+
+
+def load_or_train_victim(
+    v: VictimConfig, *, out_dir: Path, device: torch.device, progress: bool = True, data: DatasetSplits | None = None
+) -> tuple[nn.Module, DatasetSplits, float, dict[str, Any]]:
+    """The victim of ``v``, from its cached checkpoint or trained now: ``(model, data, test acc, checkpoint meta)``."""
+    recipe = victim_recipe(v)
+    data = data if data is not None else load_dataset(v.dataset, data_dir=v.data_dir, seed=v.seed)
+    path = victim_checkpoint_path(v, out_dir=out_dir, key=point_key(v.identity()))
     if path.exists():
         model, meta = load_checkpoint(path, device=device)
         if tuple(meta["input_shape"]) != data.input_shape:
@@ -91,15 +134,63 @@ def prepare_victim(
             weight_decay=v.weight_decay,
             lr_step=v.lr_step,
         )
-        model, _ = train_victim(data, arch=v.arch, config=config, seed=v.seed, device=device, progress=progress)
+        model, history = train_victim(data, arch=v.arch, config=config, recipe=recipe, seed=v.seed, device=device,
+                                      progress=progress)
+        meta = recipe_checkpoint_meta(history, recipe)
         save_checkpoint(
             model,
             path,
             dataset=data.name,
             metrics={"val_accuracy": attacker_accuracy(model, data.x_val, data.y_val, device=device)},
+            extra=meta,
         )
     acc = attacker_accuracy(model, data.x_test, data.y_test, device=device)
-    return model.eval(), data, acc
+    return model.eval(), data, acc, meta
+
+
+def is_recipe_defense(dcfg: DefenseConfig) -> bool:
+    """Whether a sweep's "defense" is a training recipe (``dp-sgd``, …): its strength sets a victim's recipe."""
+    key = dcfg.name.strip().lower().replace("_", "-")
+    return key in available_recipes() and key not in available_defenses()
+
+
+def defended_victim_config(v: VictimConfig, dcfg: DefenseConfig, strength: float | None) -> VictimConfig:
+    """The victim of a recipe-defense point: ``v`` trained with recipe ``dcfg.name``, its strength parameter set
+    to ``strength`` and its other options from ``dcfg.options``."""
+    from dataclasses import replace
+
+    recipe = make_recipe(dcfg.name, **dcfg.options)
+    spec: dict[str, Any] = {"name": recipe.name, **dcfg.options}
+    if strength is not None:
+        if recipe.strength_param is None:
+            raise ConfigError(f"recipe {recipe.name!r} has no strength parameter; got strength={strength}")
+        spec[recipe.strength_param] = strength
+    return replace(v, recipe=spec)
+
+
+def validate_sweep(cfg: SweepConfig) -> None:
+    """Check everything a sweep will build — recipes, defenses at each strength, attacks and their training
+    options — before any data is loaded or model trained; a ``ConfigError`` names the entry."""
+    victim_recipe(cfg.victim)
+    for i, d in enumerate(cfg.defenses):
+        for strength in d.strengths:
+            try:
+                if is_recipe_defense(d):
+                    victim_recipe(defended_victim_config(cfg.victim, d, strength))
+                else:
+                    make_defense(d.name, strength=strength, **d.options)
+            except (ValueError, ConfigError) as e:
+                raise ConfigError(f"defenses[{i}] ({d.name}, strength {strength}): {e}") from None
+    for i, a in enumerate(cfg.attacks):
+        try:
+            cls = attack_class(a.name)
+            if cls.modality != "images":
+                raise ValueError(f"attack {a.name!r} extracts tabular models; run it with `modelsteal tramer`")
+            TrainConfig(**a.train)
+        except TypeError as e:
+            raise ConfigError(f"attacks[{i}].train: {e}") from None
+        except ValueError as e:
+            raise ConfigError(f"attacks[{i}] ({a.name}): {e}") from None
 
 
 def build_attack(
@@ -134,6 +225,11 @@ def _points(cfg: SweepConfig) -> Iterator[tuple[DefenseConfig, float | None, Att
                         yield d, s, a, b, seed
 
 
+def point_defense(dcfg: DefenseConfig, strength: float | None) -> Any:
+    """The API's defense at one point: the named defense, or none when the "defense" is a training recipe."""
+    return None if is_recipe_defense(dcfg) else make_defense(dcfg.name, strength=strength, **dcfg.options)
+
+
 def evaluate_defense(
     victim: nn.Module,
     dcfg: DefenseConfig,
@@ -144,7 +240,7 @@ def evaluate_defense(
     eval_size: int | None,
 ) -> dict[str, float]:
     """Utility of one defense operating point on the test split: defender accuracy and perturbation size."""
-    api = PredictionAPI(victim, defense=make_defense(dcfg.name, strength=strength, **dcfg.options), output=output)
+    api = PredictionAPI(victim, defense=point_defense(dcfg, strength), output=output)
     x, y = data.x_test[:eval_size], data.y_test[:eval_size]
     clean = api.posteriors(x).cpu()
     defended = api.query(x, client="evaluation").cpu()
@@ -166,7 +262,7 @@ def run_point(
     device: torch.device,
 ) -> dict[str, Any]:
     """Attack one defended API and measure the clone."""
-    api = PredictionAPI(victim, defense=make_defense(dcfg.name, strength=strength, **dcfg.options), output=cfg.output)
+    api = PredictionAPI(victim, defense=point_defense(dcfg, strength), output=cfg.output)
     attack = build_attack(acfg, victim_arch=cfg.victim.arch, transfer=transfer, seeds=seeds, device=device)
     t0 = time.perf_counter()
     result = attack(api, budget=budget, seed=seed)
@@ -208,7 +304,7 @@ def sweep_point_key(
     if not legacy:
         d.pop("strengths")
     return point_key(
-        asdict(cfg.victim), asdict(cfg.transfer), cfg.output, cfg.eval_size, d, strength, asdict(acfg), budget, seed
+        cfg.victim.identity(), asdict(cfg.transfer), cfg.output, cfg.eval_size, d, strength, asdict(acfg), budget, seed
     )
 
 
@@ -253,10 +349,12 @@ def run_sweep(
     cfg: SweepConfig, *, out_dir: str | Path, progress: bool = True, device: str | None = None, plots: bool = True
 ) -> list[dict[str, Any]]:
     """Run every point of ``cfg`` not already cached in ``out_dir``; returns all records (the trade-off curves)."""
+    validate_sweep(cfg)
     out = Path(out_dir)
     (out / "points").mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device or cfg.device)
     victim, data, victim_acc, transfer, seeds = prepare_sweep(cfg, out_dir=out, device=dev, progress=progress)
+    recipe_victims: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
     points = list(_points(cfg))
     utility_cache: dict[str, dict[str, float]] = {}
     records: list[dict[str, Any]] = []
@@ -273,10 +371,20 @@ def run_sweep(
         if path.exists():
             records.append(json.loads(path.read_text()))
             continue
+        point_victim, facts = victim, {}
+        if is_recipe_defense(dcfg):  # the defense is how the victim is trained: one victim per strength
+            vcfg = defended_victim_config(cfg.victim, dcfg, strength)
+            vkey = point_key(vcfg.identity())
+            if vkey not in recipe_victims:
+                model, _, _, meta = load_or_train_victim(vcfg, out_dir=out, device=dev, progress=progress, data=data)
+                recipe_victims[vkey] = (model, meta)
+            point_victim, meta = recipe_victims[vkey]
+            if "dp" in meta:
+                facts = {"victim_dp_epsilon": meta["dp"]["epsilon"], "victim_dp_delta": meta["dp"]["delta"]}
         ukey = point_key(asdict(dcfg), strength)
         if ukey not in utility_cache:
             utility_cache[ukey] = evaluate_defense(
-                victim, dcfg, strength, data, output=cfg.output, eval_size=cfg.eval_size
+                point_victim, dcfg, strength, data, output=cfg.output, eval_size=cfg.eval_size
             )
         rec = {
             "dataset": data.name,
@@ -287,9 +395,11 @@ def run_sweep(
             "seed": seed,
             "victim_accuracy": victim_acc,
             **utility_cache[ukey],
+            **facts,
         }
         rec.update(
-            run_point(victim, data, cfg, dcfg, strength, acfg, budget, seed, transfer=transfer, seeds=seeds, device=dev)
+            run_point(point_victim, data, cfg, dcfg, strength, acfg, budget, seed, transfer=transfer, seeds=seeds,
+                      device=dev)
         )
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=1))

@@ -38,6 +38,12 @@ def sample_patches(
     return ((out - lo) / (hi - lo).clamp_min(1e-6))[keep]
 
 
+def _split(data: DatasetSplits, split: str) -> tuple[Tensor, Tensor]:
+    if split == "all":  # a dataset unrelated to the victim's may be used whole
+        return (torch.cat([data.x_train, data.x_val, data.x_test]), torch.cat([data.y_train, data.y_val, data.y_test]))
+    return getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+
+
 def build_transfer_set(
     cfg: TransferConfig, *, victim_data: DatasetSplits, seed: int = 0
 ) -> tuple[Tensor, Tensor | None]:
@@ -50,22 +56,24 @@ def build_transfer_set(
             raise ValueError(f"sample-patches needs square image inputs, the victim takes {shape}")
         x = sample_patches(shape[1], channels=shape[0])
     elif cfg.source == "dataset":
-        name = cfg.dataset or victim_data.name
-        data = victim_data if name == victim_data.name else load_dataset(name, data_dir=cfg.data_dir)
+        names = cfg.dataset if isinstance(cfg.dataset, list) else [cfg.dataset or victim_data.name]
         if cfg.split not in ("train", "val", "test", "all"):
             raise ValueError(f"transfer.split must be train, val, test or all, got {cfg.split!r}")
-        if cfg.split == "all":  # a dataset unrelated to the victim's may be used whole
-            x = torch.cat([data.x_train, data.x_val, data.x_test])
-            labels = torch.cat([data.y_train, data.y_val, data.y_test])
-        else:
-            x, labels = getattr(data, f"x_{cfg.split}"), getattr(data, f"y_{cfg.split}")
-        if cfg.classes is not None:
-            mask = torch.isin(labels, torch.tensor(cfg.classes))
-            x, labels = x[mask], labels[mask]
-        if tuple(x.shape[1:]) != shape:
-            x = F.interpolate(x, size=shape[1:], mode="bilinear", align_corners=False) if x.shape[1] == shape[0] else x
-        if tuple(x.shape[1:]) != shape:
-            raise ValueError(f"transfer dataset {name} has inputs {tuple(x.shape[1:])}, the victim takes {shape}")
+        parts, part_labels, offset = [], [], 0
+        for name in names:  # several datasets are joined, their classes numbered one after the other
+            data = victim_data if name == victim_data.name else load_dataset(name, data_dir=cfg.data_dir)
+            xs, ys = _split(data, cfg.split)
+            if cfg.classes is not None:
+                mask = torch.isin(ys, torch.tensor(cfg.classes))
+                xs, ys = xs[mask], ys[mask]
+            if xs.shape[1] == shape[0] and tuple(xs.shape[2:]) != tuple(shape[1:]):
+                xs = F.interpolate(xs, size=shape[1:], mode="bilinear", align_corners=False)
+            if tuple(xs.shape[1:]) != shape:
+                raise ValueError(f"transfer dataset {name} has inputs {tuple(xs.shape[1:])}, the victim takes {shape}")
+            parts.append(xs)
+            part_labels.append(ys + offset)
+            offset += data.num_classes
+        x, labels = torch.cat(parts), torch.cat(part_labels)
     else:
         raise ValueError(f"unknown transfer source {cfg.source!r}; known: dataset, sample-patches")
     if cfg.copies > 1 or cfg.noise > 0 or cfg.shift > 0:

@@ -15,8 +15,8 @@ import math
 import torch
 from torch import Tensor
 
-from modelsteal.attacks._training import accuracy as model_accuracy
-from modelsteal.attacks._training import predict_logits
+from modelsteal.training import accuracy as model_accuracy
+from modelsteal.training import predict_logits
 
 
 def _check_pair(a: Tensor, b: Tensor) -> None:

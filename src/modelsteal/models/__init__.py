@@ -4,7 +4,18 @@ Any ``nn.Module`` mapping ``(N, *input_shape)`` to logits ``(N, K)`` is accepted
 here add ``input_shape`` and ``num_classes`` attributes so a :class:`~modelsteal.PredictionAPI` needs no more.
 """
 
-from modelsteal.models.builders import ARCHITECTURES, Normalize, build_model, last_linear
+from modelsteal.models.builders import (
+    ARCHITECTURES,
+    Normalize,
+    build_model,
+    build_seeded,
+    last_linear,
+    model_device,
+    seeded,
+)
 from modelsteal.models.checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["ARCHITECTURES", "Normalize", "build_model", "last_linear", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "ARCHITECTURES", "Normalize", "build_model", "build_seeded", "last_linear", "load_checkpoint", "model_device",
+    "save_checkpoint", "seeded",
+]

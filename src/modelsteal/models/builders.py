@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +48,32 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.penultimate(x))
+
+
+M = TypeVar("M")
+
+
+@contextmanager
+def seeded(seed: int | None, *, device: torch.device | str | None = None) -> Iterator[None]:
+    """Run the block with the global RNG (CPU, and ``device``'s CUDA generator when it is a GPU) seeded with
+    ``seed`` and restored afterwards, so building a model never disturbs the caller's random stream.
+    ``seed=None`` forks without seeding (the block draws from the current state, which is then restored)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        if seed is not None:
+            torch.random.default_generator.manual_seed(int(seed))
+            for index in cuda:
+                with torch.cuda.device(index):
+                    torch.cuda.manual_seed(int(seed))
+        yield
+
+
+def build_seeded(factory: Callable[[], M], *, seed: int | None) -> M:
+    """``factory()`` called under :func:`seeded`: the one seeded model builder (initialisation reproducible
+    from ``seed``, global RNG untouched)."""
+    with seeded(seed):
+        return factory()
 
 
 def _flat_dim(features: nn.Module, input_shape: Sequence[int]) -> int:
@@ -157,14 +185,24 @@ def build_model(
     input_shape = tuple(int(s) for s in input_shape)
     if key in ("lenet", "cnn", "resnet18") and len(input_shape) != 3:
         raise ValueError(f"{arch} needs image inputs (C, H, W); got input_shape={input_shape}")
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
+
+    def make() -> Classifier:
         feats, head = ARCHITECTURES[key](input_shape, num_classes)
         norm = Normalize(mean, std) if mean is not None and std is not None else None
-        model = Classifier(feats, head, input_shape=input_shape, num_classes=num_classes, normalize=norm)
+        return Classifier(feats, head, input_shape=input_shape, num_classes=num_classes, normalize=norm)
+
+    model = build_seeded(make, seed=seed)
     model.arch = key
     return model
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the first parameter (or buffer) of ``model``; the CPU for a module with neither."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 def last_linear(model: nn.Module) -> nn.Linear:

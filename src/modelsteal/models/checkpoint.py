@@ -62,6 +62,10 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device | None = Non
         mean=meta.get("mean"),
         std=meta.get("std"),
     )
+    if meta.get("module_fix"):  # e.g. trained with DP-SGD: BatchNorm was replaced as Opacus does it
+        from modelsteal.models.fixes import MODULE_FIXES
+
+        model, _ = MODULE_FIXES[meta["module_fix"]](model)
     model.load_state_dict(blob["state_dict"])
     if device is not None:
         model = model.to(device)

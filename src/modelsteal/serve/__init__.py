@@ -15,12 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelsteal._extras import MissingDependencyError, require_extra
+
 __all__ = ["HTTPBlackBox", "MissingDependencyError", "ServeConfig", "create_app", "open_store"]
-
-
-class MissingDependencyError(ImportError, ValueError):
-    """An optional dependency of the ``serve`` extra is not installed (a ``ValueError`` too, so the CLI
-    reports it as one line)."""
 
 
 def __getattr__(name: str) -> Any:
@@ -41,11 +38,4 @@ def __getattr__(name: str) -> Any:
 
 def require(module: str) -> Any:
     """Import an optional dependency of the ``serve`` extra, with an install hint when it is missing."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingDependencyError(
-            f"modelsteal's server and HTTP client need {module!r}: pip install 'modelsteal[serve]'"
-        ) from None
+    return require_extra(module, extra="serve", purpose="modelsteal's server and HTTP client")

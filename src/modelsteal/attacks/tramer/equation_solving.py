@@ -38,11 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modelsteal.attacks._training import soft_cross_entropy
 from modelsteal.attacks.base import Attack, StealResult, register_attack
 from modelsteal.attacks.tramer.oracles import TabularLinear, TabularMLP
 from modelsteal.blackbox import QueryBudget
 from modelsteal.data.tabular import FeatureSpace
+from modelsteal.models import build_seeded
+from modelsteal.training import soft_cross_entropy
 
 __all__ = ["EquationSolving", "logistic_unknowns", "mlp_unknowns"]
 
@@ -171,16 +172,17 @@ class EquationSolving(Attack):
     def _make(self, model: str, k: int, seed: int) -> nn.Module:
         d = self.space.dim
         c, h = self.space.box(widen=self.widen)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+
+        def make() -> nn.Module:
             if model == "mlp":
-                net: nn.Module = TabularMLP(d, k, hidden=self.hidden, activation=self.activation, center=c, scale=h)
-            else:
-                mode = "binary" if k == 2 else ("ovr" if model == "ovr" else "softmax")
-                net = TabularLinear(d, k, mode=mode, center=c, scale=h)
-                nn.init.zeros_(net.linear.weight)
-                nn.init.zeros_(net.linear.bias)
-        return net.to(self.device)
+                return TabularMLP(d, k, hidden=self.hidden, activation=self.activation, center=c, scale=h)
+            mode = "binary" if k == 2 else ("ovr" if model == "ovr" else "softmax")
+            net = TabularLinear(d, k, mode=mode, center=c, scale=h)
+            nn.init.zeros_(net.linear.weight)
+            nn.init.zeros_(net.linear.bias)
+            return net
+
+        return build_seeded(make, seed=seed).to(self.device)
 
     def _optimize(self, victim: QueryBudget, *, generator: torch.Generator, k: int, model: str) -> StealResult:
         n = self.num_queries if self.num_queries is not None else victim.remaining

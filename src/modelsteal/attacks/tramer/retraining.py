@@ -11,7 +11,7 @@ the victim's class on them. Three ways of choosing the queries:
   one queries the ``m/r`` points, among fresh uniform candidates, that the current clone is least certain
   about (smallest gap between its two most likely classes), then retrains on everything so far.
 
-Training uses :func:`~modelsteal.attacks._training.train_classifier`, the project's one training loop,
+Training uses :func:`modelsteal.training.train`, the project's one training loop,
 on the returned labels. The clone is logistic regression (``model="linear"``) or an MLP.
 
 Example::
@@ -28,12 +28,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modelsteal.attacks._training import TrainConfig, train_classifier
+from modelsteal import training
 from modelsteal.attacks.base import Attack, StealResult, register_attack
 from modelsteal.attacks.tramer.lowd_meek import bisect_segments
 from modelsteal.attacks.tramer.oracles import TabularLinear, TabularMLP
 from modelsteal.blackbox import QueryBudget
 from modelsteal.data.tabular import FeatureSpace
+from modelsteal.models import build_seeded
+from modelsteal.training import TrainConfig
 
 __all__ = ["Retraining", "STRATEGIES"]
 
@@ -91,13 +93,14 @@ class Retraining(Attack):
         d = self.space.dim
         c, h = self.space.box(widen=self.widen)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+
+        def make() -> nn.Module:
             if self.model == "mlp":
-                clone: nn.Module = TabularMLP(d, k, hidden=self.hidden, activation=self.activation, center=c, scale=h)
-            else:
-                clone = TabularLinear(d, k, mode="binary" if k == 2 else "softmax", center=c, scale=h)
-        train_classifier(clone, x, y, config=self.train_config, generator=generator, device=self.device)
+                return TabularMLP(d, k, hidden=self.hidden, activation=self.activation, center=c, scale=h)
+            return TabularLinear(d, k, mode="binary" if k == 2 else "softmax", center=c, scale=h)
+
+        clone = build_seeded(make, seed=seed)
+        training.train(clone, x, y, config=self.train_config, generator=generator, device=self.device)
         return clone.cpu()
 
     # -- strategies -------------------------------------------------------------------------------------

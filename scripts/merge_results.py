@@ -1,0 +1,43 @@
+"""Merge the ``results.csv`` of several sweep runs of one config into one directory, with its plots.
+
+For a config extended after it was run (e.g. the DP-SGD curve added to ``configs/pp-fig4-mnist-cpu.yaml``):
+run only the new entries (``modelsteal sweep CONFIG --only dp-sgd --out NEW``), then
+
+    python scripts/merge_results.py results/pp/pp-fig4-mnist-cpu NEW --out results/pp/pp-fig4-mnist-cpu
+
+Rows are kept in the order given; a row of a later directory replaces an earlier one with the same
+(defense, strength, attack, budget, seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from modelsteal.experiment.plots import plot_sweep
+from modelsteal.experiment.results import read_results, write_results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dirs", nargs="+", help="directories holding results.csv")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    merged: dict[tuple, dict] = {}
+    for d in args.dirs:
+        path = Path(d) / "results.csv"
+        if not path.is_file():
+            print(f"error: {path} does not exist", file=sys.stderr)
+            return 2
+        for r in read_results(path):
+            merged[(r["defense"], r["strength"], r["attack"], r["budget"], r["seed"])] = r
+    records = list(merged.values())
+    write_results(records, args.out)
+    plot_sweep(records, args.out)
+    print(f"{len(records)} rows -> {Path(args.out) / 'results.csv'} (and plots)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
