@@ -10,6 +10,7 @@ trains one victim per noise multiplier).
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -82,8 +83,6 @@ def recipe_class(name: str) -> type[Recipe]:
 def make_recipe(name: str, **options: Any) -> Recipe:
     """Instantiate recipe ``name`` with ``options``; a one-line ``ValueError`` names a wrong option."""
     cls = recipe_class(name)
-    import inspect
-
     params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(options) - set(params))
     if unknown:
