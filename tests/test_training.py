@@ -126,7 +126,7 @@ def test_loss_terms_compose_and_missing_streams_are_refused(digits) -> None:
         ce = F.cross_entropy(model(x), y)
         uni = -F.log_softmax(model(out), 1).mean()
     assert float(loss(model, x, y, {"outliers": out}).detach()) == pytest.approx(float(ce + 0.5 * uni), rel=1e-6)
-    assert float((2.0 * CrossEntropy())(model, x, y, {})) == pytest.approx(2 * float(ce), rel=1e-6)
+    assert float((2.0 * CrossEntropy())(model, x, y, {}).detach()) == pytest.approx(2 * float(ce), rel=1e-6)
     with pytest.raises(ValueError, match="outliers"):
         train(model, x, y, loss=loss)
 
