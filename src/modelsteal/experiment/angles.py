@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,7 @@ def online_angles(
     order = torch.cat([torch.randperm(len(pool), generator=g) for _ in range(reps)])[:queries]
     x = pool[order]
     trace = TestLossTrace(x_test, y_test, every=eval_every, total_steps=math.ceil(queries / cfg.batch_size))
-    one_pass = TrainConfig(**{**cfg.__dict__, "epochs": 1})
+    one_pass = replace(cfg, epochs=1)
     # y is unused by the loss (the targets are MAD's answers, made at each step); the rows go in drawn order
     train(model, x, torch.zeros(len(x), dtype=torch.long), config=one_pass, loss=loss, shuffle=False, generator=g,
           callbacks=[trace])

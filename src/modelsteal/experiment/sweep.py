@@ -13,7 +13,7 @@ import inspect
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -157,8 +157,6 @@ def is_recipe_defense(dcfg: DefenseConfig) -> bool:
 def defended_victim_config(v: VictimConfig, dcfg: DefenseConfig, strength: float | None) -> VictimConfig:
     """The victim of a recipe-defense point: ``v`` trained with recipe ``dcfg.name``, its strength parameter set
     to ``strength`` and its other options from ``dcfg.options``."""
-    from dataclasses import replace
-
     recipe = make_recipe(dcfg.name, **dcfg.options)
     spec: dict[str, Any] = {"name": recipe.name, **dcfg.options}
     if strength is not None:

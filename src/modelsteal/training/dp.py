@@ -31,7 +31,7 @@ import torch
 
 from modelsteal._extras import require_extra
 from modelsteal.models.fixes import opacus_fix
-from modelsteal.training.loop import LoaderBatches, TrainConfig, train
+from modelsteal.training.loop import LoaderBatches, TrainConfig, make_optimizer, train
 from modelsteal.training.recipes import Recipe, register_recipe
 
 
@@ -81,10 +81,7 @@ class DPSGD(Recipe):
         noise_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=config.batch_size, shuffle=True,
                             generator=loader_gen)
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
-        if config.optimizer == "adam":
-            optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = make_optimizer(model, config)
         with warnings.catch_warnings():  # seeded generators on purpose (reproducible runs; see the module doc)
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant=self.accountant)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -205,7 +205,7 @@ def _optimizer(model: nn.Module, spec: OptimizerSpec | None, cfg: TrainConfig) -
     if spec is None:
         return make_optimizer(model, cfg)
     if isinstance(spec, str):
-        return make_optimizer(model, TrainConfig(**{**cfg.__dict__, "optimizer": spec}))
+        return make_optimizer(model, replace(cfg, optimizer=spec))
     if isinstance(spec, torch.optim.Optimizer):
         return spec
     return spec(model.parameters())
