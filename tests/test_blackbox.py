@@ -16,7 +16,7 @@ def test_counts_per_client_and_budget(digits_victim, digits):
         api.query(digits.x_test[:21], client="alice")
     assert api.queries("alice") == 30  # a refused batch is not counted
     api.query(digits.x_test[:20], client="alice")
-    assert api.remaining("alice") == 0
+    assert api.queries_left("alice") == 0
 
 
 def test_query_budget_wrapper_never_exceeds(digits_victim, digits):

@@ -12,9 +12,9 @@ from torch import nn
 
 from modelsteal import PredictionAPI
 from modelsteal.defenses import MAD, MADArgmax, MADIdentity, MADRandom, make_defense
-from modelsteal.defenses._gram import LayerwiseGram, functional_gram
 from modelsteal.defenses.mad import argmax_region_vertices, mad_scores, opt_step, random_surrogate
 from modelsteal.models import Normalize, build_model, last_linear
+from modelsteal.models.gram import LayerwiseGram, functional_gram
 
 DT = torch.float64
 
@@ -418,7 +418,7 @@ def test_works_under_inference_mode(victim, batch):
 
 
 def test_chunks_shrink_to_the_memory_budget(monkeypatch):
-    import modelsteal.defenses._gram as gram
+    import modelsteal.models.gram as gram
 
     model = build_model("lenet", input_shape=(1, 8, 8), num_classes=4, seed=2).to(DT).eval()
     x = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=DT)

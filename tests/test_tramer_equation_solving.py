@@ -53,7 +53,8 @@ def test_binary_logistic_regression_is_recovered_exactly_from_d_plus_1_queries(n
     api = PredictionAPI(SklearnVictim(est))
     d = data.num_features
     result = EquationSolving(space=data.space, method="exact")(api, budget=10 * d, seed=1)
-    assert result.queries == api.queries() == d + 1
+    assert result.queries == api.queries() == d + 1  # no answer saturates here: no probe is spent
+    assert result.info["saturated"] == result.info["probes"] == 0
     coef, intercept = raw_linear_parameters(est)  # a pipeline's scaler folded in: the raw-input weights
     if kind == "lr":
         coef, intercept = est.coef_, est.intercept_  # a bare model: its own layout
@@ -83,14 +84,110 @@ def digits_softmax():
 def test_softmax_logit_differences_are_recovered_exactly_from_d_plus_1_queries(digits_softmax):
     data, est = digits_softmax
     api = PredictionAPI(SklearnVictim(est))
-    result = EquationSolving(space=data.space, method="exact", design="axis")(api, budget=65)
-    assert result.queries == api.queries() == 65
+    result = EquationSolving(space=data.space, method="exact", design="axis")(api, budget=200)
+    assert result.queries == api.queries() == 65 and result.info["probes"] == 0
     coef, intercept = raw_linear_parameters(est)
     w, b = result.info["weights"].numpy(), result.info["bias"].numpy()
     np.testing.assert_allclose(w - w[0], coef - coef[0], rtol=0, atol=1e-6)  # what softmax identifies
     np.testing.assert_allclose(b - b[0], intercept - intercept[0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(w, coef, rtol=0, atol=1e-6)  # centred, like scikit-learn's own layout
     np.testing.assert_allclose(b, intercept, rtol=0, atol=1e-6)
+
+
+class CountingVictim(torch.nn.Module):
+    """Counts the rows the oracle itself evaluates, whichever path a query takes to reach it."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.rows = inner, 0
+        self.input_shape, self.num_classes = inner.input_shape, inner.num_classes
+
+    def forward(self, x):
+        self.rows += len(x)
+        return self.inner(x)
+
+
+def steep(est, factor):
+    """The same decision function times ``factor``: a weakly regularised, saturating model."""
+    lr = est[-1] if hasattr(est, "steps") else est
+    lr.coef_, lr.intercept_ = lr.coef_ * factor, lr.intercept_ * factor
+    return est
+
+
+def assert_relative(actual, expected, rtol=1e-6):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert np.abs(actual - expected).max() <= rtol * np.abs(expected).max()
+
+
+def steal_saturated(est, space, *, budget=2000, seed=0, design="random"):
+    oracle = CountingVictim(SklearnVictim(est))
+    api = PredictionAPI(oracle)
+    result = EquationSolving(space=space, method="exact", design=design)(api, budget=budget, seed=seed)
+    d = space.dim
+    assert result.info["saturated"] > 0 and result.info["probes"] > 0  # the case this is about
+    # every query spent is reported: the design's d + 1 plus every probe, as the oracle and the API saw them
+    assert result.queries == api.queries() == oracle.rows == d + 1 + result.info["probes"]
+    assert len(result.transfer_x) == len(result.transfer_y) == result.queries
+    return result
+
+
+@pytest.mark.parametrize("design", ["random", "axis"])
+def test_saturating_binary_victim_is_recovered_exactly_by_moving_saturated_queries(design):
+    """Trained on standardised features, queried over the raw ranges: some answers are exact zeros."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    data = load_tabular("breast-cancer")
+    est = make_pipeline(StandardScaler(), LogisticRegression(C=1e4, max_iter=20_000))
+    est.fit(data.x_train, data.y_train)
+    c, h = data.space.box()
+    x = c + (2 * torch.rand(31, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 1) * h
+    assert (PredictionAPI(SklearnVictim(est)).query(x) == 0).any()  # the old code's "strictly positive" error
+    result = steal_saturated(est, data.space, design=design)
+    coef, intercept = raw_linear_parameters(est)
+    assert_relative(result.info["weights"], coef)
+    assert_relative(result.info["bias"], intercept)
+
+
+def test_saturating_softmax_victim_is_recovered_exactly():
+    data = load_tabular("wine")
+    est = steep(fit_victim("lr-scaled", data.x_train, data.y_train), 100.0)
+    result = steal_saturated(est, data.space)
+    coef, intercept = raw_linear_parameters(est)
+    assert_relative(result.info["weights"], coef)
+    assert_relative(result.info["bias"], intercept)
+
+
+def test_an_interior_anchor_is_found_by_bisection_when_every_answer_saturates():
+    """A steep boundary far from every random query and from the centre: only bisection reaches it."""
+    from sklearn.linear_model import LogisticRegression
+
+    from modelsteal.data.tabular import FeatureSpace
+
+    space = FeatureSpace.continuous(np.zeros(3), np.full(3, 10.0))
+    est = LogisticRegression().fit(np.array([[0.0, 0, 0], [10, 10, 10]]), [0, 1])
+    est.coef_, est.intercept_ = np.array([[2e4, -7e3, 3e3]]), np.array([-6.2e4])  # boundary near x0 = 3.1
+    api = PredictionAPI(SklearnVictim(est))
+    p = api.query(space.sample(4, generator=torch.Generator().manual_seed(0)))
+    assert bool((p.min(dim=1).values == 0).all())  # every design answer saturates (checked for this seed)
+    result = steal_saturated(est, space)
+    assert result.info["probes"] > 20  # the centre, then bisection steps, then the moved queries
+    assert_relative(result.info["weights"], est.coef_)
+    assert_relative(result.info["bias"], est.intercept_)
+
+
+def test_moving_saturated_queries_needs_budget_and_unrounded_answers():
+    data = load_tabular("breast-cancer")
+    est = fit_victim("lr-scaled", data.x_train, data.y_train)
+    rounded = PredictionAPI(SklearnVictim(est), output="rounded-3")
+    with pytest.raises(ValueError, match="do not fit one logistic model"):  # probes found interior answers
+        EquationSolving(space=data.space, method="exact")(rounded, budget=2000)
+    label = PredictionAPI(SklearnVictim(est), output="label")
+    with pytest.raises(ValueError, match="saturate on class"):
+        EquationSolving(space=data.space, method="exact")(label, budget=2000)
+    assert EquationSolving(space=data.space, method="exact").min_queries() == 31
+    assert EquationSolving(space=data.space, method="optimize", num_queries=50).min_queries() == 50
 
 
 def test_softmax_on_digits_by_loss_minimisation_with_fewer_queries_than_unknowns(digits_softmax):

@@ -1,12 +1,152 @@
-"""Name → class registries shared by attacks and defenses (and anything else selected by name in configs)."""
+"""Name → class registries shared by attacks, defenses and recipes, and the one place their options are checked.
+
+Options arrive from the command line (``--defense-option norm=l2``) and from YAML (``options: {norm: l2}``).
+:func:`check_options` compares them with the constructor's signature *before* the constructor runs, so a
+user's typo is a one-line ``ValueError`` listing the valid options, while a ``TypeError`` raised inside a
+constructor (a bug) keeps its traceback.
+"""
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import importlib
-from collections.abc import Callable
-from typing import Generic, TypeVar
+import inspect
+import types
+import typing
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T", bound=type)
+
+_KEYWORDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def constructor_parameters(cls: type) -> dict[str, inspect.Parameter] | None:
+    """The keyword parameters ``cls(...)`` accepts, following ``**kwargs`` that are forwarded to a base
+    class's ``__init__`` up the MRO; ``None`` when some ``**kwargs`` reach no named parameters (anything goes)."""
+    params: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        if klass is object:
+            return None
+        open_kwargs = False
+        for p in inspect.signature(init).parameters.values():
+            if p.kind == inspect.Parameter.VAR_KEYWORD:
+                open_kwargs = True
+            elif p.kind in _KEYWORDS and p.name != "self":
+                params.setdefault(p.name, p)
+        if not open_kwargs:
+            return params
+    return None
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    if dataclasses.is_dataclass(cls):
+        try:
+            return typing.get_type_hints(cls)
+        except Exception:  # noqa: BLE001
+            return {}
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        try:
+            hints.update(typing.get_type_hints(init))
+        except Exception:  # noqa: BLE001 - an annotation that cannot be resolved is simply not checked
+            continue
+    return hints
+
+
+def _accepts(value: Any, hint: Any) -> bool | None:
+    """Whether ``value`` fits the annotation ``hint``; ``None`` when the annotation is too rich to check."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        verdicts = [_accepts(value, h) for h in typing.get_args(hint)]
+        return True if any(verdicts) else (None if None in verdicts else False)
+    if origin is typing.Literal:  # the constructor checks the value itself (it may accept "L1" for "l1")
+        return isinstance(value, tuple(type(v) for v in typing.get_args(hint)))
+    if hint is None or hint is type(None):
+        return value is None
+    if origin is not None:
+        hint = origin
+    if not isinstance(hint, type):
+        return None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is collections.abc.Callable:
+        return callable(value)
+    if hint in (list, tuple, collections.abc.Sequence):
+        return isinstance(value, list | tuple)
+    return isinstance(value, hint)
+
+
+_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "none"}
+
+
+def _describe(hint: Any) -> str:
+    """``int | None`` → ``an integer or none``."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(hint))
+    hint = origin or hint
+    if hint in _NAMES:
+        return _NAMES[hint]
+    return f"a {hint.__name__}" if isinstance(hint, type) else str(hint)
+
+
+def check_options(
+    cls: type,
+    options: Mapping[str, Any],
+    *,
+    kind: str,
+    provided: Collection[str] = (),
+    hints: Mapping[str, str] | None = None,
+    label: str | None = None,
+    noun: str = "option",
+) -> None:
+    """Check ``options`` against the constructor of ``cls`` without calling it.
+
+    ``provided`` are the parameters the caller fills itself (an attack's ``transfer_set``, ``device``): a user
+    may not set them and need not give them. ``hints`` say how to give a missing required parameter (MAD's
+    ``epsilon``: ``"pass --strength E"``). ``label`` names the thing in messages (default ``kind 'name'``),
+    ``noun`` what its options are called (``key`` in YAML). Raises a one-line ``ValueError`` naming the wrong
+    option and the valid ones; values whose annotation is a plain type (``int``, ``float``, ``str``, a
+    ``Literal``…) are type-checked too.
+    """
+    params = constructor_parameters(cls)
+    label = label or f"{kind} {getattr(cls, 'name', '') or cls.__name__!r}"
+    if params is None:
+        return
+    settable = [n for n in params if n not in provided]
+    taken = sorted(set(options) & set(provided))
+    if taken:
+        raise ValueError(f"{noun} {taken[0]} of {label} is set by modelsteal itself; valid: {', '.join(settable)}")
+    unknown = sorted(set(options) - set(settable))
+    if unknown:
+        valid = ", ".join(settable) or "none"
+        s = "s" if len(unknown) > 1 else ""
+        raise ValueError(f"unknown {noun}{s} {', '.join(unknown)} for {label}; valid: {valid}")
+    required = [n for n in settable if params[n].default is inspect.Parameter.empty and n not in options]
+    if required:
+        hint = (hints or {}).get(required[0])
+        if hint:
+            raise ValueError(f"{label} needs {required[0]}: {hint}")
+        raise ValueError(f"{label} needs {noun}(s) {', '.join(required)}")
+    types_ = _type_hints(cls)
+    for name, value in options.items():
+        hint = types_.get(name, params[name].annotation)
+        if _accepts(value, hint) is False:
+            raise ValueError(f"{noun} {name}={value!r} of {label} must be {_describe(hint)}")
 
 
 class Registry(Generic[T]):
@@ -45,3 +185,21 @@ class Registry(Generic[T]):
         if key not in self._classes:
             raise ValueError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(known)}")
         return self._classes[key]
+
+    def check_options(
+        self, name: str, options: Mapping[str, Any], *, provided: Collection[str] = (),
+        hints: Mapping[str, str] | None = None,
+    ) -> T:
+        """The class registered under ``name``, after :func:`check_options` accepted ``options`` for it."""
+        cls = self.get(name)
+        check_options(cls, options, kind=self.kind, provided=provided, hints=hints)
+        return cls
+
+    def build(self, name: str, /, **options: Any) -> Any:
+        """``cls(**options)`` for the class registered under ``name``, options checked first."""
+        return self.check_options(name, options)(**options)
+
+    def as_dict(self) -> dict[str, T]:
+        """Every registered name and what it names, in registration order (a copy)."""
+        importlib.import_module(self.package)
+        return dict(self._classes)

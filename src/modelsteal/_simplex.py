@@ -44,12 +44,6 @@ def renormalize(probs: Tensor) -> Tensor:
     return torch.where(sums > 0, probs / sums.clamp_min(torch.finfo(probs.dtype).tiny), uniform)
 
 
-def safe_log(probs: Tensor, *, eps: float | None = None) -> Tensor:
-    """``log(p)`` with ``p`` clamped away from 0 so that it is finite."""
-    eps = torch.finfo(probs.dtype).tiny if eps is None else eps
-    return probs.clamp_min(eps).log()
-
-
 def safe_logit(probs: Tensor, *, eps: float = 1e-7) -> Tensor:
     """``log(p / (1 - p))`` with ``p`` clipped to ``[eps, 1 - eps]``: finite at 0 and 1."""
     p = probs.clamp(eps, 1 - eps)

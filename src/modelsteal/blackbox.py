@@ -92,6 +92,9 @@ class PredictionAPI:
         if not self.input_shape:
             raise ValueError("input_shape is unknown: pass input_shape=(C, H, W) or a model with .input_shape")
         self.num_classes = int(num_classes or getattr(model, "num_classes", 0) or self._infer_classes())
+        if self.output.kind == "top-k" and self.output.k > self.num_classes:
+            raise ValueError(f"output top-{self.output.k} asks for more classes than the model has "
+                             f"({self.num_classes}); use top-1 to top-{self.num_classes}")
         self.defense = defense
         if defense is not None:
             defense.bind(self.model, input_shape=self.input_shape, num_classes=self.num_classes)
@@ -110,7 +113,9 @@ class PredictionAPI:
     def total_queries(self) -> int:
         return sum(self._counts.values())
 
-    def remaining(self, client: str = "default") -> int | None:
+    def queries_left(self, client: str = "default") -> int | None:
+        """Queries ``client`` may still make (``None`` without a budget); ``remaining`` on a single-client
+        :class:`QueryBudget`."""
         return None if self.budget is None else self.budget - self._counts[client]
 
     # -- answering ----------------------------------------------------------------------------------
@@ -164,6 +169,7 @@ class QueryBudget:
 
     @property
     def remaining(self) -> int:
+        """Queries left: ``budget − used`` (a property, as on :class:`~modelsteal.serve.store.ClientInfo`)."""
         return self.budget - self.used
 
     def query(self, x: Tensor, *, client: str | None = None) -> Tensor:

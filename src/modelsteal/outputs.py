@@ -9,10 +9,12 @@ renormalising, which is what a rounding API actually reports.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from modelsteal._registry import Registry
 from modelsteal._simplex import renormalize
 
 
@@ -38,6 +40,30 @@ def round_probs(probs: Tensor, decimals: int) -> Tensor:
     return torch.round(probs, decimals=decimals)
 
 
+# what each format answers, given the posteriors and the format's options
+_FORMATS: Registry[Any] = Registry("output format", package="modelsteal.outputs")
+
+
+@_FORMATS.register("probs")
+def _probs(probs: Tensor, fmt: OutputFormat) -> Tensor:
+    return probs
+
+
+@_FORMATS.register("top-k")
+def _top_k(probs: Tensor, fmt: OutputFormat) -> Tensor:
+    return top_k(probs, fmt.k)
+
+
+@_FORMATS.register("label")
+def _label(probs: Tensor, fmt: OutputFormat) -> Tensor:
+    return one_hot_argmax(probs)
+
+
+@_FORMATS.register("rounded")
+def _rounded(probs: Tensor, fmt: OutputFormat) -> Tensor:
+    return round_probs(probs, fmt.decimals)
+
+
 @dataclass(frozen=True)
 class OutputFormat:
     """How the API reports a posterior. Build with :func:`make_output`."""
@@ -47,15 +73,7 @@ class OutputFormat:
     decimals: int = 2
 
     def __call__(self, probs: Tensor) -> Tensor:
-        if self.kind == "probs":
-            return probs
-        if self.kind == "top-k":
-            return top_k(probs, self.k)
-        if self.kind == "label":
-            return one_hot_argmax(probs)
-        if self.kind == "rounded":
-            return round_probs(probs, self.decimals)
-        raise ValueError(f"unknown output format {self.kind!r}")
+        return _FORMATS.get(self.kind)(probs, self)  # ValueError naming the known formats
 
     def describe(self) -> str:
         if self.kind == "top-k":
@@ -65,7 +83,7 @@ class OutputFormat:
         return self.kind
 
 
-OUTPUT_FORMATS = ("probs", "top-k", "label", "rounded")
+OUTPUT_FORMATS = tuple(_FORMATS.as_dict())  # ("probs", "top-k", "label", "rounded"), in registration order
 
 
 def make_output(
@@ -83,7 +101,7 @@ def make_output(
         decimals, name = int(name[8:]), "rounded"
     if name not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {spec!r}; known: {', '.join(OUTPUT_FORMATS)} (or top-N, rounded-N)")
-    fmt = OutputFormat(kind=name, k=1 if k is None else int(k), decimals=2 if decimals is None else int(decimals))
-    if fmt.k < 1 or fmt.decimals < 0:
-        raise ValueError(f"invalid output options k={fmt.k}, decimals={fmt.decimals}")
-    return fmt
+    for option, value, low in (("k", k, 1), ("decimals", decimals, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"output {spec!r}: {option} must be an integer >= {low}, got {value!r}")
+    return OutputFormat(kind=name, k=1 if k is None else k, decimals=2 if decimals is None else decimals)

@@ -32,10 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from modelsteal.experiment import load_config
     from modelsteal.experiment.angles import online_angles, plot_angles, write_angles
     from modelsteal.experiment.config import victim_key
-    from modelsteal.experiment.sweep import prepare_victim, resolve_device
+    from modelsteal.experiment.sweep import prepare_victim, resolve_device, validate_sweep
     from modelsteal.experiment.transfer import build_transfer_set
 
     cfg = load_config(args.config)
+    validate_sweep(cfg)
     dcfg, acfg = cfg.defenses[0], cfg.attacks[0]
     if not dcfg.name.startswith("mad"):
         raise ValueError(f"the first defense must be mad (white-box MAD), got {dcfg.name!r}")

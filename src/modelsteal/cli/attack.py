@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from modelsteal.attacks.base import image_attacks
+from modelsteal.attacks.base import Attack, StealResult, image_attacks
 from modelsteal.blackbox import BlackBox, PredictionAPI
-from modelsteal.cli._common import add_device, parse_options
+from modelsteal.cli._common import add_device, defense_cost, number, parse_options
 from modelsteal.data import load_dataset
 from modelsteal.defenses import make_defense
 from modelsteal.experiment.config import AttackConfig, TransferConfig
@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     p.add_argument("--labels", default="soft", choices=["soft", "argmax"], help="train on posteriors or top-1 labels")
     p.add_argument("--defense", default="none", help="defense in front of a checkpoint target")
-    p.add_argument("--strength", type=float, default=None, help="the defense's strength parameter")
+    p.add_argument("--strength", type=number, default=None, help="the defense's strength parameter")
     p.add_argument("--defense-option", action="append", default=[], metavar="K=V")
     p.add_argument("--output", default="probs", help="API output format for a checkpoint target")
     p.add_argument("--save-clone", default=None, help="write the clone's state_dict here")
@@ -67,6 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _blackbox(args: argparse.Namespace, device: object) -> tuple[BlackBox, object, dict]:
+    """The target as a black box, the victim model when it is a checkpoint (else None), and its metadata."""
     if args.target.startswith(("http://", "https://")):
         if args.defense != "none":
             raise ValueError("--defense applies to checkpoint targets; a server chooses its own defense")
@@ -74,11 +75,44 @@ def _blackbox(args: argparse.Namespace, device: object) -> tuple[BlackBox, objec
             raise ValueError("an HTTP target needs --key (create one with `modelsteal keys create`)")
         from modelsteal.serve.client import HTTPBlackBox
 
-        bb = HTTPBlackBox(args.target, args.key)
-        return bb, None, {"dataset": bb.info.get("dataset"), "arch": bb.info.get("arch")}
+        bb = HTTPBlackBox(args.target, args.key)  # a server that is not there fails here, at once
+        check_key_budget(bb.usage(), budget=args.budget)  # an invalid key fails here, before any work
+        defense = bb.info.get("defense") or {}
+        return bb, None, {"dataset": bb.info.get("dataset"), "arch": bb.info.get("arch"),
+                          "defense": defense.get("description") or defense.get("name") or "unknown"}
     model, meta = load_checkpoint(args.target, device=device)
     defense = make_defense(args.defense, strength=args.strength, **parse_options(args.defense_option))
-    return PredictionAPI(model, defense=defense, output=args.output, device=device), model, meta
+    api = PredictionAPI(model, defense=defense, output=args.output, device=device)
+    return api, model, {**meta, "defense": "none" if defense is None else repr(defense)}
+
+
+def check_key_budget(usage: dict, *, budget: int) -> None:
+    """Refuse to start when the key's ``/v1/usage`` says fewer than ``budget`` queries are left."""
+    remaining = usage.get("remaining")
+    if remaining is None or remaining >= budget:
+        return
+    who = f"key {usage.get('client')!r}" if usage.get("client") else "this key"
+    spent = f"{usage.get('queries')} of its budget of {usage.get('budget')}"
+    if remaining <= 0:
+        raise ValueError(f"{who} has already spent its budget ({spent} queries); ask the server's operator for "
+                         "a new key or a larger budget")
+    raise ValueError(f"{who} has {remaining} queries left ({spent} spent), fewer than --budget {budget}; "
+                     f"pass --budget {remaining} or ask for a larger budget")
+
+
+def _steal(attack: Attack, blackbox: BlackBox, *, budget: int, seed: int) -> StealResult:
+    """Run the attack; a server that refuses to answer mid-attack is a one-line error, not a traceback."""
+    from modelsteal.serve.client import KeyBudgetExhaustedError, ServerError
+
+    try:
+        return attack(blackbox, budget=budget, seed=seed)
+    except KeyBudgetExhaustedError as e:
+        got = getattr(blackbox, "queries_sent", 0)
+        raise ValueError(f"the key's budget ran out after {got} of --budget {budget} queries ({e}); someone "
+                         "else may be using this key: check `/v1/usage`; no clone was trained") from None
+    except ServerError as e:
+        got = getattr(blackbox, "queries_sent", 0)
+        raise ConnectionError(f"the server stopped answering after {got} of --budget {budget} queries: {e}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,21 +151,24 @@ def run(args: argparse.Namespace) -> int:
         seeds=seed_set(tcfg, victim_data=data, seed=args.seed),
         device=device,
     )
-    result = attack(blackbox, budget=args.budget, seed=args.seed)
+    result = _steal(attack, blackbox, budget=args.budget, seed=args.seed)
     out = {
         "attack": args.attack,
         "target": args.target,
+        "defense": meta["defense"],
         "budget": args.budget,
         "queries": result.queries,
         "seed": args.seed,
         "dataset": data.name,
-        "attacker_accuracy": attacker_accuracy(result.clone, data.x_test, data.y_test, device=device),
     }
+    if victim is not None:  # the defender's side, on the same test split (after the attack: same answers)
+        cost = defense_cost(blackbox, data.x_test, data.y_test)
+        out.update({k: cost[k] for k in ("victim_accuracy", "defender_accuracy", "l1_mean")})
+    out["attacker_accuracy"] = attacker_accuracy(result.clone, data.x_test, data.y_test, device=device)
     if victim is not None:
-        out["victim_accuracy"] = attacker_accuracy(victim, data.x_test, data.y_test, device=device)
         out["fidelity"] = fidelity(result.clone, data.x_test, blackbox.posteriors(data.x_test).cpu(), device=device)
     for k, v in out.items():
-        print(f"{k}: {100 * v:.2f}%" if k.endswith(("accuracy", "fidelity")) else f"{k}: {v}")
+        print(f"{k}: {_show(k, v)}")
     if args.save_clone:
         import torch
 
@@ -140,3 +177,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
+
+
+def _show(key: str, value: object) -> str:
+    if key.endswith(("accuracy", "fidelity")):
+        return f"{100 * value:.2f}%"
+    return f"{value:.4f}" if key == "l1_mean" else str(value)

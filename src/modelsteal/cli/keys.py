@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -44,6 +46,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from modelsteal.serve.store import open_store
 
+    if args.keys_command != "create":  # only `keys create` may start a new store
+        _require_existing_store(args.store)
     with open_store(args.store) as store:
         if args.keys_command == "create":
             client, key = store.create_key(name=args.name, budget=args.budget, rate_limit=args.rate_limit)
@@ -57,6 +61,23 @@ def run(args: argparse.Namespace) -> int:
             client = store.revoke(args.name)
             print(f"revoked key {client.key_prefix}… of client {client.name!r} ({client.queries} queries recorded)")
     return 0
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite store URL (``ledger.db``, ``sqlite:///ledger.db``), ``None`` for a server URL."""
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite://"):]
+        return Path(path[1:] if path.startswith("/") else path)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url):
+        return None  # postgresql://... (or an unsupported scheme, which open_store reports)
+    return Path(url)
+
+
+def _require_existing_store(url: str) -> None:
+    path = sqlite_path(url)
+    if path is not None and str(path).strip() and not path.is_file():
+        raise FileNotFoundError(f"store {url} does not exist; create it with "
+                                f"`modelsteal keys create --store {url} --name NAME`")
 
 
 def _print_table(clients: list[Any]) -> None:

@@ -2,8 +2,9 @@
 
 Subcommands are discovered: every module in :mod:`modelsteal.cli` that defines
 ``add_parser(subparsers) -> argparse.ArgumentParser`` and ``run(args) -> int`` is one subcommand, so a new
-command is a new file. Errors a user can fix (bad options, missing files, missing datasets) are printed
-as one line on stderr with exit code 2, never as a traceback.
+command is a new file. Errors a user can fix (bad options, missing files, missing datasets, a server that
+is not there) are printed as one line on stderr with exit code 2, never as a traceback; live progress bars
+are closed first so that the message starts a line of its own.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 
 import modelsteal.cli as cli_pkg
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError, ConnectionError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,15 +57,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return int(args._run(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and friends (a ConnectionError: caught first)
+        return 0
     except USER_ERRORS as e:
+        close_progress_bars()
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"modelsteal {args.command}: error: {msg}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into `head` and friends
-        return 0
     except KeyboardInterrupt:
+        close_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        close_progress_bars()
+        raise
+
+
+def close_progress_bars() -> None:
+    """Close every live tqdm bar (an exception leaves them open) so the next line on stderr starts clean.
+
+    A closed bar erases itself on a terminal; elsewhere (a log file, a pipe) its last state stays on the
+    current line, so a newline ends it there.
+    """
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    bars = list(getattr(tqdm_module.tqdm, "_instances", ()))
+    erased = [bar for bar in bars if not bar.leave]  # a kept bar (leave=True) ends its line itself
+    for bar in bars:
+        bar.close()
+    if erased and not sys.stderr.isatty():
+        sys.stderr.write("\n")
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ import socket
 import sys
 from typing import Any
 
-from modelsteal.cli._common import parse_options
+from modelsteal.cli._common import defense_cost, number, parse_options
+
+# Below this fraction of test answers keeping the undefended top-1 label, serve warns that the setting
+# flips most labels (the API is then of little use to honest clients).
+MIN_LABEL_AGREEMENT = 0.5
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -28,7 +32,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="checkpoint written by `modelsteal train`")
     p.add_argument("--defense", default="none", help="defense name, e.g. mad, reverse-sigmoid, top-k (default none)")
-    p.add_argument("--strength", type=float, default=None, help="the defense's strength parameter")
+    p.add_argument("--strength", type=number, default=None, help="the defense's strength parameter")
     p.add_argument("--defense-option", action="append", default=[], metavar="K=V",
                    help="defense option, repeatable (numbers and true/false are parsed)")
     p.add_argument("--output", default="probs", help="output format: probs, top-k (or top-N), label, rounded")
@@ -44,6 +48,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default: from --max-batch)")
     p.add_argument("--record-inputs", action="store_true", help="store every query's inputs in the ledger")
     p.add_argument("--device", default="cpu", help="device for the model (default cpu)")
+    p.add_argument("--eval-size", type=int, default=1000, metavar="N",
+                   help="at start-up, measure the defended accuracy on the first N examples of the victim's "
+                        "test split (default 1000; 0 skips)")
+    p.add_argument("--data-dir", default=None, help="where the victim's dataset is (for the start-up measurement)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per worker")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
@@ -51,6 +59,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from modelsteal.experiment.sweep import resolve_device
     from modelsteal.serve import require
     from modelsteal.serve.app import CONFIG_ENV, ServeConfig, build_api, create_app
     from modelsteal.serve.store import open_store
@@ -63,12 +72,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if args.eval_size < 0:
+        raise ValueError(f"--eval-size must be >= 0, got {args.eval_size}")
     config = ServeConfig(
         checkpoint=args.model, defense=args.defense,
         defense_options=parse_options(args.defense_option, flag="--defense-option"), strength=args.strength,
         output=args.output, output_options=parse_options(args.output_option, flag="--output-option"),
         store=args.store, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
-        record_inputs=args.record_inputs, device=args.device, torch_threads=args.threads,
+        record_inputs=args.record_inputs, device=str(resolve_device(args.device)), torch_threads=args.threads,
     )
     # Build everything once here so that a bad checkpoint, defense or store is a one-line error, not a
     # traceback from inside a worker.
@@ -79,7 +90,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"modelsteal serve: warning: no active API keys in {store.url}; create one with "
               f"`modelsteal keys create --store {args.store} --name NAME`", file=sys.stderr)
 
-    sock = _bind(args.host, args.port)
+    sock = _bind(args.host, args.port)  # a port in use is an error before the measurement below
+    if args.eval_size:
+        try:
+            report_defense_cost(api, info, eval_size=args.eval_size, data_dir=args.data_dir)
+        except BaseException:
+            sock.close()
+            raise
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"modelsteal serve: {args.model} with defense {info['defense']['description']}, output "
@@ -104,6 +121,38 @@ def run(args: argparse.Namespace) -> int:
     uvicorn.run("modelsteal.serve.app:app_from_environment", factory=True, host=args.host, port=port,
                 workers=args.workers, **common)
     return 0
+
+
+def report_defense_cost(api: Any, info: dict[str, Any], *, eval_size: int, data_dir: str | None) -> None:
+    """Print the defended API's top-1 accuracy on the victim's test split; warn when most labels flip.
+
+    Skipped with a note when the checkpoint's dataset is not registered or its files are not here.
+    """
+    from modelsteal.data import load_dataset
+
+    dataset = info.get("dataset")
+    if not dataset:
+        print("modelsteal serve: defended accuracy not measured: the checkpoint does not name its dataset",
+              flush=True)
+        return
+    try:
+        data = load_dataset(str(dataset), data_dir=data_dir)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"modelsteal serve: defended accuracy not measured: dataset {dataset!r} is not available "
+              f"({str(e).splitlines()[0][:160]})", flush=True)
+        return
+    x, y = data.x_test[:eval_size], data.y_test[:eval_size]
+    cost = defense_cost(api, x, y)
+    defense = info["defense"]["description"]
+    print(f"modelsteal serve: defended top-1 accuracy {100 * cost['defender_accuracy']:.1f}% on {len(y)} test "
+          f"examples of {data.name} (undefended {100 * cost['victim_accuracy']:.1f}%), mean L1 distance "
+          f"{cost['l1_mean']:.3f} to the undefended posteriors", flush=True)
+    if cost["label_agreement"] < MIN_LABEL_AGREEMENT:
+        hint = ("pass --defense-option preserve_argmax=true to keep the labels, or a smaller --strength"
+                if getattr(api.defense, "preserve_argmax", True) is False else "try a smaller --strength")
+        print(f"modelsteal serve: warning: defense {defense} changes the top-1 label of "
+              f"{100 * (1 - cost['label_agreement']):.1f}% of the test answers, so honest clients get mostly "
+              f"wrong labels; {hint}", file=sys.stderr, flush=True)
 
 
 def _bind(host: str, port: int) -> socket.socket:

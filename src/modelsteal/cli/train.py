@@ -40,10 +40,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Name the flag of a nonsensical number before any data is loaded (``--epochs 0`` would save an
+    untrained model)."""
+    checks = [("--epochs", args.epochs, args.epochs >= 1, ">= 1 (0 would save an untrained model)"),
+              ("--batch-size", args.batch_size, args.batch_size >= 1, ">= 1"),
+              ("--lr", args.lr, args.lr > 0, "> 0"),
+              ("--momentum", args.momentum, args.momentum >= 0, ">= 0"),
+              ("--weight-decay", args.weight_decay, args.weight_decay >= 0, ">= 0"),
+              ("--lr-step", args.lr_step, args.lr_step is None or args.lr_step >= 1, ">= 1")]
+    for flag, value, ok, want in checks:
+        if not ok:
+            raise ValueError(f"{flag} must be {want}, got {value}")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_args(args)
     device = resolve_device(args.device)
-    if args.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1 (0 would save an untrained model), got {args.epochs}")
     options = parse_options(args.recipe_option, flag="--recipe-option")
     recipe = make_recipe(args.recipe, **options)
     check = getattr(recipe, "check_victim_data", None)

@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, default=None,
                    help="queries (default: d+1 for exact equation solving, the unknowns for optimisation, "
                    "10x the unknowns for retraining, 10^7 for path finding and Lowd-Meek)")
-    p.add_argument("--out", default=None, help="RESULT.json")
+    p.add_argument("--out", default=None, help="RESULT.json (default: print the result JSON)")
     p.add_argument("--seed", type=int, default=0, help="the attack's seed")
     p.add_argument("--output", default=None,
                    help="API output: probs, rounded-N or label (default: probs for equation solving, label for "
@@ -92,17 +92,60 @@ def _jsonable(value: Any) -> Any:
 
 
 def _load_victim(path: str) -> Any:
+    """The scikit-learn estimator saved at ``path``; a ``ValueError`` says what the file is when it is not one."""
     import joblib
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"victim file {path} does not exist (write one with --fit-victim KIND)")
-    return joblib.load(p)
+    with p.open("rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK\x03\x04"):  # a zip archive: what torch.save writes
+        raise ValueError(f"{path} is a torch checkpoint, not a scikit-learn model; tramer attacks scikit-learn "
+                         "models saved with joblib (image models: modelsteal attack --target CHECKPOINT)")
+    try:
+        est = joblib.load(p)
+    except Exception as e:  # noqa: BLE001 - whatever unpickling a user's file raises, the file is not a model
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise ValueError(f"{path} is not a scikit-learn model saved with joblib (loading it failed: {why})") from None
+    if not hasattr(est, "predict"):
+        raise ValueError(f"{path} holds a {type(est).__name__}, not a fitted scikit-learn estimator")
+    return est
+
+
+#: library option spellings in the attacks' messages → the flags of this command
+_FLAGS = {"method='optimize'": "--method optimize", "method='exact'": "--method exact",
+          "raise the budget": "raise --budget"}
+
+
+def cli_message(message: str) -> str:
+    """An attack's message with its Python option spellings replaced by this command's flags."""
+    for spelling, flag in _FLAGS.items():
+        message = message.replace(spelling, flag)
+    return message
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject nonsensical numbers before any data is loaded."""
+    for flag in ("budget", "unif", "hidden", "rounds", "max_iter", "restarts"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.epochs < 0:
+        raise ValueError(f"--epochs must be >= 0, got {args.epochs}")
+    if args.epsilon is not None and not args.epsilon > 0:
+        raise ValueError(f"--epsilon must be > 0, got {args.epsilon}")
 
 
 def run(args: argparse.Namespace) -> int:
+    from modelsteal.blackbox import BudgetExceededError
     from modelsteal.data.tabular import load_tabular
+    from modelsteal.experiment.sweep import resolve_device
 
+    check_args(args)
+    resolve_device(args.device)
+    if args.attack is None and args.fit_victim is None:
+        raise ValueError("nothing to do: give --attack (and/or --fit-victim)")
     data = load_tabular(args.dataset, seed=args.data_seed)
     if args.fit_victim is not None:
         import joblib
@@ -116,17 +159,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"saved {type(est).__name__} ({args.fit_victim}) to {args.victim}: test accuracy {acc:.4f}")
         if args.attack is None:
             return 0
-    if args.attack is None:
-        raise ValueError("nothing to do: give --attack (and/or --fit-victim)")
-    if args.out is None:
-        raise ValueError("--out RESULT.json is required with --attack")
     est = _load_victim(args.victim)
-    record = attack_estimator(est, data, args)
+    try:
+        record = attack_estimator(est, data, args)
+    except BudgetExceededError as e:
+        raise ValueError(f"--budget {args.budget} is too small for {args.attack}: {e}") from None
+    except ValueError as e:
+        raise ValueError(cli_message(str(e))) from None
+    text = json.dumps(_jsonable(record), indent=2)
+    if args.out is None:
+        print(text)
+        return 0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(_jsonable(record), indent=2) + "\n")
+    Path(args.out).write_text(text + "\n")
     print(f"{args.attack} on {record['victim']} ({args.dataset}): {record['queries']} queries, "
           f"1-R_test {1 - record['r_test']:.4%}, 1-R_unif {1 - record['r_unif']:.4%} -> {args.out}")
     return 0
+
+
+def check_budget(attack: Any, budget: int | None) -> None:
+    """A ``ValueError`` before any query when ``budget`` is below what the attack needs (``d + 1`` for exact
+    equation solving)."""
+    if budget is None or not hasattr(attack, "min_queries") or budget >= attack.min_queries():
+        return
+    if attack.method == "exact":
+        d = attack.space.dim
+        raise ValueError(f"--method exact needs at least d + 1 = {d + 1} queries ({d} features), got --budget {budget}")
+    raise ValueError(f"--method {attack.method} needs at least {attack.min_queries()} queries, got --budget {budget}")
 
 
 def attack_estimator(est: Any, data: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -189,6 +248,10 @@ def attack_estimator(est: Any, data: Any, args: argparse.Namespace) -> dict[str,
             options["regularization"] = args.regularization
         attack = EquationSolving(space=data.space, model=model, method=args.method, design=args.design,
                                  max_iter=args.max_iter, restarts=args.restarts, device=device, **options)
+        if attack.method == "exact" and api.output.kind == "label":
+            raise ValueError("exact equation solving needs probabilities, not labels: use --output probs, or "
+                             "--attack retraining / lowd-meek for label-only APIs")
+        check_budget(attack, args.budget)
         budget = args.budget or (d + 1 if attack.method == "exact" else attack.unknowns(k))
         result = attack(api, budget=budget, seed=args.seed)
         record.update(method=attack.method, unknowns=result.info["unknowns"], solver_time_s=result.info["time_s"])

@@ -1,6 +1,7 @@
 """Datasets: a registry of image datasets with explicit train/validation/test splits."""
 
 from modelsteal.data.idx import read_idx, write_idx
+from modelsteal.data.patches import sample_patches
 from modelsteal.data.registry import (
     DatasetNotFoundError,
     DatasetSplits,
@@ -16,5 +17,6 @@ __all__ = [
     "load_dataset",
     "read_idx",
     "register_dataset",
+    "sample_patches",
     "write_idx",
 ]

@@ -8,10 +8,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from modelsteal._registry import Registry
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -63,23 +66,18 @@ class DatasetSplits:
 
 
 Loader = Callable[..., RawImages]
-_LOADERS: dict[str, Loader] = {}
+# importing modelsteal.data.images registers the built-ins (and, through it, the glyph datasets)
+_LOADERS: Registry[Any] = Registry("dataset", package="modelsteal.data.images")
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
     """Register a loader ``(data_dir: Path | None, download: bool) -> RawImages`` under ``name``."""
-
-    def deco(fn: Loader) -> Loader:
-        _LOADERS[name] = fn
-        return fn
-
-    return deco
+    return _LOADERS.register(name)
 
 
 def available_datasets() -> list[str]:
-    import modelsteal.data.images  # noqa: F401  (registers the built-ins)
-
-    return sorted(_LOADERS)
+    """Names of every registered dataset, sorted."""
+    return _LOADERS.names()
 
 
 def data_root() -> Path:
@@ -115,13 +113,11 @@ def load_dataset(
     held out. ``val_fraction`` of the remaining training data becomes the validation split. Splits are
     deterministic given ``seed``.
     """
-    known = available_datasets()
+    loader = _LOADERS.get(name)  # ValueError naming the known datasets
     key = name.strip().lower().replace("_", "-")
-    if key not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(known)}")
     if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1:
         raise ValueError(f"fractions must lie in [0, 1): val={val_fraction}, test={test_fraction}")
-    raw = _LOADERS[key](data_dir=Path(data_dir) if data_dir else None, download=download)
+    raw = loader(data_dir=Path(data_dir) if data_dir else None, download=download)
     rng = np.random.default_rng(seed)
     x, y = raw.x_train, raw.y_train
     if raw.x_test is None:

@@ -7,7 +7,7 @@ Rows must stay on the probability simplex; the base class checks that after ever
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, final
 
 import torch
@@ -26,6 +26,9 @@ class Defense(ABC):
     - ``strength_param``: the keyword a sweep varies (``epsilon`` for MAD, ``beta`` for reverse sigmoid);
     - ``preserves_argmax``: whether every answer keeps the undefended top-1 label;
     - ``budget_norm``: ``"l1"``/``"l2"`` when the defense promises ``||ỹ - y|| <= strength`` in that norm.
+    - ``example_strength``: a valid, non-trivial ``strength`` (the generic tests build each defense with it).
+    - ``uses_input``: whether :meth:`perturb` reads the inputs ``x`` (MAD's Jacobian does); ART's postprocessors
+      see only posteriors, so :mod:`modelsteal.interop.art` wraps such defenses around the estimator instead.
 
     Defenses that need the victim (MAD's default surrogate is a random copy of it) receive it in
     :meth:`bind`, which :class:`~modelsteal.PredictionAPI` calls once.
@@ -34,6 +37,8 @@ class Defense(ABC):
     name: ClassVar[str] = ""
     strength_param: ClassVar[str | None] = None
     preserves_argmax: ClassVar[bool] = False
+    example_strength: ClassVar[float | None] = None
+    uses_input: ClassVar[bool] = False
 
     @property
     def budget_norm(self) -> str | None:
@@ -83,23 +88,42 @@ def defense_class(name: str) -> type[Defense]:
     return _DEFENSES.get(name)
 
 
+def strength_hint(cls: type[Defense]) -> str:
+    """How to give a defense's strength on the command line: ``pass --strength E (MAD's epsilon)``."""
+    param = cls.strength_param or "strength"
+    return f"pass --strength {param[0].upper()} ({cls.__name__}'s {param})"
+
+
+def defense_options(
+    name: str, *, strength: float | None = None, options: Mapping[str, Any] | None = None, hint: str | None = None
+) -> tuple[type[Defense], dict[str, Any]]:
+    """The class registered under ``name`` and the keyword arguments that build it, checked against its
+    constructor (nothing is built): ``strength`` fills the class's ``strength_param``; ``hint`` says how to give
+    a missing strength (default: :func:`strength_hint`). A ``ValueError`` names a wrong option and the valid ones.
+    """
+    cls = defense_class(name)
+    kwargs = dict(options or {})
+    if strength is not None:
+        if cls.strength_param is None:
+            raise ValueError(f"defense {cls.name!r} has no strength parameter; got strength={strength}")
+        if cls.strength_param in kwargs:
+            raise ValueError(f"defense {cls.name!r}: give {cls.strength_param} once, as the strength or as an option")
+        kwargs[cls.strength_param] = strength
+    hints = {cls.strength_param: hint or strength_hint(cls)} if cls.strength_param else None
+    _DEFENSES.check_options(cls.name, kwargs, hints=hints)
+    return cls, kwargs
+
+
 def make_defense(name: str, *, strength: float | None = None, **options: Any) -> Defense | None:
     """Build a registered defense by name; ``strength`` fills the class's ``strength_param``.
 
     ``"none"`` returns ``None`` (no defense). Unknown names and options give a ``ValueError`` listing
-    what is accepted.
+    what is accepted (checked before the constructor runs, see :func:`defense_options`).
     """
     if name.strip().lower() in ("none", "undefended"):
         return None
-    cls = defense_class(name)
-    if strength is not None:
-        if cls.strength_param is None:
-            raise ValueError(f"defense {cls.name!r} has no strength parameter; got strength={strength}")
-        options[cls.strength_param] = strength
-    try:
-        return cls(**options)
-    except TypeError as e:
-        raise ValueError(f"bad options for defense {cls.name!r}: {e}") from None
+    cls, kwargs = defense_options(name, strength=strength, options=options)
+    return cls(**kwargs)
 
 
 def as_float(x: Tensor) -> Tensor:

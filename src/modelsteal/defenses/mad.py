@@ -18,7 +18,7 @@ which the paper found best). The heuristic solver of Algorithm 1:
 2. ``ỹ = (1 − α) y + α y*`` with ``α = min(1, ε / ||y* − y||_p)`` (``OptStep``).
 
 Eq. 4 depends on ``G`` only through ``⟨Gᵀa, Gᵀb⟩ = aᵀ M b`` with the ``K × K`` Gram matrix ``M = G Gᵀ``, so
-only ``M`` is computed (see :mod:`modelsteal.defenses._gram`) and every candidate vertex is scored in one
+only ``M`` is computed (see :mod:`modelsteal.models.gram`) and every candidate vertex is scored in one
 batched operation.
 
 Example::
@@ -39,9 +39,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from modelsteal.defenses._gram import LayerwiseGram, last_layer_gram, model_dtype
 from modelsteal.defenses.base import Defense, as_float, register_defense
 from modelsteal.models import model_device, seeded
+from modelsteal.models.gram import LayerwiseGram, last_layer_gram, model_dtype
 
 Norm = Literal["l1", "l2"]
 Jacobian = Literal["last_layer", "all"]
@@ -170,6 +170,7 @@ class MAD(Defense):
     """
 
     strength_param = "epsilon"
+    example_strength = 0.7
 
     def __init__(
         self,
@@ -203,6 +204,7 @@ class MAD(Defense):
         self.norm: Norm = norm
         self.preserve_argmax = bool(preserve_argmax)
         self.preserves_argmax = self.preserve_argmax  # instance-level answer for MAD(preserve_argmax=True)
+        self.uses_input = objective == "mad"  # the surrogate's Jacobian is taken at x; the ablations ignore x
         self.jacobian: Jacobian = jacobian
         self.objective: Objective = objective
         self.seed = int(seed)
@@ -250,8 +252,8 @@ class MAD(Defense):
         """``M = G Gᵀ`` (N, K, K) of the surrogate's log-likelihood Jacobian (Eq. 5) at ``x``.
 
         ``jacobian="last_layer"``: ``M = (I − 1pᵀ)(I − p1ᵀ)(||h||² + 1)`` in closed form (see
-        :func:`~modelsteal.defenses._gram.last_layer_gram`); ``"all"``: layer by layer over all parameters
-        (:class:`~modelsteal.defenses._gram.LayerwiseGram`). Computed in the surrogate's dtype.
+        :func:`~modelsteal.models.gram.last_layer_gram`); ``"all"``: layer by layer over all parameters
+        (:class:`~modelsteal.models.gram.LayerwiseGram`). Computed in the surrogate's dtype.
         """
         sur = self._require_surrogate()
         dev = model_device(sur)

@@ -51,6 +51,7 @@ class RandomNoise(Defense):
     """
 
     strength_param = "epsilon"
+    example_strength = 20.0
 
     def __init__(self, *, epsilon: float = 1.0, norm: str = "l1", seed: int = 0) -> None:
         if epsilon < 0:

@@ -36,6 +36,7 @@ class ReverseSigmoid(Defense):
     """Reverse-sigmoid perturbation with strength ``beta`` and shape ``gamma``."""
 
     strength_param = "beta"
+    example_strength = 0.6
 
     def __init__(self, *, beta: float = 0.5, gamma: float = 0.2) -> None:
         if beta < 0:

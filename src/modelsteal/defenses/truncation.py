@@ -19,6 +19,7 @@ class TopK(Defense):
     """Keep the ``k`` most probable classes, zero the rest and renormalise."""
 
     strength_param = "k"
+    example_strength = 2
     preserves_argmax = True
 
     def __init__(self, *, k: int = 1) -> None:
@@ -35,6 +36,7 @@ class Rounding(Defense):
     """Round posteriors to ``decimals`` places, then renormalise (Tramèr et al. 2016, Sec. 7)."""
 
     strength_param = "decimals"
+    example_strength = 1
 
     def __init__(self, *, decimals: int = 2) -> None:
         if int(decimals) != decimals or decimals < 0:

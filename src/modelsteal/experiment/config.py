@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from modelsteal._registry import check_options
+
 
 class ConfigError(ValueError):
     """A sweep configuration is invalid; the message names the key."""
@@ -39,9 +41,10 @@ def _take(d: dict[str, Any], cls: type, where: str) -> Any:
             f"unknown key(s) {', '.join(sorted(unknown))} in {where}; allowed: {', '.join(sorted(names))}"
         )
     try:
-        return cls(**d)
-    except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        check_options(cls, d, kind="config", label=where, noun="key")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,10 @@ def victim_key(cfg: SweepConfig) -> str:
     return point_key(cfg.victim.identity())
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def parse_config(raw: dict[str, Any]) -> SweepConfig:
     """Build a :class:`SweepConfig` from a parsed YAML mapping."""
     if not isinstance(raw, dict):
@@ -175,7 +182,7 @@ def parse_config(raw: dict[str, Any]) -> SweepConfig:
             f"unknown top-level key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}"
         )
     for key in ("defenses", "attacks", "budgets"):
-        if not raw.get(key):
+        if not raw.get(key) or not isinstance(raw[key], list):
             raise ConfigError(f"the config needs a non-empty '{key}' list")
     defenses = [_take(d, DefenseConfig, f"defenses[{i}]") for i, d in enumerate(raw["defenses"])]
     attacks = [_take(a, AttackConfig, f"attacks[{i}]") for i, a in enumerate(raw["attacks"])]
@@ -183,12 +190,17 @@ def parse_config(raw: dict[str, Any]) -> SweepConfig:
         if not isinstance(d.strengths, list) or not d.strengths:
             raise ConfigError(f"defenses[{i}].strengths must be a non-empty list")
     budgets = raw["budgets"]
-    if not all(isinstance(b, int) and b > 0 for b in budgets):
-        raise ConfigError(f"budgets must be positive integers, got {budgets}")
+    if not isinstance(budgets, list) or not all(_is_int(b) and b > 0 for b in budgets):
+        raise ConfigError(f"budgets must be a list of positive integers, got {budgets!r}")
     seeds = raw.get("seeds", [0])
-    if not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"seeds must be integers, got {seeds}")
+    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
+        raise ConfigError(f"seeds must be a non-empty list of integers, got {seeds!r}")
     rest = {k: raw[k] for k in ("name", "output", "device", "eval_size") if k in raw}
+    for key in ("name", "output", "device"):
+        if key in rest and not isinstance(rest[key], str):
+            raise ConfigError(f"{key} must be a string, got {rest[key]!r}")
+    if rest.get("eval_size") is not None and not (_is_int(rest["eval_size"]) and rest["eval_size"] > 0):
+        raise ConfigError(f"eval_size must be a positive integer or null, got {rest['eval_size']!r}")
     return SweepConfig(
         victim=_take(raw.get("victim", {}), VictimConfig, "victim"),
         transfer=_take(raw.get("transfer", {}), TransferConfig, "transfer"),
@@ -200,6 +212,16 @@ def parse_config(raw: dict[str, Any]) -> SweepConfig:
     )
 
 
+def yaml_error_line(path: Path, error: yaml.YAMLError) -> str:
+    """One line for a YAML parse error: ``FILE:LINE:COLUMN: invalid YAML: what is wrong``."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(error, "problem", None) or getattr(error, "context", None) or type(error).__name__
+    context = getattr(error, "context", None)
+    detail = f"{problem} ({context})" if context and context != problem else problem
+    return f"{where}: invalid YAML: {' '.join(str(detail).split())}"
+
+
 def load_config(path: str | Path) -> SweepConfig:
     """Read and validate a YAML sweep config."""
     path = Path(path)
@@ -208,7 +230,7 @@ def load_config(path: str | Path) -> SweepConfig:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        raise ConfigError(yaml_error_line(path, e)) from None
     try:
         return parse_config(raw)
     except ConfigError as e:

@@ -9,7 +9,6 @@ Every budget's clone is trained from scratch (no warm start from a smaller budge
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from collections.abc import Iterator
@@ -20,11 +19,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from modelsteal._registry import check_options, constructor_parameters
 from modelsteal.attacks import attack_class
 from modelsteal.attacks.base import Attack
 from modelsteal.blackbox import PredictionAPI
-from modelsteal.data import DatasetSplits, load_dataset
+from modelsteal.data import DatasetSplits, available_datasets, load_dataset
 from modelsteal.defenses import available_defenses, make_defense
+from modelsteal.defenses.base import defense_options
 from modelsteal.experiment.config import (
     AttackConfig,
     ConfigError,
@@ -36,17 +37,40 @@ from modelsteal.experiment.config import (
 from modelsteal.experiment.results import write_results
 from modelsteal.experiment.transfer import build_transfer_set, seed_set
 from modelsteal.metrics import angular_deviation, argmax_accuracy, attacker_accuracy, fidelity, perturbation_summary
-from modelsteal.models import build_model, load_checkpoint, save_checkpoint
+from modelsteal.models import ARCHITECTURES, build_model, load_checkpoint, save_checkpoint
+from modelsteal.outputs import make_output
 from modelsteal.training import Recipe, TrainConfig, TrainHistory, available_recipes, make_recipe
 
 ANGLE_SAMPLES = 128  # attacker queries on which the clone's gradient deviation is measured
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU; anything else is passed to ``torch.device``."""
-    if name in (None, "auto"):
+_BACKENDS = {"cuda": "CUDA", "mps": "MPS", "xpu": "XPU"}
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """The device ``name`` names on this machine: ``auto`` (or ``None``) picks CUDA when available, else the
+    CPU; ``cpu``, ``cuda``, ``cuda:N``, ``mps`` and ``xpu`` are checked, so an unavailable, out-of-range or
+    unknown device is a one-line ``ValueError`` before any work (every CLI command goes through here)."""
+    text = "auto" if name is None else str(name).strip().lower()
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {str(name)!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type not in _BACKENDS:
+        raise ValueError(f"device {str(name)!r} cannot run models here; use cpu, cuda, cuda:N or auto")
+    label, backend = _BACKENDS[dev.type], getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise ValueError(f"{label} is not available on this machine; use --device cpu or auto")
+    count = int(backend.device_count()) if hasattr(backend, "device_count") else 1
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(f"{dev} does not exist: this machine has {count} {label} device(s), "
+                         f"{dev.type}:0 to {dev.type}:{count - 1}")
+    return dev
 
 
 def train_victim(
@@ -104,6 +128,19 @@ def victim_checkpoint_path(v: VictimConfig, *, out_dir: Path, key: str) -> Path:
     return out_dir / f"victim-{key}.pt"
 
 
+def victim_train_config(v: VictimConfig) -> TrainConfig:
+    """The victim's optimisation settings; a ``ConfigError`` names a wrong one (and ``epochs`` must be >= 1: an
+    untrained victim is never saved)."""
+    try:
+        config = TrainConfig(epochs=v.epochs, lr=v.lr, momentum=v.momentum, batch_size=v.batch_size,
+                             weight_decay=v.weight_decay, lr_step=v.lr_step)
+    except ValueError as e:
+        raise ConfigError(f"victim: {e}") from None
+    if config.epochs < 1:
+        raise ConfigError(f"victim.epochs must be >= 1 (0 would save an untrained victim), got {config.epochs}")
+    return config
+
+
 def prepare_victim(
     cfg: SweepConfig, *, out_dir: Path, device: torch.device, progress: bool = True
 ) -> tuple[nn.Module, DatasetSplits, float]:
@@ -126,14 +163,7 @@ def load_or_train_victim(
                 f"checkpoint {path} takes inputs {meta['input_shape']}, dataset {v.dataset} has {data.input_shape}"
             )
     else:
-        config = TrainConfig(
-            epochs=v.epochs,
-            lr=v.lr,
-            momentum=v.momentum,
-            batch_size=v.batch_size,
-            weight_decay=v.weight_decay,
-            lr_step=v.lr_step,
-        )
+        config = victim_train_config(v)
         model, history = train_victim(data, arch=v.arch, config=config, recipe=recipe, seed=v.seed, device=device,
                                       progress=progress)
         meta = recipe_checkpoint_meta(history, recipe)
@@ -166,17 +196,44 @@ def defended_victim_config(v: VictimConfig, dcfg: DefenseConfig, strength: float
     return replace(v, recipe=spec)
 
 
+#: what :func:`build_attack` hands an attack itself: a config's ``options`` may not set these
+ATTACK_PROVIDED = ("transfer_set", "transfer_labels", "seed_set", "clone", "train", "device")
+
+
+def _check_train(train: dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a mapping of training options, keys and value types checked first."""
+    check_options(TrainConfig, train, kind="training", label="the training settings")
+    return TrainConfig(**train)
+
+
 def validate_sweep(cfg: SweepConfig) -> None:
-    """Check everything a sweep will build — recipes, defenses at each strength, attacks and their training
-    options — before any data is loaded or model trained; a ``ConfigError`` names the entry."""
+    """Check everything a sweep will build before any data is loaded or model trained: the device, the
+    datasets' names, the output format, the victim's recipe, every defense (or recipe defense) at every
+    strength with its options, every attack's options and training options; a ``ConfigError`` names the entry."""
+    try:
+        resolve_device(cfg.device)
+    except ValueError as e:
+        raise ConfigError(f"device: {e}") from None
+    _check_datasets(cfg)
+    try:
+        check_architecture(cfg.victim.arch)
+    except ValueError as e:
+        raise ConfigError(f"victim.arch: {e}") from None
+    try:
+        make_output(cfg.output)
+    except ValueError as e:
+        raise ConfigError(f"output: {e}") from None
     victim_recipe(cfg.victim)
+    victim_train_config(cfg.victim)
     for i, d in enumerate(cfg.defenses):
         for strength in d.strengths:
             try:
                 if is_recipe_defense(d):
                     victim_recipe(defended_victim_config(cfg.victim, d, strength))
-                else:
-                    make_defense(d.name, strength=strength, **d.options)
+                elif d.name.strip().lower() not in ("none", "undefended"):  # cheap: defenses fit in bind()
+                    cls, kwargs = defense_options(d.name, strength=strength, options=d.options,
+                                                  hint=_SWEEP_STRENGTH_HINT)
+                    cls(**kwargs)
             except (ValueError, ConfigError) as e:
                 raise ConfigError(f"defenses[{i}] ({d.name}, strength {strength}): {e}") from None
     for i, a in enumerate(cfg.attacks):
@@ -184,21 +241,47 @@ def validate_sweep(cfg: SweepConfig) -> None:
             cls = attack_class(a.name)
             if cls.modality != "images":
                 raise ValueError(f"attack {a.name!r} extracts tabular models; run it with `modelsteal tramer`")
-            TrainConfig(**a.train)
-        except TypeError as e:
-            raise ConfigError(f"attacks[{i}].train: {e}") from None
+            check_options(cls, a.options, kind="attack", provided=ATTACK_PROVIDED)
+            if a.clone is not None:
+                check_architecture(a.clone)
         except ValueError as e:
             raise ConfigError(f"attacks[{i}] ({a.name}): {e}") from None
+        try:
+            _check_train(a.train)
+        except ValueError as e:
+            raise ConfigError(f"attacks[{i}].train: {e}") from None
+
+
+_SWEEP_STRENGTH_HINT = "give it as the defense's strengths: [...]"
+
+
+def check_architecture(name: Any) -> None:
+    """A ``ValueError`` naming the known architectures unless ``name`` is one (as :func:`build_model` reads it)."""
+    key = name.strip().lower().replace("_", "").replace("-", "") if isinstance(name, str) else None
+    if key not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+
+
+def _check_datasets(cfg: SweepConfig) -> None:
+    known = available_datasets()
+    named = [("victim.dataset", cfg.victim.dataset)]
+    t = cfg.transfer.dataset
+    named += [("transfer.dataset", n) for n in ([] if t is None else [t] if isinstance(t, str) else t)]
+    for where, name in named:
+        if not isinstance(name, str) or name.strip().lower().replace("_", "-") not in known:
+            raise ConfigError(f"{where}: unknown dataset {name!r}; known: {', '.join(known)}")
 
 
 def build_attack(
     acfg: AttackConfig, *, victim_arch: str, transfer: tuple[Tensor, Tensor | None], seeds: Tensor, device: torch.device
 ) -> Attack:
-    """Instantiate a registered attack, handing it the attacker's data its constructor asks for."""
+    """Instantiate a registered attack, handing it the attacker's data its constructor asks for; its options
+    are checked against the constructor first (a one-line ``ValueError`` lists the valid ones)."""
     cls = attack_class(acfg.name)
-    params = inspect.signature(cls.__init__).parameters
     if cls.modality != "images":
         raise ValueError(f"attack {acfg.name!r} extracts tabular models; run it with `modelsteal tramer`")
+    check_options(cls, acfg.options, kind="attack", provided=ATTACK_PROVIDED)
+    params = constructor_parameters(cls) or {}
     kwargs: dict[str, Any] = dict(acfg.options)
     if "transfer_set" in params:
         kwargs["transfer_set"] = transfer[0]
@@ -208,10 +291,7 @@ def build_attack(
         kwargs["transfer_labels"] = transfer[1]
     if "seed_set" in params:
         kwargs["seed_set"] = seeds
-    try:
-        return cls(clone=acfg.clone or victim_arch, train=TrainConfig(**acfg.train), device=device, **kwargs)
-    except TypeError as e:
-        raise ValueError(f"bad options for attack {acfg.name!r}: {e}") from None
+    return cls(clone=acfg.clone or victim_arch, train=_check_train(acfg.train), device=device, **kwargs)
 
 
 def _points(cfg: SweepConfig) -> Iterator[tuple[DefenseConfig, float | None, AttackConfig, int, int]]:
@@ -337,20 +417,33 @@ class SweepInputs(NamedTuple):
 
 
 def prepare_sweep(cfg: SweepConfig, *, out_dir: Path, device: torch.device, progress: bool = True) -> SweepInputs:
-    """Load or train the victim (:func:`prepare_victim`) and build the transfer and seed sets of ``cfg``."""
-    victim, data, acc = prepare_victim(cfg, out_dir=out_dir, device=device, progress=progress)
-    return SweepInputs(victim, data, acc, build_transfer_set(cfg.transfer, victim_data=data),
-                       seed_set(cfg.transfer, victim_data=data))
+    """Build the transfer and seed sets of ``cfg``, build every attack once (so a bad option value is an error
+    before any training), then load or train the victim (:func:`load_or_train_victim`)."""
+    v = cfg.victim
+    data = load_dataset(v.dataset, data_dir=v.data_dir, seed=v.seed)
+    output = make_output(cfg.output)
+    if output.kind == "top-k" and output.k > data.num_classes:
+        raise ConfigError(f"output: top-{output.k} asks for more classes than {data.name} has ({data.num_classes})")
+    transfer, seeds = build_transfer_set(cfg.transfer, victim_data=data), seed_set(cfg.transfer, victim_data=data)
+    for i, acfg in enumerate(cfg.attacks):
+        try:
+            build_attack(acfg, victim_arch=v.arch, transfer=transfer, seeds=seeds, device=device)
+        except ValueError as e:
+            raise ConfigError(f"attacks[{i}] ({acfg.name}): {e}") from None
+    victim, _, acc, _ = load_or_train_victim(v, out_dir=out_dir, device=device, progress=progress, data=data)
+    return SweepInputs(victim, data, acc, transfer, seeds)
 
 
 def run_sweep(
     cfg: SweepConfig, *, out_dir: str | Path, progress: bool = True, device: str | None = None, plots: bool = True
 ) -> list[dict[str, Any]]:
     """Run every point of ``cfg`` not already cached in ``out_dir``; returns all records (the trade-off curves)."""
+    if device is not None:
+        cfg = replace(cfg, device=str(device))
     validate_sweep(cfg)
+    dev = resolve_device(cfg.device)
     out = Path(out_dir)
     (out / "points").mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device or cfg.device)
     victim, data, victim_acc, transfer, seeds = prepare_sweep(cfg, out_dir=out, device=dev, progress=progress)
     recipe_victims: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
     points = list(_points(cfg))

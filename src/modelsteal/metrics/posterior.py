@@ -95,7 +95,7 @@ def angular_deviation(
     ``θ = arccos(yᵀMỹ / sqrt(yᵀMy · ỹᵀMỹ))`` needs only the Gram matrix ``M = G Gᵀ`` (all parameters, or
     the last linear layer with ``jacobian="last_layer"``), computed without materialising ``G``.
     """
-    from modelsteal.defenses._gram import all_params_gram, last_layer_gram, model_dtype
+    from modelsteal.models.gram import all_params_gram, last_layer_gram, model_dtype
 
     _check_pair(y, y_tilde)
     if jacobian not in ("all", "last_layer"):

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+from modelsteal._registry import Registry
+
+Builder = Callable[..., tuple[nn.Module, nn.Linear]]
+_BUILDERS: Registry[Any] = Registry("architecture", package="modelsteal.models.builders")
 
 
 class Normalize(nn.Module):
@@ -81,6 +86,7 @@ def _flat_dim(features: nn.Module, input_shape: Sequence[int]) -> int:
         return int(features(torch.zeros(1, *input_shape)).flatten(1).shape[1])
 
 
+@_BUILDERS.register("lenet")
 def lenet(input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, nn.Linear]:
     """LeNet as used by Orekondy et al. (ICLR 2020): conv(20,5)-pool-conv(50,5)-pool-fc500-fc(K).
 
@@ -101,6 +107,7 @@ def lenet(input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, nn.L
     return feats, nn.Linear(500, num_classes)
 
 
+@_BUILDERS.register("cnn")
 def cnn(input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, nn.Linear]:
     """A small CNN: two 3×3 conv blocks (32, 64 channels) with max-pooling, then fc128."""
     c = input_shape[0]
@@ -117,6 +124,7 @@ def cnn(input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, nn.Lin
     return feats, nn.Linear(128, num_classes)
 
 
+@_BUILDERS.register("mlp")
 def mlp(
     input_shape: Sequence[int], num_classes: int, *, hidden: Sequence[int] = (256, 128)
 ) -> tuple[nn.Module, nn.Linear]:
@@ -147,6 +155,7 @@ class _BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
+@_BUILDERS.register("resnet18")
 def resnet18(input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, nn.Linear]:
     """CIFAR-style ResNet-18 (He et al. 2016): 3×3 stem, no max-pool, [2, 2, 2, 2] basic blocks."""
     c = input_shape[0]
@@ -160,7 +169,7 @@ def resnet18(input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, n
     return nn.Sequential(*layers), nn.Linear(512, num_classes)
 
 
-ARCHITECTURES = {"lenet": lenet, "cnn": cnn, "mlp": mlp, "resnet18": resnet18}
+ARCHITECTURES: dict[str, Builder] = _BUILDERS.as_dict()  # name -> (input_shape, num_classes) -> (features, head)
 
 
 def build_model(
@@ -177,9 +186,8 @@ def build_model(
     ``mean``/``std`` add a :class:`Normalize` front so the model takes raw ``[0, 1]`` inputs. ``seed``
     makes the initialisation reproducible without touching the global RNG.
     """
-    key = arch.strip().lower().replace("_", "").replace("-", "")
-    if key not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    key = arch.strip().lower().replace("_", "").replace("-", "")  # resnet-18, ResNet_18: resnet18
+    builder = _BUILDERS.get(key)  # ValueError naming the known architectures
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     input_shape = tuple(int(s) for s in input_shape)
@@ -187,7 +195,7 @@ def build_model(
         raise ValueError(f"{arch} needs image inputs (C, H, W); got input_shape={input_shape}")
 
     def make() -> Classifier:
-        feats, head = ARCHITECTURES[key](input_shape, num_classes)
+        feats, head = builder(input_shape, num_classes)
         norm = Normalize(mean, std) if mean is not None and std is not None else None
         return Classifier(feats, head, input_shape=input_shape, num_classes=num_classes, normalize=norm)
 

@@ -2,8 +2,10 @@
 
 - :mod:`modelsteal.serve.app`: ``create_app(api, store=...)``, the FastAPI application serving a
   :class:`~modelsteal.PredictionAPI` behind API keys, budgets and rate limits;
+- :mod:`modelsteal.serve.codec`: the ``/v1/predict`` body format (decoding and validating a request,
+  encoding the answer); :mod:`modelsteal.serve.config`: ``ServeConfig`` and ``build_api``;
 - :mod:`modelsteal.serve.store`: ``open_store(url)``, keys (stored hashed) and the durable query ledger,
-  SQLite by default and PostgreSQL by URL;
+  SQLite by default (``store/sqlite.py``) and PostgreSQL by URL (``store/postgres.py``);
 - :mod:`modelsteal.serve.client`: ``HTTPBlackBox(url, key)``, the client side of the
   :class:`~modelsteal.BlackBox` contract, so any attack runs unchanged against a live server.
 
@@ -25,10 +27,14 @@ def __getattr__(name: str) -> Any:
         from modelsteal.serve.client import HTTPBlackBox
 
         return HTTPBlackBox
-    if name in ("ServeConfig", "create_app"):
-        from modelsteal.serve import app
+    if name == "ServeConfig":
+        from modelsteal.serve.config import ServeConfig
 
-        return getattr(app, name)
+        return ServeConfig
+    if name == "create_app":
+        from modelsteal.serve.app import create_app
+
+        return create_app
     if name == "open_store":
         from modelsteal.serve.store import open_store
 

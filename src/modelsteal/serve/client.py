@@ -5,8 +5,12 @@ batches of ``batch_size`` rows to ``POST /v1/predict`` (compact base64 float32 b
 back bit-exact), retries with exponential backoff and jitter on 429 (honouring ``Retry-After``), 5xx and
 connection errors, and returns the ``(N, K)`` answers as float32 on the CPU.
 
-Errors map onto the toolkit's exceptions: an exhausted budget raises
-:class:`~modelsteal.BudgetExceededError`, a missing/invalid/revoked key ``PermissionError``, and a request
+The first request (``GET /v1/info``, made by the constructor) does not retry a refused connection or an
+unknown host: nothing listens there, so :class:`ServerUnreachableError` is raised at once. Later requests
+retry them, since a server that answered before may be restarting.
+
+Errors map onto the toolkit's exceptions: an exhausted budget raises :class:`KeyBudgetExhaustedError` (a
+:class:`~modelsteal.BudgetExceededError`), a missing/invalid/revoked key ``PermissionError``, and a request
 the server rejects (wrong shape, range, ...) ``ValueError`` with the server's message.
 
 Example::
@@ -34,6 +38,14 @@ from modelsteal.serve import require
 
 class ServerError(RuntimeError):
     """The server kept failing (5xx or unreachable) after every retry."""
+
+
+class ServerUnreachableError(ConnectionError):
+    """Nothing answers at the server's address (connection refused, unknown host) on the first contact."""
+
+
+class KeyBudgetExhaustedError(BudgetExceededError):
+    """The server refused a batch because this key's query budget does not cover it."""
 
 
 class HTTPBlackBox:
@@ -79,7 +91,7 @@ class HTTPBlackBox:
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
                                   headers={"Authorization": f"Bearer {key}", "Accept": "application/json"})
         try:
-            self.info: dict[str, Any] = self._request("GET", "/v1/info")
+            self.info: dict[str, Any] = self._request("GET", "/v1/info", retry_unreachable=False)
         except BaseException:
             self._http.close()
             raise
@@ -140,14 +152,21 @@ class HTTPBlackBox:
         self.queries_sent += n
         return out
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    def _request(self, method: str, path: str, *, retry_unreachable: bool = True, **kwargs: Any) -> dict[str, Any]:
+        """One API call with retries; ``retry_unreachable=False`` fails at once when nothing listens."""
         httpx = self._httpx
         last = ""
         for attempt in range(self.max_retries + 1):
             wait = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + 0.5 * self._rng.random())
             try:
                 resp = self._http.request(method, path, **kwargs)
-            except httpx.TransportError as e:  # refused, reset, timed out: the server may be restarting
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                if not retry_unreachable:
+                    reason = _reason(e)
+                    hint = "check the host name" if "name" in reason else "is `modelsteal serve` running there?"
+                    raise ServerUnreachableError(f"cannot reach {self.url} ({reason}); {hint}") from None
+                last = f"{type(e).__name__}: {e}"
+            except httpx.TransportError as e:  # reset, timed out: the server may be restarting
                 last = f"{type(e).__name__}: {e}"
             else:
                 if resp.status_code < 400:
@@ -160,14 +179,22 @@ class HTTPBlackBox:
                 elif resp.status_code >= 500:
                     last = f"{resp.status_code} {detail}"
                 elif code == "budget_exhausted":
-                    raise BudgetExceededError(f"{self.url}: {detail}")
+                    raise KeyBudgetExhaustedError(f"{self.url}: {detail}")
                 elif resp.status_code in (401, 403):
-                    raise PermissionError(f"{self.url}: {detail}")
+                    raise PermissionError(f"{self.url} refused the API key: {detail}")
                 else:
                     raise ValueError(f"{self.url} rejected the request ({resp.status_code}): {detail}")
             if attempt < self.max_retries:
                 time.sleep(wait)
         raise ServerError(f"{method} {self.url}{path} failed after {self.max_retries + 1} attempts; last error: {last}")
+
+
+def _reason(error: Exception) -> str:
+    """``[Errno 111] Connection refused`` → ``connection refused``; an unknown host says so."""
+    text = str(error).strip() or type(error).__name__
+    if "]" in text and text.startswith("["):
+        text = text.split("]", 1)[1].strip()
+    return text[:1].lower() + text[1:]
 
 
 def _error_detail(resp: Any) -> tuple[str, str]:

@@ -10,7 +10,6 @@ trains one victim per noise multiplier).
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -81,14 +80,9 @@ def recipe_class(name: str) -> type[Recipe]:
 
 
 def make_recipe(name: str, **options: Any) -> Recipe:
-    """Instantiate recipe ``name`` with ``options``; a one-line ``ValueError`` names a wrong option."""
-    cls = recipe_class(name)
-    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(options) - set(params))
-    if unknown:
-        valid = ", ".join(params) if params else "none"
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for recipe {cls.name!r}; valid: {valid}")
-    return cls(**options)
+    """Instantiate recipe ``name`` with ``options``; a one-line ``ValueError`` names a wrong option (checked
+    against the constructor's signature before it runs, :meth:`~modelsteal._registry.Registry.build`)."""
+    return _RECIPES.build(name, **options)
 
 
 @register_recipe("plain")

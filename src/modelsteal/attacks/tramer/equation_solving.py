@@ -10,6 +10,17 @@ unknown parameters. Two ways of solving them:
   every logit difference exactly. Softmax is invariant to adding one vector to every ``w_k``, so only
   the differences are identifiable; they are reported centred (``Σ_k w_k = 0``), which is scikit-learn's
   own layout for an L2-regularised multinomial model.
+  *Saturated answers.* A log-ratio needs every probability to be positive, and a steep model queried over
+  the raw feature ranges (e.g. trained on standardised features) answers exact zeros far from its data.
+  Like an attacker would, the attack then picks queries that do not saturate: each saturated query is
+  pulled toward an *anchor* whose answer is interior — the most interior of the ``d + 1`` answers, else
+  the centre of the domain, else a point found by bisecting between two answers of different classes —
+  halving its distance until the answer is interior (the log-ratios are linear along the segment, so a
+  few halvings suffice). With more than two classes a class boundary can still saturate a third class;
+  if no interior answer is found the attack says so. The probes are spent from the budget and counted
+  in ``StealResult.queries``; where no answer saturates exactly ``d + 1`` queries are spent, as before.
+  Every answer received (probes included) must then agree with the solved model, which catches rounded
+  answers.
 - ``method="optimize"`` (all models, the paper's Sec. 4.1.2). Minimise the cross-entropy between the
   returned probabilities and the model's own on random uniform queries, plus a small L2 penalty that makes
   the softmax and one-vs-rest problems strongly convex (so L-BFGS finds the global minimum); for a
@@ -18,7 +29,8 @@ unknown parameters. Two ways of solving them:
 The clone is a PyTorch equivalent of the victim (:class:`~modelsteal.attacks.tramer.oracles.TabularLinear`
 or :class:`~modelsteal.attacks.tramer.oracles.TabularMLP`) with raw-unit inputs. ``info`` reports the
 paper's Table 4 columns: ``unknowns``, the queries (``StealResult.queries``) and the solver's ``time_s``,
-plus ``weights``/``bias`` (linear models, in the raw input space, scikit-learn's layout).
+plus ``weights``/``bias`` (linear models, in the raw input space, scikit-learn's layout); ``exact`` adds
+``saturated`` (design queries that had to be moved) and ``probes`` (the extra queries that moved them).
 
 Example::
 
@@ -79,7 +91,10 @@ class EquationSolving(Attack):
     ``regularization``: the L2 weight ``λ`` of ``optimize`` (on standardised inputs);
     ``max_iter``: L-BFGS iterations; ``restarts``: random initialisations for the MLP;
     ``widen``: half-width of the query range of a feature that is constant in the data (so that its weight
-    is identifiable too).
+    is identifiable too);
+    ``min_probability``: answers with a probability below it count as saturated for ``exact`` (default: the
+    smallest normal number of the answers' dtype, i.e. zeros and underflows; raise it for an API whose small
+    probabilities are computed as ``1 − p`` and so lose their relative precision).
     """
 
     modality = "tabular"
@@ -87,7 +102,8 @@ class EquationSolving(Attack):
     def __init__(self, *, space: FeatureSpace, model: str = "logistic", method: str = "auto",
                  num_queries: int | None = None, design: str = "random", hidden: Sequence[int] = (20,),
                  activation: str = "tanh", regularization: float = 1e-12, max_iter: int = 2000,
-                 restarts: int = 1, widen: float = 1.0, device: str | torch.device | None = None) -> None:
+                 restarts: int = 1, widen: float = 1.0, min_probability: float | None = None,
+                 device: str | torch.device | None = None) -> None:
         super().__init__(device=device)
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
@@ -101,6 +117,8 @@ class EquationSolving(Attack):
             raise ValueError(f"num_queries must be >= 1, got {num_queries}")
         if regularization < 0 or max_iter < 1 or restarts < 1 or widen <= 0:
             raise ValueError("regularization >= 0, max_iter >= 1, restarts >= 1 and widen > 0 are required")
+        if min_probability is not None and not 0 < min_probability < 1:
+            raise ValueError(f"min_probability must lie in (0, 1), got {min_probability}")
         self.space = space
         self.model = model
         self.method = ("exact" if model == "logistic" else "optimize") if method == "auto" else method
@@ -112,6 +130,7 @@ class EquationSolving(Attack):
         self.max_iter = int(max_iter)
         self.restarts = int(restarts)
         self.widen = float(widen)
+        self.min_probability = min_probability
 
     def describe(self) -> dict[str, Any]:
         return {"attack": self.name, "model": self.model, "method": self.method, "design": self.design,
@@ -123,6 +142,13 @@ class EquationSolving(Attack):
         if self.model == "mlp":
             return mlp_unknowns(d, k, self.hidden)
         return logistic_unknowns(d, k)
+
+    def min_queries(self) -> int:
+        """The fewest queries the method can work with: ``d + 1`` for ``exact`` (more when answers saturate,
+        see the module docstring), ``num_queries`` (or 1) for ``optimize``."""
+        if self.method == "exact":
+            return self.space.dim + 1
+        return self.num_queries or 1
 
     def run(self, victim: QueryBudget, *, generator: torch.Generator) -> StealResult:
         d, k = self.space.dim, victim.num_classes
@@ -141,11 +167,11 @@ class EquationSolving(Attack):
             u = torch.cat([torch.zeros(1, d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)])
         else:
             u = 2.0 * torch.rand(d + 1, d, generator=generator, dtype=torch.float64) - 1.0
-        x = c + u * h
-        p = self.query_all(victim, x).to(torch.float64)
-        if not bool((p > 0).all()):
-            raise ValueError("exact equation solving needs strictly positive probabilities, but the API returned "
-                             "zeros (rounded or label-only answers?); use method='optimize'")
+        shrink = _Shrink(self, victim, center=c, half=h)
+        p = shrink.ask(u, probe=False)
+        saturated = ~shrink.interior(p)
+        if bool(saturated.any()):
+            u, p = shrink.unsaturate(u, p, saturated)
         start = time.perf_counter()
         log_p = p.log()
         ratios = log_p[:, 1:] - log_p[:, :1]  # (d+1, K-1): log(p_k / p_0) = Δw_k·x + Δβ_k
@@ -164,9 +190,12 @@ class EquationSolving(Attack):
             weight, bias = weight - weight.mean(dim=0), bias - bias.mean()
         elapsed = time.perf_counter() - start
         clone = TabularLinear(d, k, mode="binary" if k == 2 else "softmax").set_raw_parameters(weight, bias)
+        x_all, p_all = shrink.asked()
+        shrink.check_consistent(clone, x_all, p_all)
         info = {"method": "exact", "unknowns": logistic_unknowns(d, k), "time_s": elapsed, "weights": weight,
-                "bias": bias, "residual": float((a @ theta - ratios).abs().max())}
-        return StealResult(clone=clone, queries=victim.used, transfer_x=x, transfer_y=p, info=info)
+                "bias": bias, "residual": float((a @ theta - ratios).abs().max()),
+                "saturated": int(saturated.sum()), "probes": len(x_all) - (d + 1)}
+        return StealResult(clone=clone, queries=victim.used, transfer_x=x_all, transfer_y=p_all, info=info)
 
     # -- optimize: regularised loss minimisation --------------------------------------------------------
     def _make(self, model: str, k: int, seed: int) -> nn.Module:
@@ -297,3 +326,120 @@ def _score_derivatives(z: Tensor, p: Tensor, mode: str) -> tuple[Tensor, Tensor]
     r = torch.sigmoid(-z)  # d log σ(z) / dz
     curvature = -torch.sigmoid(z) * r  # d² log σ(z) / dz²
     return g_l * r, r[:, :, None] * h_l * r[:, None, :] + torch.diag_embed(g_l * curvature)
+
+
+class _Shrink:
+    """The queries of exact solving, and the search for answers that do not saturate.
+
+    Works in standardised coordinates ``u`` (``x = centre + u · half``) and records every query it makes,
+    so that the result reports them all and the solution can be checked against every answer.
+    """
+
+    max_steps = 64  # halvings of a segment: float64 has a 53-bit mantissa, so 64 reach the anchor itself
+
+    def __init__(self, attack: EquationSolving, victim: QueryBudget, *, center: Tensor, half: Tensor) -> None:
+        self.attack, self.victim, self.center, self.half = attack, victim, center, half
+        self.floor: float | None = attack.min_probability
+        self.xs: list[Tensor] = []
+        self.ps: list[Tensor] = []
+        self.saturated = 0
+        self.eps = float(torch.finfo(torch.float64).eps)  # the answers' precision, set by the first query
+
+    def ask(self, u: Tensor, *, probe: bool = True) -> Tensor:
+        """Query the points ``u`` (standardised); returns float64 answers. A probe that the budget cannot
+        pay for is a ``ValueError`` saying why it was needed (the design itself is the budget's to refuse)."""
+        if probe and len(u) > self.victim.remaining:
+            raise self._budget_error(len(u))
+        x = self.center + u * self.half
+        answers = self.attack.query_all(self.victim, x)
+        if answers.is_floating_point():
+            self.eps = float(torch.finfo(answers.dtype).eps)
+        if self.floor is None:
+            self.floor = float(torch.finfo(answers.dtype).tiny) if answers.is_floating_point() else 1.0
+        self.xs.append(x)
+        self.ps.append(answers.to(torch.float64))
+        return self.ps[-1]
+
+    def asked(self) -> tuple[Tensor, Tensor]:
+        """Every point queried so far and its answer, in order."""
+        return torch.cat(self.xs), torch.cat(self.ps)
+
+    def interior(self, p: Tensor) -> Tensor:
+        """``(N,)`` whether each answer is interior: every probability at least the floor."""
+        return (p >= self.floor).all(dim=1)
+
+    def unsaturate(self, u: Tensor, p: Tensor, saturated: Tensor) -> tuple[Tensor, Tensor]:
+        """Move each saturated query toward an interior anchor, halving its distance until its answer is
+        interior; returns the new design and answers (interior rows unchanged)."""
+        self.saturated = int(saturated.sum())
+        anchor = self._anchor(u, p, saturated)
+        u, p = u.clone(), p.clone()
+        todo = saturated.nonzero().flatten()
+        t = 1.0
+        for _ in range(self.max_steps):
+            t /= 2.0
+            v = anchor + t * (u[todo] - anchor)  # u[todo] is still the original query: rows move once
+            q = self.ask(v)
+            good = self.interior(q)
+            u[todo[good]], p[todo[good]] = v[good], q[good]
+            todo = todo[~good]
+            if len(todo) == 0:
+                return u, p
+        raise ValueError(f"{len(todo)} queries still saturate {self.max_steps} halvings away toward an interior "
+                         "answer (label-only or rounded answers?); use method='optimize'")
+
+    def _anchor(self, u: Tensor, p: Tensor, saturated: Tensor) -> Tensor:
+        """An interior point: the most interior answer, else the domain's centre, else a bisection."""
+        if not bool(saturated.all()):
+            margin = p.clamp_min(1e-300).log().amin(dim=1).masked_fill(saturated, -math.inf)
+            return u[int(margin.argmax())]
+        centre = torch.zeros(1, u.shape[1], dtype=u.dtype)
+        at_centre = (u == 0).all(dim=1)
+        q = p[at_centre][:1] if bool(at_centre.any()) else self.ask(centre)
+        if bool(self.interior(q).all()):
+            return centre[0]
+        return self._bisect(centre[0], q[0], u, p)
+
+    def _bisect(self, lo: Tensor, p_lo: Tensor, u: Tensor, p: Tensor) -> Tensor:
+        """Bisect from ``lo`` toward a query of another class until an answer is interior.
+
+        The class boundary between two classes lies on the segment; next to it their probabilities are
+        equal, which is interior for two classes (for more it may not be: then this raises).
+        """
+        other = (p.argmax(dim=1) != p_lo.argmax()).nonzero().flatten()
+        if len(other) == 0:
+            raise ValueError(f"all {len(u)} answers saturate on class {int(p_lo.argmax())}, so no query points "
+                             "toward an interior answer (a boundary outside the queried range, or a constant or "
+                             "label-only API?); use method='optimize'")
+        hi = u[int(other[0])]
+        for _ in range(self.max_steps):
+            mid = 0.5 * (lo + hi)
+            q = self.ask(mid[None])[0]
+            if bool(self.interior(q[None]).all()):
+                return mid
+            if int(q.argmax()) == int(p_lo.argmax()):
+                lo = mid
+            else:
+                hi = mid
+        raise ValueError("no interior answer between two classes after bisecting to machine precision "
+                         "(label-only answers, or a multi-class boundary where other classes saturate?); "
+                         "use method='optimize'")
+
+    def check_consistent(self, clone: TabularLinear, x: Tensor, p: Tensor) -> None:
+        """Every answer, probes included, must match the solved model to ``max(1e-6, 100 ε)`` of the answers'
+        dtype (rounded answers do not)."""
+        tol = max(1e-6, 100.0 * self.eps)
+        with torch.no_grad():
+            fitted = torch.softmax(clone(x), dim=1)
+        gap = float((fitted - p).abs().max())
+        if gap > tol:
+            raise ValueError(f"the answers do not fit one logistic model (max |Δp| = {gap:.2g} over {len(x)} "
+                             "queries): rounded or perturbed answers? use method='optimize'")
+
+    def _budget_error(self, need: int) -> ValueError:
+        v, queries = self.victim, "query" if need == 1 else "queries"
+        return ValueError(f"exact equation solving needs strictly positive probabilities: {self.saturated} of the "
+                          f"{self.attack.space.dim + 1} answers saturated (a probability below {self.floor:.3g}), "
+                          f"and moving them toward an interior answer needs {need} more {queries}, with "
+                          f"{v.remaining} of the budget ({v.budget}) left ({v.used} spent); raise the budget, or use "
+                          "method='optimize' (rounded or label-only answers)")

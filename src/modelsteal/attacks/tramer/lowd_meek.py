@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from modelsteal.attacks.base import Attack, StealResult, register_attack
-from modelsteal.attacks.tramer.oracles import TabularLinear
+from modelsteal.attacks.tramer.oracles.tabular import TabularLinear
 from modelsteal.blackbox import BudgetExceededError, QueryBudget
 from modelsteal.data.tabular import FeatureSpace
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from modelsteal import training
 from modelsteal.attacks.base import Attack, StealResult, register_attack
 from modelsteal.attacks.tramer.lowd_meek import bisect_segments
-from modelsteal.attacks.tramer.oracles import TabularLinear, TabularMLP
+from modelsteal.attacks.tramer.oracles.tabular import TabularLinear, TabularMLP
 from modelsteal.blackbox import QueryBudget
 from modelsteal.data.tabular import FeatureSpace
 from modelsteal.models import build_seeded

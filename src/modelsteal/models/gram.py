@@ -17,7 +17,8 @@ Two choices of parameters ``w``:
   ``vmap(jacrev(·))`` over the whole model.
 
 All functions take the surrogate and a batch ``x`` and return ``(M, p)`` with ``p = softmax(F(x))``,
-in the surrogate's floating dtype.
+in the surrogate's floating dtype. Used by the MAD defense and by the angular-deviation metric
+(:func:`modelsteal.metrics.posterior.angular_deviation`), hence its place next to the models.
 """
 
 from __future__ import annotations
@@ -411,7 +412,7 @@ class LayerwiseGram:
     Build once per surrogate; calling it on a batch returns ``(M, p)``. ``chunk_size`` is how many samples
     go through one forward/backward pass. By default (``None``) it is 64 on CPU with one intra-op thread
     (the per-seed gradients then stay in cache), 256 with several threads (fewer, larger operations, each
-    paying one thread synchronisation: measured 1.3–2.7× faster on 2 threads) and 1024 on GPU. It is lowered
+    paying one thread synchronisation) and 1024 on GPU. It is lowered
     automatically when a chunk's features would exceed ``_PLAN_BUDGET`` elements.
     """
 

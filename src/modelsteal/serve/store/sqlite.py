@@ -1,0 +1,190 @@
+"""The SQLite back-end of the key store: the embedded default, durable and shared between processes.
+
+The file is opened with ``journal_mode=WAL`` and ``synchronous=FULL``, so a committed transaction survives
+a crash of the server and several server processes can share it. Concurrent reservations are written by
+*group commit* (:class:`SQLiteStore`): one transaction, and one fsync, for every request waiting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from modelsteal.serve.store.base import (
+    SCHEMA_VERSION,
+    AuthenticationError,
+    BudgetExhaustedError,
+    ClientInfo,
+    LedgerEntry,
+    RateLimitedError,
+    Store,
+)
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS clients (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,
+    key_prefix TEXT NOT NULL,
+    budget INTEGER,
+    rate_limit REAL,
+    queries INTEGER NOT NULL DEFAULT 0,
+    requests INTEGER NOT NULL DEFAULT 0,
+    tokens REAL NOT NULL DEFAULT 0,
+    tokens_at REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS clients_active_name ON clients (name) WHERE revoked_at IS NULL;
+CREATE TABLE IF NOT EXISTS ledger (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_id INTEGER NOT NULL REFERENCES clients (id),
+    n INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    inputs BLOB
+);
+CREATE INDEX IF NOT EXISTS ledger_client ON ledger (client_id);
+CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class LedgerWriteError(RuntimeError):
+    """The transaction recording a request failed; nothing of it was recorded (and it was not answered)."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Pending:
+    """One reservation waiting for the group commit."""
+
+    client_id: int
+    n: int
+    inputs: bytes | None
+    now: float
+    wake: threading.Event = dataclasses.field(default_factory=threading.Event)
+    lead: bool = False
+    done: bool = False
+    result: tuple[LedgerEntry, ClientInfo] | None = None
+    error: BaseException | None = None
+
+
+class SQLiteStore(Store):
+    """SQLite with ``journal_mode=WAL`` and ``synchronous=FULL``: one connection per store, behind a lock.
+
+    Reservations use *group commit*: concurrent :meth:`reserve` calls queue up, and one of them (the
+    leader) records the whole queue in a single transaction — each reservation still checked on its own,
+    in order — so one fsync covers many requests. Every caller returns only after its transaction has
+    committed, so the durability promise is unchanged.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path).expanduser()
+        self.url = f"sqlite:///{self.path}"
+        if not self.path.parent.is_dir():
+            raise ValueError(f"store directory {self.path.parent} does not exist")
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
+                                         check_same_thread=False)
+        except sqlite3.Error as e:
+            raise ValueError(f"cannot open SQLite store {self.path}: {e}") from None
+        self._lock = threading.RLock()
+        self._group_lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._leader = False
+        try:
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise ValueError(f"SQLite store {self.path} could not switch to WAL mode (got {mode!r})")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            with self._transaction(write=True) as cur:
+                for stmt in _SQLITE_SCHEMA.split(";"):
+                    if stmt.strip():
+                        cur.execute(stmt)
+                cur.execute("INSERT OR IGNORE INTO store_meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        except sqlite3.DatabaseError as e:
+            self._conn.close()
+            raise ValueError(f"{self.path} is not a usable modelsteal store: {e}") from None
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                cur.close()
+
+    def _insert_returning_id(self, cur: Any, sql: str, params: Sequence[Any]) -> int:
+        cur.execute(sql, tuple(params))
+        return int(cur.lastrowid)
+
+    def reserve(
+        self, client_id: int, n: int, *, inputs: bytes | None = None, now: float | None = None
+    ) -> tuple[LedgerEntry, ClientInfo]:
+        if n < 1:
+            raise ValueError(f"a request must hold at least one query, got {n}")
+        item = _Pending(int(client_id), int(n), inputs, time.time() if now is None else float(now))
+        with self._group_lock:
+            self._pending.append(item)
+            if not self._leader:
+                self._leader = item.lead = True
+        if not item.lead:
+            item.wake.wait()  # woken with a result, or promoted to leader of the next group
+        if not item.done:
+            self._commit_pending()
+        if isinstance(item.error, LedgerWriteError):
+            raise LedgerWriteError(str(item.error)) from item.error.__cause__
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    reserve.__doc__ = Store.reserve.__doc__
+
+    def _commit_pending(self) -> None:
+        """Record every queued reservation in one transaction, then wake their callers and pass the lead."""
+        with self._group_lock:
+            batch, self._pending = self._pending, []
+        try:
+            with self._transaction(write=True) as cur:
+                for it in batch:
+                    try:
+                        it.result = self._reserve_in(cur, it.client_id, it.n, it.inputs, it.now)
+                    except (AuthenticationError, BudgetExhaustedError, RateLimitedError) as e:
+                        it.error = e  # refused before any write: the others go on
+        except BaseException as e:  # the transaction failed: none of the group is recorded
+            for it in batch:
+                it.result = None
+                err = LedgerWriteError(f"recording the request in the ledger failed: {type(e).__name__}: {e}")
+                err.__cause__ = e
+                it.error = err
+        finally:
+            for it in batch:
+                it.done = True
+            with self._group_lock:
+                successor = self._pending[0] if self._pending else None
+                if successor is not None:
+                    successor.lead = True
+                else:
+                    self._leader = False
+            for it in batch:
+                it.wake.set()
+            if successor is not None:
+                successor.wake.set()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
