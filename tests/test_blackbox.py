@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -46,3 +47,31 @@ def test_bad_shapes_are_named(digits_victim):
     with pytest.raises(ValueError, match=r"expected \(N, 1, 8, 8\)"):
         api.query(torch.zeros(3, 64))
     assert api.query(torch.zeros(1, 8, 8)).shape == (1, 10)  # a single unbatched input is accepted
+
+
+def test_nan_queries_are_an_input_error_and_are_not_counted():
+    from modelsteal.models import build_model
+
+    api = PredictionAPI(build_model("mlp", input_shape=(1, 4, 4), num_classes=3, seed=0), budget=10)
+    x = torch.rand(4, 1, 4, 4)
+    x[2, 0, 1, 1] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf in 1 row.*row 2"):
+        api.query(x)
+    assert api.queries() == 0 and api.queries_left() == 10
+    api.query(x[:2])
+    assert (api.queries(), api.queries_left(), api.total_queries) == (2, 8, 2)
+
+
+def test_the_tree_oracle_shares_the_accounting_and_keeps_nan_as_missing():
+    from sklearn.tree import DecisionTreeClassifier
+
+    from modelsteal.attacks.tramer.oracles import TreeOracle
+
+    rng = np.random.default_rng(0)
+    xs = rng.random((60, 3))
+    oracle = TreeOracle(DecisionTreeClassifier(max_depth=3, random_state=0).fit(xs, xs[:, 0] > 0.5), budget=5)
+    root = oracle.query(torch.full((3,), float("nan"), dtype=torch.float64))  # one example, every feature missing
+    assert root.shape == (1, 3) and root[0, 0] == 0  # the walk stops at the root (node 0)
+    with pytest.raises(BudgetExceededError, match="asked for 5 queries with 4 of its budget of 5 left"):
+        oracle.query(torch.rand(5, 3, dtype=torch.float64))
+    assert (oracle.queries(), oracle.queries_left()) == (1, 4)

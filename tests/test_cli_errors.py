@@ -13,6 +13,7 @@ import joblib
 import pytest
 import torch
 import yaml
+from cli_helpers import one_line_error
 from sklearn.linear_model import LogisticRegression
 
 import modelsteal.experiment.sweep as sweep_module
@@ -22,19 +23,6 @@ from modelsteal.data.tabular import load_tabular
 from modelsteal.defenses.base import _DEFENSES, Defense
 from modelsteal.experiment.sweep import resolve_device
 from modelsteal.models import build_model, save_checkpoint
-
-
-def one_line_error(capsys, argv: list[str], *words: str) -> str:
-    """Run the CLI; assert exit code 2, exactly one line on stderr, and that the line holds ``words``."""
-    rc = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"modelsteal {argv[0]}: error: "), err
-    for w in words:
-        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +162,60 @@ def test_unknown_attack_option_lists_the_valid_ones(ckpt, capsys):
                    "unknown option queries_per_img for attack 'knockoff'", "valid: queries_per_image")
 
 
+@pytest.mark.parametrize(("option", "flag"), [
+    ("labels=argmax", "--labels argmax"), ("clone=mlp", "--clone mlp"), ("device=cpu", "--device cpu"),
+])
+def test_attack_option_that_duplicates_a_flag_names_the_flag(ckpt, capsys, monkeypatch, option, flag):
+    import modelsteal.cli.attack as attack_cli
+
+    def no_work(*a, **k):
+        raise AssertionError("the target was opened before the attack options were checked")
+
+    monkeypatch.setattr(attack_cli, "load_checkpoint", no_work)
+    one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--attack-option", option],
+                   f"--attack-option {option} duplicates {flag.split()[0]}", f"pass {flag} instead")
+
+
+@pytest.mark.parametrize("value", ["lenet", "none"])
+def test_a_python_object_option_is_neither_listed_nor_taken_from_text(ckpt, capsys, value):
+    line = one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--defense", "mad", "--strength",
+                                   "0.5", "--defense-option", f"surrogate={value}"],
+                          "option surrogate of defense 'mad' takes a Python object (a Module)", "valid: epsilon")
+    assert "surrogate" not in line.split("valid:")[1]
+    line = one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--defense", "mad", "--strength",
+                                   "0.5", "--defense-option", "epsilonn=0.1"], "unknown option epsilonn")
+    assert "surrogate" not in line.split("valid:")[1] and "max_exact_classes" in line.split("valid:")[1]
+
+
+def test_a_python_caller_still_passes_python_objects():
+    from modelsteal.defenses import make_defense
+
+    surrogate = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, seed=1)
+    assert make_defense("mad", strength=0.5, surrogate=surrogate).surrogate is surrogate
+
+
+def test_python_only_reads_the_annotation():
+    from collections.abc import Callable
+
+    from modelsteal._registry import python_only
+
+    assert python_only(torch.nn.Module | None) and python_only(torch.Tensor) and python_only(Callable[[int], int])
+    assert not any(python_only(h) for h in (int | None, str | Callable[[int], int], tuple[float, float] | None,
+                                            dict[str, int], "nn.Module"))  # an unresolved annotation counts as text
+
+
+def test_sweep_and_build_model_share_one_unknown_architecture_message():
+    from modelsteal.experiment.sweep import check_architecture
+
+    with pytest.raises(ValueError) as from_sweep:
+        check_architecture("vgg")
+    with pytest.raises(ValueError) as from_models:
+        build_model("vgg", input_shape=(1, 8, 8), num_classes=10)
+    assert str(from_sweep.value) == str(from_models.value)
+    assert str(from_sweep.value) == "unknown architecture 'vgg'; known architectures: cnn, lenet, mlp, resnet18"
+    check_architecture("ResNet-18")  # what build_model accepts, the check accepts
+
+
 def test_unknown_recipe_option_lists_the_valid_ones(tmp_path, capsys):
     one_line_error(capsys, ["train", "--dataset", "digits", "--recipe", "outlier-exposure", "--recipe-option",
                             "lam=0.5", "--out", tmp_path / "x.pt"], "unknown option lam for recipe", "valid: weight")
@@ -219,6 +261,11 @@ def test_top_zero_names_k_only(ckpt, capsys):
     assert "decimals" not in line
 
 
+def test_top_k_defense_above_the_number_of_classes(ckpt, capsys):
+    one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--defense", "top-k", "--strength", "20"],
+                   "top-k defense keeps k=20 classes", "more than the model has (10)")
+
+
 def test_top_k_above_the_number_of_classes(ckpt, capsys):
     one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--output", "top-20"],
                    "top-20", "more classes than the model has (10)")
@@ -256,6 +303,9 @@ def forbid_training(monkeypatch):
     ({"defenses": [{"name": "mad", "strengths": [0.5, -1.0]}]}, ("strength -1.0", "epsilon >= 0")),
     ({"defenses": [{"name": "mad"}]}, ("defense 'mad' needs epsilon", "strengths")),
     ({"defenses": [{"name": "dp-sgd", "strengths": [1.0], "options": {"sigma": 1}}]}, ("unknown option sigma",)),
+    ({"defenses": [{"name": "top-k", "strengths": [2, 20]}]}, ("defenses[0] (top-k, strength 20)", "k=20", "(10)")),
+    ({"defenses": [{"name": "mad", "strengths": [0.5], "options": {"surrogate": "lenet"}}]},
+     ("defenses[0] (mad, strength 0.5)", "surrogate", "Python object")),
     ({"attacks": [{"name": "knockoff", "options": {"querie_per_image": 2}}]}, ("attacks[0]", "valid: queries_per")),
     ({"attacks": [{"name": "knockoff", "options": {"queries_per_image": "two"}}]}, ("queries_per_image='two'",)),
     ({"attacks": [{"name": "knockoff", "options": {"queries_per_image": 0}}]}, ("queries_per_image must be >= 1",)),

@@ -16,6 +16,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from cli_helpers import one_line_error
 from sklearn.linear_model import LogisticRegression
 
 from modelsteal.cli.main import main
@@ -26,17 +27,6 @@ from modelsteal.models import save_checkpoint
 ATTACK_FAST = ["--budget", "64", "--epochs", "1"]
 
 
-def _one_line_error(capsys, argv: list[str], *words: str) -> str:
-    """Run the CLI; assert exit code 2, exactly one line on stderr, and that the line has ``words``."""
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"modelsteal {argv[0]}: error: "), err
-    for w in words:
-        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def _free_port() -> int:
@@ -54,7 +44,7 @@ def _free_port() -> int:
 def test_attack_on_a_server_that_is_not_there_fails_fast(capsys, url, words):
     url = url or f"http://127.0.0.1:{_free_port()}"
     t0 = time.monotonic()
-    _one_line_error(capsys, ["attack", "--target", url, "--key", "k", "--dataset", "digits", *ATTACK_FAST], *words)
+    one_line_error(capsys, ["attack", "--target", url, "--key", "k", "--dataset", "digits", *ATTACK_FAST], *words)
     assert time.monotonic() - t0 < 5.0  # the client's retries (8, backing off) would take ~29 s
 
 
@@ -88,7 +78,7 @@ def test_a_file_that_is_not_a_checkpoint_says_what_it_is(capsys, not_checkpoints
         pytest.importorskip("uvicorn")
         pytest.importorskip("fastapi")
         argv = ["serve", "--model", path, "--store", str(not_checkpoints / "ledger.db"), "--port", "0"]
-    line = _one_line_error(capsys, argv, *words)
+    line = one_line_error(capsys, argv, *words)
     assert "weights_only" not in line and "index out of range" not in line
 
 
@@ -98,7 +88,7 @@ def test_a_file_that_is_not_a_checkpoint_says_what_it_is(capsys, not_checkpoints
 def test_keys_reading_a_store_that_does_not_exist_is_an_error(capsys, tmp_path, monkeypatch, action, form):
     monkeypatch.chdir(tmp_path)
     store = form.format("typo.db")
-    _one_line_error(capsys, ["keys", action[0], "--store", store, *action[1:]], "typo.db", "does not exist",
+    one_line_error(capsys, ["keys", action[0], "--store", store, *action[1:]], "typo.db", "does not exist",
                     "keys create")
     assert not (tmp_path / "typo.db").exists()
 
@@ -145,7 +135,8 @@ def mad_server(tmp_path_factory, digits_checkpoint):
     store_url = str(d / "ledger.db")
     with open_store(store_url) as store:
         keys = {name: store.create_key(name=name, budget=budget)[1]
-                for name, budget in (("small", 50), ("shared", 300), ("revokee", None), ("flaky", None))}
+                for name, budget in (("small", 50), ("shared", 300), ("revokee", None), ("flaky", None),
+                                             ("spent", 3))}
         store.revoke("revokee")
     srv = ServerProcess(model=digits_checkpoint, store=store_url, log_path=d / "server.log",
                         args=["--defense", "mad", "--strength", "1.0"])
@@ -197,7 +188,7 @@ def test_serve_does_not_warn_when_labels_are_kept(capsys, tmp_path, digits_check
 ])
 def test_attack_with_a_bad_key_fails_before_any_work(capsys, mad_server, key, words):
     key = key or mad_server.keys["revokee"]
-    _one_line_error(capsys, ["attack", "--target", mad_server.url, "--key", key, *ATTACK_FAST], *words)
+    one_line_error(capsys, ["attack", "--target", mad_server.url, "--key", key, *ATTACK_FAST], *words)
 
 
 def test_attack_with_a_budget_larger_than_the_key_has_left_fails_before_any_query(capsys, mad_server, monkeypatch):
@@ -209,9 +200,27 @@ def test_attack_with_a_budget_larger_than_the_key_has_left_fails_before_any_quer
 
     monkeypatch.setattr(attack_cli, "build_transfer_set", no_work)
     argv = ["attack", "--target", mad_server.url, "--key", mad_server.keys["small"], "--budget", "200"]
-    _one_line_error(capsys, argv, "'small'", "50 queries left", "--budget 200", "--budget 50")
+    one_line_error(capsys, argv, "'small'", "50 queries left", "--budget 200", "--budget 50")
     with HTTPBlackBox(mad_server.url, mad_server.keys["small"]) as bb:
         assert bb.usage()["queries"] == 0
+
+
+def test_attack_with_a_key_that_has_spent_its_budget_fails_before_any_work(capsys, mad_server, monkeypatch):
+    import modelsteal.cli.attack as attack_cli
+    from modelsteal.serve.client import HTTPBlackBox
+
+    with HTTPBlackBox(mad_server.url, mad_server.keys["spent"]) as bb:
+        bb.query(torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)))  # all 3 queries
+        assert bb.usage()["remaining"] == 0
+
+    def no_work(*a, **k):
+        raise AssertionError("the transfer set was built before the key's budget was checked")
+
+    monkeypatch.setattr(attack_cli, "build_transfer_set", no_work)
+    line = one_line_error(capsys, ["attack", "--target", mad_server.url, "--key", mad_server.keys["spent"],
+                                    *ATTACK_FAST], "key 'spent' has already spent its budget",
+                           "3 of its budget of 3 queries", "a new key or a larger budget")
+    assert "--budget 0" not in line  # not the "pass --budget N" advice of a key with some queries left
 
 
 def test_a_budget_that_runs_out_mid_attack_is_one_clean_line(capsys, mad_server, monkeypatch):
@@ -258,7 +267,7 @@ def test_a_server_that_keeps_failing_mid_attack_is_one_clean_line(capsys, mad_se
     """After its retries the client gives up with ServerError; the CLI says so in one line."""
     from modelsteal.serve.client import HTTPBlackBox, ServerError
 
-    def failing(self, xb):
+    def failing(self, xb, **kwargs):
         raise ServerError("POST /v1/predict failed after 9 attempts; last error: 503 busy")
 
     monkeypatch.setattr(HTTPBlackBox, "_predict", failing)

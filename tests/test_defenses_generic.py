@@ -118,3 +118,10 @@ def test_truncations(probs_batch):
     assert torch.allclose(r.sum(1), torch.ones(len(x)), atol=1e-6)
     lab = LabelOnly()(x, probs_batch)
     assert torch.equal(lab.argmax(1), probs_batch.argmax(1)) and torch.equal(lab.max(1).values, torch.ones(len(x)))
+
+
+def test_top_k_refuses_more_classes_than_the_model_has(digits_victim):
+    assert PredictionAPI(digits_victim, defense=TopK(k=10)).query(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    with pytest.raises(ValueError, match=r"^top-k defense keeps k=11 classes, more than the model has \(10\); "
+                                         r"use k from 1 to 10$"):
+        PredictionAPI(digits_victim, defense=TopK(k=11))

@@ -41,3 +41,32 @@ def test_angular_deviation_matches_autograd():
         ref = torch.rad2deg(torch.arccos(u @ a / (u.norm() * a.norm())))
         assert abs(float(got[i]) - float(ref)) < 1e-6
     assert float(angular_deviation(model, x, y, y).abs().max()) < 1e-3
+
+
+class _FixedAPI:
+    """A duck-typed defended API with known answers: two undefended rows, their defended answers."""
+
+    def __init__(self) -> None:
+        self.clean = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]])
+        self.defended = torch.tensor([[0.3, 0.6, 0.1], [0.1, 0.6, 0.3]])
+        self.clients: list[str] = []
+
+    def posteriors(self, x):
+        return self.clean
+
+    def query(self, x, *, client="default"):
+        self.clients.append(client)
+        return self.defended
+
+
+def test_defense_cost_on_known_values():
+    from modelsteal.metrics import EVALUATION_CLIENT, defense_cost
+
+    api = _FixedAPI()
+    cost = defense_cost(api, torch.zeros(2, 1), torch.tensor([0, 1]))
+    assert cost["victim_accuracy"] == 1.0 and cost["defender_accuracy"] == 0.5  # row 0's label flipped
+    assert cost["label_agreement"] == 0.5
+    assert math.isclose(cost["l1_mean"], 0.4, rel_tol=1e-6)  # (0.8 + 0) / 2
+    assert math.isclose(cost["l1_std"], math.sqrt(0.32), rel_tol=1e-6)
+    assert math.isclose(cost["l2_mean"], math.sqrt(0.32) / 2, rel_tol=1e-6)
+    assert api.clients == [EVALUATION_CLIENT]  # measured as its own client, never as an attacker's

@@ -91,6 +91,22 @@ def test_client_checks_its_arguments():
         _bb(transport).query(torch.rand(2, 3))
 
 
+def test_client_counts_the_rows_the_server_answered_and_refuses_nan_before_sending():
+    # 10 rows in requests of 4, 4, 2; the third request fails (403 budget): 8 rows were answered, as the
+    # server's ledger counts them. Counting the whole batch up front would say 10; counting only at the end, 0.
+    transport, calls = _mock([(200, {}, {}), (200, {}, {}),
+                              (403, {"detail": "query budget exhausted", "code": "budget_exhausted"}, {})])
+    bb = _bb(transport)
+    with pytest.raises(BudgetExceededError):
+        bb.query(torch.rand(10, *INPUT_SHAPE))
+    assert (bb.queries(), bb.total_queries, len(calls)) == (8, 8, 3)
+    bad = torch.rand(3, *INPUT_SHAPE)
+    bad[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf in 1 row.*row 1"):
+        bb.query(bad)
+    assert len(calls) == 3 and bb.queries() == 8
+
+
 class _Exploding(Defense):
     """A defense that fails on demand, to exercise the server's failure path."""
 

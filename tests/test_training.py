@@ -27,8 +27,10 @@ from modelsteal.training import (
     ReverseCrossEntropy,
     TrainConfig,
     UniformCrossEntropy,
+    available_recipes,
     make_recipe,
     predict_logits,
+    recipe_class,
     train,
 )
 from modelsteal.training.loop import _Stream
@@ -188,6 +190,18 @@ def test_outlier_exposure_refuses_bad_options() -> None:
         make_recipe("outlier-exposure", lam=0.5)
     with pytest.raises(ValueError, match="unknown recipe 'plan'.*dp-sgd"):
         make_recipe("plan")
+
+
+@pytest.mark.parametrize("name", available_recipes())
+def test_every_recipe_builds_from_its_example_options_for_the_test_victim(name, digits) -> None:
+    """A recipe's example_options are valid for the test victims (outlier exposure refuses the victim's own
+    dataset as outliers), built through the sweep's check of a victim's recipe."""
+    from modelsteal.experiment.config import VictimConfig
+    from modelsteal.experiment.sweep import victim_recipe
+
+    options = recipe_class(name).example_options
+    recipe = victim_recipe(VictimConfig(dataset=digits.name, recipe={"name": name, **options}))
+    assert recipe.name == name and {k: recipe.options()[k] for k in options} == options
 
 
 needs_opacus = pytest.mark.skipif(importlib.util.find_spec("opacus") is None, reason="the dp extra")

@@ -88,6 +88,18 @@ def _accepts(value: Any, hint: Any) -> bool | None:
     return isinstance(value, hint)
 
 
+#: one value of each kind the command line (``parse_value``) and YAML can give, besides ``None``
+_PLAIN_SAMPLES = ("text", 1, 0.5, True, [1], {"key": 1})
+_PLAIN_TYPES = (str, int, float, bool, type(None), list, tuple, dict)
+
+
+def python_only(hint: Any) -> bool:
+    """Whether the annotation ``hint`` admits no value that text or YAML can give (``nn.Module | None``,
+    ``Tensor``, a callable): such a parameter takes a Python object, so it is neither listed among the options
+    nor accepted as one from the command line or a config. Unresolved annotations count as plain."""
+    return all(_accepts(v, hint) is False for v in _PLAIN_SAMPLES)
+
+
 _NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "none"}
 
 
@@ -102,6 +114,14 @@ def _describe(hint: Any) -> str:
     if hint in _NAMES:
         return _NAMES[hint]
     return f"a {hint.__name__}" if isinstance(hint, type) else str(hint)
+
+
+def _describe_object(hint: Any) -> str:
+    """``nn.Module | None`` → ``a Module`` (``None`` is the default, not what a caller passes)."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return " or ".join(_describe(h) for h in typing.get_args(hint) if h is not type(None))
+    return _describe(hint)
 
 
 def check_options(
@@ -121,17 +141,27 @@ def check_options(
     ``epsilon``: ``"pass --strength E"``). ``label`` names the thing in messages (default ``kind 'name'``),
     ``noun`` what its options are called (``key`` in YAML). Raises a one-line ``ValueError`` naming the wrong
     option and the valid ones; values whose annotation is a plain type (``int``, ``float``, ``str``, a
-    ``Literal``…) are type-checked too.
+    ``Literal``…) are type-checked too. Parameters that take a Python object (:func:`python_only`, such as
+    MAD's ``surrogate``) are not listed as valid and refuse plain values (text, numbers, lists, ``None``); a
+    Python caller may still pass such an object.
     """
     params = constructor_parameters(cls)
     label = label or f"{kind} {getattr(cls, 'name', '') or cls.__name__!r}"
     if params is None:
         return
-    settable = [n for n in params if n not in provided]
+    types_ = _type_hints(cls)
+    hint_of = {n: types_.get(n, p.annotation) for n, p in params.items()}
+    objects = {n for n in params if n not in provided and python_only(hint_of[n])}
+    settable = [n for n in params if n not in provided and n not in objects]
     taken = sorted(set(options) & set(provided))
     if taken:
         raise ValueError(f"{noun} {taken[0]} of {label} is set by modelsteal itself; valid: {', '.join(settable)}")
-    unknown = sorted(set(options) - set(settable))
+    plain = sorted(n for n in set(options) & objects if isinstance(options[n], _PLAIN_TYPES))
+    if plain:
+        what = _describe_object(hint_of[plain[0]])
+        raise ValueError(f"{noun} {plain[0]} of {label} takes a Python object ({what}), which the command line "
+                         f"and YAML cannot give; valid: {', '.join(settable) or 'none'}")
+    unknown = sorted(set(options) - set(settable) - objects)
     if unknown:
         valid = ", ".join(settable) or "none"
         s = "s" if len(unknown) > 1 else ""
@@ -142,9 +172,8 @@ def check_options(
         if hint:
             raise ValueError(f"{label} needs {required[0]}: {hint}")
         raise ValueError(f"{label} needs {noun}(s) {', '.join(required)}")
-    types_ = _type_hints(cls)
     for name, value in options.items():
-        hint = types_.get(name, params[name].annotation)
+        hint = hint_of[name]
         if _accepts(value, hint) is False:
             raise ValueError(f"{noun} {name}={value!r} of {label} must be {_describe(hint)}")
 
@@ -180,11 +209,15 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The class registered under ``name``; a ``ValueError`` listing the known names otherwise."""
-        known = self.names()
-        key = name.strip().lower().replace("_", "-")
-        if key not in self._classes:
-            raise ValueError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(known)}")
+        key = name.strip().lower().replace("_", "-") if isinstance(name, str) else None
+        if key not in self.names():
+            raise self.unknown(name)
         return self._classes[key]
+
+    def unknown(self, name: Any) -> ValueError:
+        """The one message for a name that is not registered: ``unknown architecture 'vgg'; known
+        architectures: cnn, lenet, …`` (for a caller that reads names its own way, such as :func:`build_model`)."""
+        return ValueError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}")
 
     def check_options(
         self, name: str, options: Mapping[str, Any], *, provided: Collection[str] = (),

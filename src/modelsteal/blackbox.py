@@ -8,7 +8,7 @@ HTTP client in :mod:`modelsteal.serve.client` — and every attack only ever tal
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
@@ -36,7 +36,10 @@ class BlackBox(Protocol):
     def query(self, x: Tensor, *, client: str = "default") -> Tensor: ...
 
 
-def _as_batch(x: Tensor, input_shape: Sequence[int] | None) -> Tensor:
+def as_batch(x: Tensor, input_shape: Sequence[int] | None, *, finite: bool = True) -> Tensor:
+    """``x`` as a floating ``(N, *input_shape)`` batch: one example gains the batch axis, another shape is a
+    ``ValueError``; with ``finite`` (all APIs but the tree oracle, whose NaN is a missing feature) NaN and Inf
+    are refused before they reach a model."""
     if not isinstance(x, Tensor):
         x = torch.as_tensor(x)
     if not x.is_floating_point():
@@ -48,10 +51,66 @@ def _as_batch(x: Tensor, input_shape: Sequence[int] | None) -> Tensor:
                 x = x.unsqueeze(0)
             else:
                 raise ValueError(f"query batch has shape {tuple(x.shape)}; expected (N, {', '.join(map(str, shape))})")
+    if finite and x.numel() and not bool(torch.isfinite(x).all()):
+        rows = (~torch.isfinite(x.reshape(len(x), -1))).any(dim=1).nonzero().flatten()
+        raise ValueError(f"query batch holds NaN or Inf in {rows.numel()} row(s), the first at row {int(rows[0])}")
     return x
 
 
-class PredictionAPI:
+class QueryCounter:
+    """Per-client query accounting shared by every black box that answers in this process or sends queries.
+
+    One query is one input row. :meth:`reserve` raises :class:`BudgetExceededError` before a batch that would
+    take ``client`` past the optional per-client ``budget`` (nothing is answered or counted then);
+    :meth:`record` counts rows once they are answered. :class:`PredictionAPI` and the tree oracle of
+    :mod:`modelsteal.attacks.tramer` reserve a whole batch and record it after every sub-batch succeeded (a
+    batch that fails is not counted); the HTTP client records each request the server answered (its ledger
+    counts the same rows) and leaves the budget to the server.
+    """
+
+    def __init__(self, *, budget: int | None = None) -> None:
+        if budget is not None and budget < 0:
+            raise ValueError(f"budget must be >= 0, got {budget}")
+        self.budget = budget
+        self._counts: Counter[str] = Counter()
+
+    def queries(self, client: str = "default") -> int:
+        """Number of queries (input rows) answered for ``client``."""
+        return self._counts[client]
+
+    @property
+    def total_queries(self) -> int:
+        """Queries answered for all clients together."""
+        return sum(self._counts.values())
+
+    def queries_left(self, client: str = "default") -> int | None:
+        """Queries ``client`` may still make (``None`` without a budget); ``remaining`` on a single-client
+        :class:`QueryBudget`."""
+        return None if self.budget is None else self.budget - self._counts[client]
+
+    def reserve(self, client: str, n: int) -> None:
+        """Refuse (``BudgetExceededError``) a batch of ``n`` rows that would exceed ``client``'s budget."""
+        left = self.queries_left(client)
+        if left is not None and n > left:
+            raise BudgetExceededError(
+                f"client {client!r} asked for {n} queries with {left} of its budget of {self.budget} left"
+            )
+
+    def record(self, client: str, n: int) -> None:
+        """Count ``n`` answered rows for ``client``."""
+        self._counts[client] += int(n)
+
+
+def answer_in_batches(x: Tensor, batch_size: int | None, answer: Callable[[Tensor], Tensor], *,
+                      empty: Callable[[], Tensor]) -> Tensor:
+    """``answer`` applied to consecutive slices of at most ``batch_size`` rows (all rows at once for
+    ``None``), concatenated; ``empty()`` for a batch of no rows."""
+    chunks = [x] if batch_size is None else list(x.split(batch_size))
+    answers = [answer(xb) for xb in chunks if len(xb)]
+    return torch.cat(answers) if answers else empty()
+
+
+class PredictionAPI(QueryCounter):
     """A model behind a prediction API, optionally defended.
 
     ``query(x)`` runs the victim in evaluation mode, turns logits into posteriors ``y = softmax(z)``, lets
@@ -78,14 +137,12 @@ class PredictionAPI:
         batch_size: int = 512,
         device: str | torch.device | None = None,
     ) -> None:
-        if budget is not None and budget < 0:
-            raise ValueError(f"budget must be >= 0, got {budget}")
+        super().__init__(budget=budget)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device) if device is not None else model_device(model)
         self.model = model.to(self.device).eval()
         self.output = make_output(output)
-        self.budget = budget
         self.batch_size = batch_size
         meta_shape = getattr(model, "input_shape", None)
         self.input_shape: tuple[int, ...] = tuple(input_shape or meta_shape or ())
@@ -98,52 +155,41 @@ class PredictionAPI:
         self.defense = defense
         if defense is not None:
             defense.bind(self.model, input_shape=self.input_shape, num_classes=self.num_classes)
-        self._counts: Counter[str] = Counter()
 
     def _infer_classes(self) -> int:
         with torch.no_grad():
             return int(self.model(torch.zeros(1, *self.input_shape, device=self.device)).shape[1])
 
-    # -- accounting -------------------------------------------------------------------------------
-    def queries(self, client: str = "default") -> int:
-        """Number of queries (input rows) answered for ``client``."""
-        return self._counts[client]
-
-    @property
-    def total_queries(self) -> int:
-        return sum(self._counts.values())
-
-    def queries_left(self, client: str = "default") -> int | None:
-        """Queries ``client`` may still make (``None`` without a budget); ``remaining`` on a single-client
-        :class:`QueryBudget`."""
-        return None if self.budget is None else self.budget - self._counts[client]
-
     # -- answering ----------------------------------------------------------------------------------
+    def _empty(self) -> Tensor:
+        return torch.empty(0, self.num_classes, device=self.device)
+
     @torch.no_grad()
+    def _softmax(self, xb: Tensor) -> Tensor:
+        return torch.softmax(self.model(xb.to(self.device)), dim=1)
+
     def posteriors(self, x: Tensor) -> Tensor:
         """Undefended posteriors ``softmax(F_V(x))`` (not counted: for evaluation, not for callers)."""
-        x = _as_batch(x, self.input_shape)
-        out = [torch.softmax(self.model(xb.to(self.device)), dim=1) for xb in x.split(self.batch_size)]
-        return torch.cat(out) if out else torch.empty(0, self.num_classes, device=self.device)
+        return answer_in_batches(as_batch(x, self.input_shape), self.batch_size, self._softmax, empty=self._empty)
 
     def query(self, x: Tensor, *, client: str = "default") -> Tensor:
-        """Answer a batch of queries ``(N, *input_shape) -> (N, K)`` and count ``N`` queries for ``client``."""
-        x = _as_batch(x, self.input_shape)
-        n = x.shape[0]
-        if self.budget is not None and self._counts[client] + n > self.budget:
-            raise BudgetExceededError(
-                f"client {client!r} asked for {n} queries with {self.budget - self._counts[client]} of its "
-                f"budget of {self.budget} left"
-            )
-        answers = []
-        for xb in x.split(self.batch_size):
+        """Answer a batch of queries ``(N, *input_shape) -> (N, K)`` and count ``N`` queries for ``client``.
+
+        The whole batch is refused before anything runs when it would exceed ``client``'s budget, and counted
+        only once every sub-batch has been answered (a defense that raises leaves the count unchanged)."""
+        x = as_batch(x, self.input_shape)
+        self.reserve(client, len(x))
+
+        def answer(xb: Tensor) -> Tensor:
             xb = xb.to(self.device)
-            probs = self.posteriors(xb)
+            probs = self._softmax(xb)
             if self.defense is not None:
                 probs = self.defense(xb, probs, client=client)
-            answers.append(self.output(check_simplex(probs)))
-        self._counts[client] += n
-        return torch.cat(answers) if answers else torch.empty(0, self.num_classes, device=self.device)
+            return self.output(check_simplex(probs))
+
+        out = answer_in_batches(x, self.batch_size, answer, empty=self._empty)
+        self.record(client, len(x))
+        return out
 
     def __repr__(self) -> str:
         d = "none" if self.defense is None else repr(self.defense)

@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
-
-from modelsteal.metrics import argmax_accuracy, l1_distance
-
-if TYPE_CHECKING:
-    from torch import Tensor
-
-    from modelsteal.blackbox import PredictionAPI
+from typing import Any
 
 
 def parse_value(text: str) -> Any:
@@ -53,26 +46,3 @@ def parse_options(pairs: list[str] | None, *, flag: str = "--defense-option") ->
 
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-
-
-# The per-client name under which the CLI measures a defended API; API key names cannot contain ':', so it
-# never shares a stateful defense's per-client state with a real client.
-EVALUATION_CLIENT = "modelsteal:evaluation"
-
-
-def defense_cost(api: PredictionAPI, x: Tensor, y: Tensor) -> dict[str, float]:
-    """What a defended API costs its honest users on labelled data ``(x, y)`` (normally the test split).
-
-    Returns ``victim_accuracy`` (top-1 of the undefended posteriors), ``defender_accuracy`` (top-1 of the
-    API's answers: defense and output format), ``l1_mean`` (mean ``||ỹ − y||₁`` between answers and
-    undefended posteriors) and ``label_agreement`` (fraction of answers whose top-1 is the undefended one).
-    The answers are asked for as :data:`EVALUATION_CLIENT`, not as any attacker's client.
-    """
-    clean = api.posteriors(x).cpu()
-    defended = api.query(x, client=EVALUATION_CLIENT).cpu()
-    return {
-        "victim_accuracy": argmax_accuracy(clean, y),
-        "defender_accuracy": argmax_accuracy(defended, y),
-        "l1_mean": float(l1_distance(clean.double(), defended.double()).mean()),
-        "label_agreement": float((defended.argmax(dim=1) == clean.argmax(dim=1)).double().mean()),
-    }

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from modelsteal.attacks.base import Attack, StealResult, image_attacks
 from modelsteal.blackbox import BlackBox, PredictionAPI
-from modelsteal.cli._common import add_device, defense_cost, number, parse_options
+from modelsteal.cli._common import add_device, number, parse_options
 from modelsteal.data import load_dataset
 from modelsteal.defenses import make_defense
 from modelsteal.experiment.config import AttackConfig, TransferConfig
 from modelsteal.experiment.sweep import build_attack, resolve_device
 from modelsteal.experiment.transfer import build_transfer_set, seed_set
-from modelsteal.metrics import attacker_accuracy, fidelity
+from modelsteal.metrics import attacker_accuracy, defense_cost, fidelity
 from modelsteal.models import load_checkpoint
 
 
@@ -107,17 +107,33 @@ def _steal(attack: Attack, blackbox: BlackBox, *, budget: int, seed: int) -> Ste
     try:
         return attack(blackbox, budget=budget, seed=seed)
     except KeyBudgetExhaustedError as e:
-        got = getattr(blackbox, "queries_sent", 0)
+        got = getattr(blackbox, "total_queries", 0)
         raise ValueError(f"the key's budget ran out after {got} of --budget {budget} queries ({e}); someone "
                          "else may be using this key: check `/v1/usage`; no clone was trained") from None
     except ServerError as e:
-        got = getattr(blackbox, "queries_sent", 0)
+        got = getattr(blackbox, "total_queries", 0)
         raise ConnectionError(f"the server stopped answering after {got} of --budget {budget} queries: {e}") from None
+
+
+#: attack options that have a flag of their own: ``--attack-option labels=argmax`` would silently override it
+FLAG_OPTIONS = {"labels": "--labels", "clone": "--clone", "device": "--device"}
+
+
+def attack_options(pairs: list[str]) -> dict[str, object]:
+    """The ``--attack-option K=V`` pairs as a dict; one that duplicates a dedicated flag is a ``ValueError``
+    naming the flag to use."""
+    options = parse_options(pairs, flag="--attack-option")
+    for key, flag in FLAG_OPTIONS.items():
+        if key in options:
+            raise ValueError(f"--attack-option {key}={options[key]} duplicates {flag}; pass {flag} "
+                             f"{options[key]} instead")
+    return options
 
 
 def run(args: argparse.Namespace) -> int:
     if args.budget < 1:
         raise ValueError(f"--budget must be positive, got {args.budget}")
+    options = attack_options(args.attack_option)
     device = resolve_device(args.device)
     blackbox, victim, meta = _blackbox(args, device)
     dataset = args.dataset or meta.get("dataset")
@@ -142,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.attack,
         clone=args.clone,
         train={"epochs": args.epochs, "lr": args.lr, "momentum": args.momentum, "optimizer": args.optimizer},
-        options={"labels": args.labels, "progress": True, **parse_options(args.attack_option, flag="--attack-option")},
+        options={"labels": args.labels, "progress": True, **options},
     )
     attack = build_attack(
         acfg,

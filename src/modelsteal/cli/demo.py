@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = parse_config(yaml.safe_load(text))
     if getattr(args, "threads", None) is None:
         # The demo's 8x8 models gain nothing from a second thread, and two torch threads thrash badly when
-        # anything else holds the cores (measured: 570 s instead of 30 s per point). `--threads N` overrides.
+        # anything else holds the cores, each point taking many times longer. `--threads N` overrides.
         import torch
 
         torch.set_num_threads(1)

@@ -15,7 +15,7 @@ import socket
 import sys
 from typing import Any
 
-from modelsteal.cli._common import defense_cost, number, parse_options
+from modelsteal.cli._common import number, parse_options
 
 # Below this fraction of test answers keeping the undefended top-1 label, serve warns that the setting
 # flips most labels (the API is then of little use to honest clients).
@@ -129,6 +129,7 @@ def report_defense_cost(api: Any, info: dict[str, Any], *, eval_size: int, data_
     Skipped with a note when the checkpoint's dataset is not registered or its files are not here.
     """
     from modelsteal.data import load_dataset
+    from modelsteal.metrics import defense_cost
 
     dataset = info.get("dataset")
     if not dataset:
@@ -158,7 +159,7 @@ def report_defense_cost(api: Any, info: dict[str, Any], *, eval_size: int, data_
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
-    # without it every answer waits for the client's delayed ACK (~40 ms per request on Linux).
+    # without it every answer waits for the client's delayed ACK, a stall on every request.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -51,6 +51,10 @@ class Defense(ABC):
     def bind(self, model: nn.Module, *, input_shape: Sequence[int], num_classes: int) -> None:  # noqa: B027
         """Called once with the victim model before the first query; the default ignores it."""
 
+    def check_classes(self, num_classes: int) -> None:  # noqa: B027
+        """A one-line ``ValueError`` when this defense cannot answer for a model with ``num_classes`` classes
+        (top-k with ``k`` above it); a sweep asks before it trains the victim. The default accepts any."""
+
     @final
     def __call__(self, x: Tensor, probs: Tensor, *, client: str = "default") -> Tensor:
         if probs.ndim != 2 or x.shape[0] != probs.shape[0]:

@@ -7,7 +7,9 @@ defenses their rows are renormalised so they stay on the simplex.
 
 from __future__ import annotations
 
-from torch import Tensor
+from collections.abc import Sequence
+
+from torch import Tensor, nn
 
 from modelsteal._simplex import renormalize
 from modelsteal.defenses.base import Defense, register_defense
@@ -26,6 +28,16 @@ class TopK(Defense):
         if int(k) != k or k < 1:
             raise ValueError(f"top-k needs an integer k >= 1, got {k}")
         self.k = int(k)
+
+    def bind(self, model: nn.Module, *, input_shape: Sequence[int], num_classes: int) -> None:
+        """Refuse a ``k`` above the victim's number of classes (see :meth:`check_classes`)."""
+        self.check_classes(num_classes)
+
+    def check_classes(self, num_classes: int) -> None:
+        """A ``k`` above the model's number of classes is a mistake (the defense would withhold nothing)."""
+        if self.k > num_classes:
+            raise ValueError(f"top-k defense keeps k={self.k} classes, more than the model has ({num_classes}); "
+                             f"use k from 1 to {num_classes}")
 
     def perturb(self, x: Tensor, probs: Tensor, *, client: str) -> Tensor:
         return top_k(probs, self.k)

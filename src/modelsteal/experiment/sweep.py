@@ -36,8 +36,8 @@ from modelsteal.experiment.config import (
 )
 from modelsteal.experiment.results import write_results
 from modelsteal.experiment.transfer import build_transfer_set, seed_set
-from modelsteal.metrics import angular_deviation, argmax_accuracy, attacker_accuracy, fidelity, perturbation_summary
-from modelsteal.models import ARCHITECTURES, build_model, load_checkpoint, save_checkpoint
+from modelsteal.metrics import angular_deviation, attacker_accuracy, defense_cost, fidelity, perturbation_summary
+from modelsteal.models import architecture_key, build_model, load_checkpoint, save_checkpoint
 from modelsteal.outputs import make_output
 from modelsteal.training import Recipe, TrainConfig, TrainHistory, available_recipes, make_recipe
 
@@ -256,10 +256,9 @@ _SWEEP_STRENGTH_HINT = "give it as the defense's strengths: [...]"
 
 
 def check_architecture(name: Any) -> None:
-    """A ``ValueError`` naming the known architectures unless ``name`` is one (as :func:`build_model` reads it)."""
-    key = name.strip().lower().replace("_", "").replace("-", "") if isinstance(name, str) else None
-    if key not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    """A ``ValueError`` naming the known architectures unless ``name`` is one (the models registry's message,
+    :func:`~modelsteal.models.architecture_key`, as :func:`build_model` reads the name)."""
+    architecture_key(name)
 
 
 def _check_datasets(cfg: SweepConfig) -> None:
@@ -317,12 +316,11 @@ def evaluate_defense(
     output: str,
     eval_size: int | None,
 ) -> dict[str, float]:
-    """Utility of one defense operating point on the test split: defender accuracy and perturbation size."""
+    """Utility of one defense operating point on the first ``eval_size`` test examples: ``defender_accuracy``
+    and the perturbation sizes (``l1_mean``, ``l1_std``, …) of :func:`~modelsteal.metrics.defense_cost`."""
     api = PredictionAPI(victim, defense=point_defense(dcfg, strength), output=output)
-    x, y = data.x_test[:eval_size], data.y_test[:eval_size]
-    clean = api.posteriors(x).cpu()
-    defended = api.query(x, client="evaluation").cpu()
-    return {"defender_accuracy": argmax_accuracy(defended, y), **perturbation_summary(clean, defended)}
+    cost = defense_cost(api, data.x_test[:eval_size], data.y_test[:eval_size])
+    return {k: v for k, v in cost.items() if k not in ("victim_accuracy", "label_agreement")}
 
 
 def run_point(
@@ -417,13 +415,15 @@ class SweepInputs(NamedTuple):
 
 
 def prepare_sweep(cfg: SweepConfig, *, out_dir: Path, device: torch.device, progress: bool = True) -> SweepInputs:
-    """Build the transfer and seed sets of ``cfg``, build every attack once (so a bad option value is an error
-    before any training), then load or train the victim (:func:`load_or_train_victim`)."""
+    """Check the output format and every defense against the dataset's number of classes, build the transfer
+    and seed sets of ``cfg`` and every attack once (so a bad option value is an error before any training), then
+    load or train the victim (:func:`load_or_train_victim`)."""
     v = cfg.victim
     data = load_dataset(v.dataset, data_dir=v.data_dir, seed=v.seed)
     output = make_output(cfg.output)
     if output.kind == "top-k" and output.k > data.num_classes:
         raise ConfigError(f"output: top-{output.k} asks for more classes than {data.name} has ({data.num_classes})")
+    _check_defense_classes(cfg, num_classes=data.num_classes)
     transfer, seeds = build_transfer_set(cfg.transfer, victim_data=data), seed_set(cfg.transfer, victim_data=data)
     for i, acfg in enumerate(cfg.attacks):
         try:
@@ -432,6 +432,19 @@ def prepare_sweep(cfg: SweepConfig, *, out_dir: Path, device: torch.device, prog
             raise ConfigError(f"attacks[{i}] ({acfg.name}): {e}") from None
     victim, _, acc, _ = load_or_train_victim(v, out_dir=out_dir, device=device, progress=progress, data=data)
     return SweepInputs(victim, data, acc, transfer, seeds)
+
+
+def _check_defense_classes(cfg: SweepConfig, *, num_classes: int) -> None:
+    """Every defense at every strength accepts a model with ``num_classes`` classes (top-k's ``k``), before any
+    victim is trained; a ``ConfigError`` names the entry."""
+    for i, d in enumerate(cfg.defenses):
+        for strength in d.strengths:
+            defense = point_defense(d, strength)
+            try:
+                if defense is not None:
+                    defense.check_classes(num_classes)
+            except ValueError as e:
+                raise ConfigError(f"defenses[{i}] ({d.name}, strength {strength}): {e}") from None
 
 
 def run_sweep(

@@ -7,6 +7,7 @@ here add ``input_shape`` and ``num_classes`` attributes so a :class:`~modelsteal
 from modelsteal.models.builders import (
     ARCHITECTURES,
     Normalize,
+    architecture_key,
     build_model,
     build_seeded,
     last_linear,
@@ -16,6 +17,6 @@ from modelsteal.models.builders import (
 from modelsteal.models.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = [
-    "ARCHITECTURES", "Normalize", "build_model", "build_seeded", "last_linear", "load_checkpoint", "model_device",
-    "save_checkpoint", "seeded",
+    "ARCHITECTURES", "Normalize", "architecture_key", "build_model", "build_seeded", "last_linear", "load_checkpoint",
+    "model_device", "save_checkpoint", "seeded",
 ]

@@ -172,6 +172,15 @@ def resnet18(input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, n
 ARCHITECTURES: dict[str, Builder] = _BUILDERS.as_dict()  # name -> (input_shape, num_classes) -> (features, head)
 
 
+def architecture_key(arch: Any) -> str:
+    """The registered name ``arch`` means (``resnet-18``, ``ResNet_18``: ``resnet18``); a ``ValueError`` naming
+    the known architectures otherwise (the one check, used by :func:`build_model` and sweep validation)."""
+    key = arch.strip().lower().replace("_", "").replace("-", "") if isinstance(arch, str) else None
+    if key not in _BUILDERS.names():
+        raise _BUILDERS.unknown(arch)
+    return key
+
+
 def build_model(
     arch: str,
     *,
@@ -186,8 +195,8 @@ def build_model(
     ``mean``/``std`` add a :class:`Normalize` front so the model takes raw ``[0, 1]`` inputs. ``seed``
     makes the initialisation reproducible without touching the global RNG.
     """
-    key = arch.strip().lower().replace("_", "").replace("-", "")  # resnet-18, ResNet_18: resnet18
-    builder = _BUILDERS.get(key)  # ValueError naming the known architectures
+    key = architecture_key(arch)
+    builder = _BUILDERS.get(key)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     input_shape = tuple(int(s) for s in input_shape)

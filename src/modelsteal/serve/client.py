@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from modelsteal.blackbox import BudgetExceededError
+from modelsteal.blackbox import BudgetExceededError, QueryCounter, answer_in_batches, as_batch
 from modelsteal.serve import require
 
 
@@ -48,11 +48,12 @@ class KeyBudgetExhaustedError(BudgetExceededError):
     """The server refused a batch because this key's query budget does not cover it."""
 
 
-class HTTPBlackBox:
+class HTTPBlackBox(QueryCounter):
     """A :class:`~modelsteal.BlackBox` answered by a ``modelsteal serve`` instance at ``url``.
 
     ``key`` is the API key (sent as ``Authorization: Bearer``); it *is* the client identity, so the
-    ``client`` argument of :meth:`query` is accepted for the protocol's sake and ignored. ``batch_size`` is
+    ``client`` argument of :meth:`query` only names the local count (:meth:`queries`, ``total_queries``: the
+    rows the server answered, as its ledger counts them; the budget is the server's). ``batch_size`` is
     the number of rows per request (capped by the server's ``max_batch``); ``binary`` sends and receives
     compact base64 float32 instead of nested JSON arrays; ``max_retries`` bounds the retries of one request
     on 429/5xx/connection errors, with backoff ``backoff * 2**attempt`` (capped at ``max_backoff``, jittered).
@@ -102,22 +103,16 @@ class HTTPBlackBox:
             self._http.close()
             raise ValueError(f"{self.url}/v1/info did not describe a modelsteal API: {self.info!r}") from None
         self.batch_size = min(int(batch_size), int(self.info.get("max_batch", batch_size)))
-        self.queries_sent = 0
+        QueryCounter.__init__(self)  # counts what the server answered; the key's budget is the server's
 
     # -- the BlackBox contract -------------------------------------------------------------------------
     def query(self, x: Tensor, *, client: str = "default") -> Tensor:
         """Answer ``x`` ``(N, *input_shape)`` (or one example ``input_shape``) with ``(N, K)`` float32 on CPU."""
         if not isinstance(x, Tensor):
             x = torch.as_tensor(x)
-        x = x.detach().to("cpu", torch.float32)
-        if tuple(x.shape) == self.input_shape:
-            x = x.unsqueeze(0)
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(
-                f"query batch has shape {tuple(x.shape)}; expected (N, {', '.join(map(str, self.input_shape))})"
-            )
-        answers = [self._predict(xb.contiguous()) for xb in x.split(self.batch_size)]
-        return torch.cat(answers) if answers else torch.empty(0, self.num_classes)
+        x = as_batch(x.detach().to("cpu", torch.float32), self.input_shape)
+        return answer_in_batches(x, self.batch_size, lambda xb: self._predict(xb.contiguous(), client=client),
+                                 empty=lambda: torch.empty(0, self.num_classes))
 
     def usage(self) -> dict[str, Any]:
         """This key's usage from ``GET /v1/usage``: ``queries``, ``budget``, ``remaining``, ``flags``."""
@@ -136,7 +131,7 @@ class HTTPBlackBox:
         return f"HTTPBlackBox({self.url!r}, defense={self.info.get('defense', {}).get('name')!r})"
 
     # -- transport ---------------------------------------------------------------------------------------
-    def _predict(self, xb: Tensor) -> Tensor:
+    def _predict(self, xb: Tensor, *, client: str) -> Tensor:
         n = int(xb.shape[0])
         if self.binary:
             blob = xb.numpy().astype("<f4", copy=False).tobytes()
@@ -149,7 +144,7 @@ class HTTPBlackBox:
         if out.shape != (n, self.num_classes):
             raise ServerError(f"server answered shape {tuple(out.shape)} for a batch of {n}; expected ({n}, "
                               f"{self.num_classes})")
-        self.queries_sent += n
+        self.record(client, n)
         return out
 
     def _request(self, method: str, path: str, *, retry_unreachable: bool = True, **kwargs: Any) -> dict[str, Any]:

@@ -7,7 +7,6 @@ feature. It is a :class:`~modelsteal.BlackBox`, the victim of path finding.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import torch
@@ -15,10 +14,10 @@ from torch import Tensor
 
 from modelsteal.attacks.tramer.oracles.sklearn_victim import _split_pipeline, victim_kind
 from modelsteal.attacks.tramer.oracles.tabular import TabularTree
-from modelsteal.blackbox import BudgetExceededError
+from modelsteal.blackbox import QueryCounter, as_batch
 
 
-class TreeOracle:
+class TreeOracle(QueryCounter):
     """A decision tree behind a leaf-identity API (Tramèr et al., Sec. 4.2), a :class:`~modelsteal.BlackBox`.
 
     ``query(x)`` returns ``(N, 3)`` float64 rows ``[id, label, confidence]`` (``(N, 2)`` without
@@ -39,8 +38,7 @@ class TreeOracle:
                  budget: int | None = None) -> None:
         if identity not in ("leaf", "output"):
             raise ValueError(f"unknown identity {identity!r}; known: leaf, output")
-        if budget is not None and budget < 0:
-            raise ValueError(f"budget must be >= 0, got {budget}")
+        super().__init__(budget=budget)
         if isinstance(tree, TabularTree):
             self.tree = tree
         else:
@@ -52,7 +50,6 @@ class TreeOracle:
         self.identity = identity
         self.confidence = confidence
         self.incomplete = incomplete
-        self.budget = budget
         self.num_classes = self.tree.num_classes
         self.input_shape = self.tree.input_shape
         conf, label = self.tree.value.max(dim=1)
@@ -64,7 +61,6 @@ class TreeOracle:
             keys = [(int(lab), round(float(c), 9)) for lab, c in zip(label, conf, strict=True)]
             table = {k: i for i, k in enumerate(dict.fromkeys(keys))}
             self._ids = torch.tensor([table[k] for k in keys], dtype=torch.float64)
-        self._counts: Counter[str] = Counter()
 
     # -- facts about the victim (for reports, not for attackers) -----------------------------------------
     @property
@@ -83,21 +79,13 @@ class TreeOracle:
         """Labels ``(N,)`` of complete inputs (uncounted: for evaluation only)."""
         return self._label[self.tree.apply(torch.as_tensor(x))].long()
 
-    def queries(self, client: str = "default") -> int:
-        return self._counts[client]
-
     def query(self, x: Tensor, *, client: str = "default") -> Tensor:
         """Answer ``(N, d)`` queries (NaN = missing feature) with ``[id, label, confidence]`` rows."""
-        x = torch.as_tensor(x)
-        if x.ndim == 1:
-            x = x.unsqueeze(0)
-        n = int(x.shape[0])
-        if self.budget is not None and self._counts[client] + n > self.budget:
-            raise BudgetExceededError(f"client {client!r} asked for {n} queries with "
-                                      f"{self.budget - self._counts[client]} of its budget of {self.budget} left")
+        x = as_batch(x, self.input_shape, finite=False)
+        self.reserve(client, len(x))
         node = self.tree.apply(x, incomplete=self.incomplete)
         cols = [self._ids[node], self._label[node]] + ([self._conf[node]] if self.confidence else [])
-        self._counts[client] += n
+        self.record(client, len(x))
         return torch.stack(cols, dim=1)
 
     def __repr__(self) -> str:
