@@ -319,7 +319,70 @@ def forbid_training(monkeypatch):
     ({"victim": {"dataset": "digitz"}}, ("victim.dataset", "unknown dataset 'digitz'")),
     ({"transfer": {"source": "dataset", "dataset": ["digits", "nope"]}}, ("transfer.dataset", "'nope'")),
     ({"victim": {"dataset": "digits", "epochs": 0}}, ("victim.epochs must be >= 1",)),
+    ({"defenses": [{"name": "none", "strengths": [0.5]}]}, ("defenses[0] (none, strength 0.5)", "no strength")),
+    ({"defenses": [{"name": "none", "options": {"norm": "l2"}}]}, ("takes no strength or options", "norm")),
 ])
 def test_a_bad_sweep_config_is_rejected_before_any_training(change, words, tmp_path, capsys, forbid_training):
     cfg = _write(tmp_path, {**TINY, **change})
     one_line_error(capsys, ["sweep", cfg, "--out", tmp_path / "o", "--quiet"], *words)
+    assert not (tmp_path / "o").exists()  # no output folder for a config that was refused
+
+
+# -- review fixes -------------------------------------------------------------------------------------------
+def _no_queries(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the victim was queried")
+
+    monkeypatch.setattr(PredictionAPI, "query", fail)
+
+
+def test_an_unknown_clone_architecture_fails_before_any_query(ckpt, capsys, monkeypatch):
+    _no_queries(monkeypatch)
+    one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--clone", "vgg"],
+                   "unknown architecture 'vgg'", "known architectures: cnn, lenet")
+
+
+def test_the_none_defense_refuses_a_strength(ckpt, capsys, monkeypatch):
+    _no_queries(monkeypatch)
+    one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--strength", "0.3"],
+                   "defense 'none' takes no strength or options, got strength")
+
+
+def test_flag_backed_attack_options_are_not_listed_as_valid(ckpt, capsys, monkeypatch):
+    _no_queries(monkeypatch)
+    line = one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--attack-option", "lables=soft"],
+                          "unknown option lables", "valid: queries_per_image")
+    assert "labels" not in line.split("valid:")[1]
+
+
+def test_an_internal_key_error_or_connection_reset_keeps_its_traceback(capsys, monkeypatch):
+    import modelsteal.cli.datasets as datasets_cli
+
+    for error in (KeyError("oops"), ConnectionResetError("reset")):
+        def broken(args, error=error):
+            raise error
+
+        monkeypatch.setattr(datasets_cli, "run", broken)
+        with pytest.raises(type(error)):
+            main(["datasets"])
+        assert "error:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("spec", "options", "words"), [
+    ("top-3", {"k": 5}, "already sets k=3; k=5 contradicts it"),
+    ("rounded", {"k": 2}, "option k applies to top-k only"),
+    ("probs", {"decimals": 2}, "option decimals applies to rounded only"),
+])
+def test_output_options_belong_to_their_format(spec, options, words):
+    from modelsteal.outputs import make_output
+
+    with pytest.raises(ValueError, match=words):
+        make_output(spec, **options)
+    assert make_output("top-3", k=3).k == 3 and make_output("rounded", decimals=3).decimals == 3
+
+
+def test_tramer_json_reports_saturated_answers_and_probes(iris_lr, capsys):
+    rc = main(["tramer", "--victim", str(iris_lr), "--dataset", "iris", "--attack", "equation-solving",
+               "--unif", "200"])
+    record = json.loads(capsys.readouterr().out)
+    assert rc == 0 and (record["saturated"], record["probes"], record["queries"]) == (0, 0, 5)

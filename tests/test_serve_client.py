@@ -178,3 +178,14 @@ def test_mad_runs_behind_the_app_and_answers_like_in_process(tmp_path):
     store.close()
     assert torch.allclose(got, expected, rtol=0, atol=1e-6), (got - expected).abs().max()
     assert not torch.allclose(expected, PredictionAPI(model).query(x))
+
+
+def test_client_queries_left_is_the_servers_remaining_budget():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/info":
+            return httpx.Response(200, json=INFO)
+        assert request.url.path == "/v1/usage"
+        return httpx.Response(200, json={"queries": 7, "budget": 10, "remaining": 3, "flags": 0})
+
+    bb = _bb(httpx.MockTransport(handler))
+    assert bb.queries_left() == 3 and bb.queries() == 0  # the ledger's figure, not the local count (None)

@@ -64,8 +64,9 @@ class QueryCounter:
     take ``client`` past the optional per-client ``budget`` (nothing is answered or counted then);
     :meth:`record` counts rows once they are answered. :class:`PredictionAPI` and the tree oracle of
     :mod:`modelsteal.attacks.tramer` reserve a whole batch and record it after every sub-batch succeeded (a
-    batch that fails is not counted); the HTTP client records each request the server answered (its ledger
-    counts the same rows) and leaves the budget to the server.
+    batch that fails is not counted); the HTTP client records each request the server answered and leaves the
+    budget to the server (the ledger counts the same rows, except a request retried after its answer was lost
+    in transit, which the server may have counted twice).
     """
 
     def __init__(self, *, budget: int | None = None) -> None:

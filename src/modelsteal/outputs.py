@@ -95,12 +95,18 @@ def make_output(
     name = spec.strip().lower().replace("_", "-")
     if name in ("label-only", "argmax", "labels"):
         name = "label"
-    if name.startswith("top-") and name[4:].isdigit():
-        k, name = int(name[4:]), "top-k"
-    if name.startswith("rounded-") and name[8:].isdigit():
-        decimals, name = int(name[8:]), "rounded"
+    for prefix, kind, option, given in (("top-", "top-k", "k", k), ("rounded-", "rounded", "decimals", decimals)):
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            value = int(name[len(prefix):])
+            if given is not None and given != value:
+                raise ValueError(f"output {spec!r} already sets {option}={value}; {option}={given} contradicts it")
+            name = kind
+            k, decimals = (value, decimals) if option == "k" else (k, value)
     if name not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {spec!r}; known: {', '.join(OUTPUT_FORMATS)} (or top-N, rounded-N)")
+    for option, value, owner in (("k", k, "top-k"), ("decimals", decimals, "rounded")):
+        if value is not None and name != owner:
+            raise ValueError(f"output option {option} applies to {owner} only, not to output {spec!r}")
     for option, value, low in (("k", k, 1), ("decimals", decimals, 0)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise ValueError(f"output {spec!r}: {option} must be an integer >= {low}, got {value!r}")

@@ -6,13 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from modelsteal.attacks.base import Attack, StealResult, image_attacks
+from modelsteal._registry import check_options
+from modelsteal.attacks.base import Attack, StealResult, attack_class, image_attacks
 from modelsteal.blackbox import BlackBox, PredictionAPI
 from modelsteal.cli._common import add_device, number, parse_options
 from modelsteal.data import load_dataset
 from modelsteal.defenses import make_defense
 from modelsteal.experiment.config import AttackConfig, TransferConfig
-from modelsteal.experiment.sweep import build_attack, resolve_device
+from modelsteal.experiment.sweep import ATTACK_PROVIDED, build_attack, resolve_device
 from modelsteal.experiment.transfer import build_transfer_set, seed_set
 from modelsteal.metrics import attacker_accuracy, defense_cost, fidelity
 from modelsteal.models import load_checkpoint
@@ -102,7 +103,7 @@ def check_key_budget(usage: dict, *, budget: int) -> None:
 
 def _steal(attack: Attack, blackbox: BlackBox, *, budget: int, seed: int) -> StealResult:
     """Run the attack; a server that refuses to answer mid-attack is a one-line error, not a traceback."""
-    from modelsteal.serve.client import KeyBudgetExhaustedError, ServerError
+    from modelsteal.serve.client import KeyBudgetExhaustedError, ServerError, ServerUnreachableError
 
     try:
         return attack(blackbox, budget=budget, seed=seed)
@@ -112,28 +113,32 @@ def _steal(attack: Attack, blackbox: BlackBox, *, budget: int, seed: int) -> Ste
                          "else may be using this key: check `/v1/usage`; no clone was trained") from None
     except ServerError as e:
         got = getattr(blackbox, "total_queries", 0)
-        raise ConnectionError(f"the server stopped answering after {got} of --budget {budget} queries: {e}") from None
+        raise ServerUnreachableError(
+            f"the server stopped answering after {got} of --budget {budget} queries: {e}"
+        ) from None
 
 
 #: attack options that have a flag of their own: ``--attack-option labels=argmax`` would silently override it
 FLAG_OPTIONS = {"labels": "--labels", "clone": "--clone", "device": "--device"}
 
 
-def attack_options(pairs: list[str]) -> dict[str, object]:
-    """The ``--attack-option K=V`` pairs as a dict; one that duplicates a dedicated flag is a ``ValueError``
-    naming the flag to use."""
+def attack_options(pairs: list[str], *, attack: str) -> dict[str, object]:
+    """The ``--attack-option K=V`` pairs as a dict, checked against ``attack``'s constructor; one that
+    duplicates a dedicated flag is a ``ValueError`` naming the flag to use (and such options are not listed
+    as valid ones)."""
     options = parse_options(pairs, flag="--attack-option")
     for key, flag in FLAG_OPTIONS.items():
         if key in options:
             raise ValueError(f"--attack-option {key}={options[key]} duplicates {flag}; pass {flag} "
                              f"{options[key]} instead")
+    check_options(attack_class(attack), options, kind="attack", provided=(*ATTACK_PROVIDED, *FLAG_OPTIONS))
     return options
 
 
 def run(args: argparse.Namespace) -> int:
     if args.budget < 1:
         raise ValueError(f"--budget must be positive, got {args.budget}")
-    options = attack_options(args.attack_option)
+    options = attack_options(args.attack_option, attack=args.attack)
     device = resolve_device(args.device)
     blackbox, victim, meta = _blackbox(args, device)
     dataset = args.dataset or meta.get("dataset")

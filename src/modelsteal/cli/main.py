@@ -17,7 +17,17 @@ from collections.abc import Sequence
 
 import modelsteal.cli as cli_pkg
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError, ConnectionError)
+#: what a user can fix; a ``ConnectionError`` only when it is the HTTP client's "server unreachable" (a stray
+#: ``ConnectionResetError`` inside the code is a bug and keeps its traceback), never a ``KeyError``.
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, ConnectionError)
+
+
+def _is_user_error(error: BaseException) -> bool:
+    if not isinstance(error, ConnectionError):
+        return True
+    from modelsteal.serve.client import ServerUnreachableError
+
+    return isinstance(error, ServerUnreachableError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except USER_ERRORS as e:
         close_progress_bars()
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"modelsteal {args.command}: error: {msg}", file=sys.stderr)
+        if not _is_user_error(e):
+            raise
+        print(f"modelsteal {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         close_progress_bars()

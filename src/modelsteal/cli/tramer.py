@@ -163,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         record = attack_estimator(est, data, args)
     except BudgetExceededError as e:
-        raise ValueError(f"--budget {args.budget} is too small for {args.attack}: {e}") from None
+        given = f"--budget {args.budget}" if args.budget else "the default budget"
+        raise ValueError(f"{given} is too small for {args.attack}: {e}; pass a larger --budget") from None
     except ValueError as e:
         raise ValueError(cli_message(str(e))) from None
     text = json.dumps(_jsonable(record), indent=2)
@@ -254,7 +255,8 @@ def attack_estimator(est: Any, data: Any, args: argparse.Namespace) -> dict[str,
         check_budget(attack, args.budget)
         budget = args.budget or (d + 1 if attack.method == "exact" else attack.unknowns(k))
         result = attack(api, budget=budget, seed=args.seed)
-        record.update(method=attack.method, unknowns=result.info["unknowns"], solver_time_s=result.info["time_s"])
+        record.update(method=attack.method, unknowns=result.info["unknowns"], solver_time_s=result.info["time_s"],
+                      saturated=result.info.get("saturated", 0), probes=result.info.get("probes", 0))
         labels_only = output == "label"
     elif args.attack == "lowd-meek":
         from modelsteal.attacks.tramer.lowd_meek import LowdMeek

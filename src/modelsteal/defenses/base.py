@@ -125,6 +125,9 @@ def make_defense(name: str, *, strength: float | None = None, **options: Any) ->
     what is accepted (checked before the constructor runs, see :func:`defense_options`).
     """
     if name.strip().lower() in ("none", "undefended"):
+        if strength is not None or options:
+            given = ", ".join((["strength"] if strength is not None else []) + sorted(options))
+            raise ValueError(f"defense {name!r} takes no strength or options, got {given}")
         return None
     cls, kwargs = defense_options(name, strength=strength, options=options)
     return cls(**kwargs)

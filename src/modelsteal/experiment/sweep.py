@@ -230,7 +230,9 @@ def validate_sweep(cfg: SweepConfig) -> None:
             try:
                 if is_recipe_defense(d):
                     victim_recipe(defended_victim_config(cfg.victim, d, strength))
-                elif d.name.strip().lower() not in ("none", "undefended"):  # cheap: defenses fit in bind()
+                elif d.name.strip().lower() in ("none", "undefended"):
+                    make_defense(d.name, strength=strength, **d.options)  # refuses a strength or options
+                else:  # cheap: defenses fit in bind()
                     cls, kwargs = defense_options(d.name, strength=strength, options=d.options,
                                                   hint=_SWEEP_STRENGTH_HINT)
                     cls(**kwargs)
@@ -280,6 +282,9 @@ def build_attack(
     if cls.modality != "images":
         raise ValueError(f"attack {acfg.name!r} extracts tabular models; run it with `modelsteal tramer`")
     check_options(cls, acfg.options, kind="attack", provided=ATTACK_PROVIDED)
+    clone = acfg.clone or victim_arch
+    if isinstance(clone, str):  # before any query: a typo must not spend the budget
+        check_architecture(clone)
     params = constructor_parameters(cls) or {}
     kwargs: dict[str, Any] = dict(acfg.options)
     if "transfer_set" in params:
@@ -290,7 +295,7 @@ def build_attack(
         kwargs["transfer_labels"] = transfer[1]
     if "seed_set" in params:
         kwargs["seed_set"] = seeds
-    return cls(clone=acfg.clone or victim_arch, train=_check_train(acfg.train), device=device, **kwargs)
+    return cls(clone=clone, train=_check_train(acfg.train), device=device, **kwargs)
 
 
 def _points(cfg: SweepConfig) -> Iterator[tuple[DefenseConfig, float | None, AttackConfig, int, int]]:
@@ -456,8 +461,8 @@ def run_sweep(
     validate_sweep(cfg)
     dev = resolve_device(cfg.device)
     out = Path(out_dir)
-    (out / "points").mkdir(parents=True, exist_ok=True)
     victim, data, victim_acc, transfer, seeds = prepare_sweep(cfg, out_dir=out, device=dev, progress=progress)
+    (out / "points").mkdir(parents=True, exist_ok=True)  # only once the whole config has been accepted
     recipe_victims: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
     points = list(_points(cfg))
     utility_cache: dict[str, dict[str, float]] = {}

@@ -41,7 +41,8 @@ class ServerError(RuntimeError):
 
 
 class ServerUnreachableError(ConnectionError):
-    """Nothing answers at the server's address (connection refused, unknown host) on the first contact."""
+    """Nothing answers at the server's address (connection refused, unknown host) on the first contact, or the
+    server stopped answering mid-run: a condition the user fixes, shown as one line by the CLI."""
 
 
 class KeyBudgetExhaustedError(BudgetExceededError):
@@ -113,6 +114,11 @@ class HTTPBlackBox(QueryCounter):
         x = as_batch(x.detach().to("cpu", torch.float32), self.input_shape)
         return answer_in_batches(x, self.batch_size, lambda xb: self._predict(xb.contiguous(), client=client),
                                  empty=lambda: torch.empty(0, self.num_classes))
+
+    def queries_left(self, client: str = "default") -> int | None:
+        """What this key may still spend, from the server's ledger (``GET /v1/usage``; ``None``: no budget)."""
+        left = self.usage().get("remaining")
+        return None if left is None else int(left)
 
     def usage(self) -> dict[str, Any]:
         """This key's usage from ``GET /v1/usage``: ``queries``, ``budget``, ``remaining``, ``flags``."""

@@ -441,5 +441,6 @@ class _Shrink:
         return ValueError(f"exact equation solving needs strictly positive probabilities: {self.saturated} of the "
                           f"{self.attack.space.dim + 1} answers saturated (a probability below {self.floor:.3g}), "
                           f"and moving them toward an interior answer needs {need} more {queries}, with "
-                          f"{v.remaining} of the budget ({v.budget}) left ({v.used} spent); raise the budget, or use "
-                          "method='optimize' (rounded or label-only answers)")
+                          f"{v.remaining} of the budget ({v.budget}) left ({v.used} spent); for rounded or label-only "
+                          "answers use method='optimize' (zeros there come from rounding, not from the model), "
+                          "otherwise raise the budget")

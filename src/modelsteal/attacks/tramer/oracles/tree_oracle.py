@@ -81,7 +81,8 @@ class TreeOracle(QueryCounter):
 
     def query(self, x: Tensor, *, client: str = "default") -> Tensor:
         """Answer ``(N, d)`` queries (NaN = missing feature) with ``[id, label, confidence]`` rows."""
-        x = as_batch(x, self.input_shape, finite=False)
+        x = torch.as_tensor(x)
+        x = as_batch(x if x.is_floating_point() else x.double(), self.input_shape, finite=False)  # ints exact
         self.reserve(client, len(x))
         node = self.tree.apply(x, incomplete=self.incomplete)
         cols = [self._ids[node], self._label[node]] + ([self._conf[node]] if self.confidence else [])
