@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="torch CPU threads (default: torch's choice; 1 is fastest on a machine busy with other jobs)",
     )
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic kernels only (torch.use_deterministic_algorithms), cuDNN autotuning off, "
+        "fixed thread count (--threads, default 1); same inputs give bit-identical results on one machine",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(cli_pkg.__path__), key=lambda m: m.name):
         if info.name in ("main",) or info.name.startswith("_"):
@@ -65,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.deterministic:
+        from modelsteal.determinism import enable_determinism
+
+        enable_determinism(threads=args.threads)
     try:
         return int(args._run(args) or 0)
     except BrokenPipeError:  # output piped into `head` and friends (a ConnectionError: caught first)

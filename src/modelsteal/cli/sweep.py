@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from modelsteal.cli._common import add_device
+from modelsteal.determinism import enable_determinism
 from modelsteal.experiment import SweepConfig, load_config, run_sweep
 from modelsteal.experiment.results import format_table
 
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(records))
         print(f"\n{len(records)} finished point(s) of {cfg.name} in {args.out}")
         return 0
+    if cfg.deterministic:  # the config's `deterministic: true`, as `modelsteal --deterministic` (idempotent)
+        enable_determinism(threads=getattr(args, "threads", None))
     records = run_sweep(
         cfg,
         out_dir=args.out,

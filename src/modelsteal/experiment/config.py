@@ -152,6 +152,9 @@ class SweepConfig:
     output: str = "probs"
     device: str = "auto"
     eval_size: int | None = None
+    #: run with :func:`modelsteal.determinism.enable_determinism` (deterministic kernels, fixed threads);
+    #: not part of any cache key, so switching it keeps the finished points
+    deterministic: bool = False
 
     def with_budgets(self, budgets: list[int]) -> SweepConfig:
         return replace(self, budgets=list(budgets))
@@ -195,12 +198,14 @@ def parse_config(raw: dict[str, Any]) -> SweepConfig:
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
         raise ConfigError(f"seeds must be a non-empty list of integers, got {seeds!r}")
-    rest = {k: raw[k] for k in ("name", "output", "device", "eval_size") if k in raw}
+    rest = {k: raw[k] for k in ("name", "output", "device", "eval_size", "deterministic") if k in raw}
     for key in ("name", "output", "device"):
         if key in rest and not isinstance(rest[key], str):
             raise ConfigError(f"{key} must be a string, got {rest[key]!r}")
     if rest.get("eval_size") is not None and not (_is_int(rest["eval_size"]) and rest["eval_size"] > 0):
         raise ConfigError(f"eval_size must be a positive integer or null, got {rest['eval_size']!r}")
+    if not isinstance(rest.get("deterministic", False), bool):
+        raise ConfigError(f"deterministic must be true or false, got {rest['deterministic']!r}")
     return SweepConfig(
         victim=_take(raw.get("victim", {}), VictimConfig, "victim"),
         transfer=_take(raw.get("transfer", {}), TransferConfig, "transfer"),

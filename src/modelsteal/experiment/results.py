@@ -1,8 +1,10 @@
-"""Writing sweep records: ``results.csv`` with fixed leading columns, and a plain-text table."""
+"""Writing sweep records: ``results.csv`` with fixed leading columns, ``provenance.json`` beside it (what the
+results were made with), and a plain-text table."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +38,29 @@ def write_results(records: Sequence[dict[str, Any]], out_dir: str | Path) -> Pat
         w.writeheader()
         for r in records:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS + extra})
+    tmp.replace(path)
+    return path
+
+
+#: the file beside ``results.csv`` that records the victim's SHA-256, the environment and each point's wall time
+PROVENANCE_FILE = "provenance.json"
+
+
+def read_provenance(out_dir: str | Path) -> dict[str, Any]:
+    """``out_dir/provenance.json`` as a mapping (empty when there is none yet)."""
+    path = Path(out_dir) / PROVENANCE_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_provenance(provenance: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write ``out_dir/provenance.json`` atomically, with the per-point wall times summed (``wall_seconds_total``
+    over ``points_timed`` points of ``provenance["points"]``)."""
+    points = provenance.get("points", {})
+    times = [p["wall_seconds"] for p in points.values() if isinstance(p.get("wall_seconds"), int | float)]
+    data = {**provenance, "points_timed": len(times), "wall_seconds_total": round(sum(times), 3)}
+    path = Path(out_dir) / PROVENANCE_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     tmp.replace(path)
     return path
 

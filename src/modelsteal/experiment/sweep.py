@@ -5,11 +5,16 @@ is rewritten after every point, so an interrupted or repeated sweep recomputes n
 The victim is trained once and cached as ``DIR/victim-<key>.pt``, or at ``victim.checkpoint`` when given (an
 existing checkpoint there is reused as is, so several configs can share one victim).
 Every budget's clone is trained from scratch (no warm start from a smaller budget).
+``DIR/provenance.json`` records what the results were made with: the victim file's SHA-256 (each row of
+``results.csv`` also carries its own, column ``victim_sha256``), the config hash, the git commit, library
+versions, threads, CPU and oneDNN ISA, and each point's wall time (:mod:`modelsteal.experiment.environment`).
+A sweep into a directory recorded with another victim says so in one line on stderr.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, replace
@@ -26,6 +31,7 @@ from modelsteal.blackbox import PredictionAPI
 from modelsteal.data import DatasetSplits, available_datasets, load_dataset
 from modelsteal.defenses import available_defenses, make_defense
 from modelsteal.defenses.base import defense_options
+from modelsteal.determinism import enable_determinism
 from modelsteal.experiment.config import (
     AttackConfig,
     ConfigError,
@@ -34,7 +40,8 @@ from modelsteal.experiment.config import (
     VictimConfig,
     point_key,
 )
-from modelsteal.experiment.results import write_results
+from modelsteal.experiment.environment import environment, file_sha256
+from modelsteal.experiment.results import read_provenance, write_provenance, write_results
 from modelsteal.experiment.transfer import build_transfer_set, seed_set
 from modelsteal.metrics import angular_deviation, attacker_accuracy, defense_cost, fidelity, perturbation_summary
 from modelsteal.models import architecture_key, build_model, load_checkpoint, save_checkpoint
@@ -452,6 +459,57 @@ def _check_defense_classes(cfg: SweepConfig, *, num_classes: int) -> None:
                 raise ConfigError(f"defenses[{i}] ({d.name}, strength {strength}): {e}") from None
 
 
+def config_hash(cfg: SweepConfig) -> str:
+    """The sweep's identity as :func:`point_key` hashes it: every field of the config as run (overrides of
+    budgets, seeds, ``--only`` and the device included)."""
+    return point_key(asdict(cfg))
+
+
+def warn_victim_change(out: Path, path: Path, *, recorded: str | None, now: str) -> bool:
+    """One line on stderr when ``out`` was recorded with victim SHA-256 ``recorded`` and ``path`` now has
+    ``now`` (a warning: the sweep goes on, its new rows carry the new hash); whether it warned."""
+    if recorded is None or recorded == now:
+        return False
+    print(f"warning: {out} was recorded with victim sha256 {recorded[:12]}, but {path} now has {now[:12]}; "
+          "rows made with each are marked in results.csv column victim_sha256", file=sys.stderr)
+    return True
+
+
+def start_provenance(cfg: SweepConfig, *, out: Path, device: torch.device, victim_path: Path) -> dict[str, Any]:
+    """``out``'s provenance updated for this run: the victim's SHA-256 (warning once when it differs from the
+    recorded one; the old value kept in ``previous_victim_sha256``), the config hash and this environment;
+    per-point entries of earlier runs are kept."""
+    prov = read_provenance(out)
+    sha = file_sha256(victim_path)
+    previous = list(prov.get("previous_victim_sha256", []))
+    if warn_victim_change(out, victim_path, recorded=prov.get("victim_sha256"), now=sha):
+        previous.append(prov["victim_sha256"])
+    env = environment(device=device)
+    environments = dict(prov.get("environments", {}))
+    environments[point_key(env)] = env
+    prov.update({
+        "config_name": cfg.name,
+        "config_hash": config_hash(cfg),
+        "victim_path": str(victim_path),
+        "victim_sha256": sha,
+        "previous_victim_sha256": previous,
+        "victims": {**prov.get("victims", {}), str(victim_path): sha},
+        "environment": env,
+        "environment_id": point_key(env),
+        "environments": environments,
+        "points": dict(prov.get("points", {})),
+    })
+    return prov
+
+
+def _recipe_victim_sha(prov: dict[str, Any], path: Path, *, out: Path) -> str:
+    """The SHA-256 of a recipe defense's victim at ``path``, checked against (and recorded in) ``prov``."""
+    sha = file_sha256(path)
+    warn_victim_change(out, path, recorded=prov["victims"].get(str(path)), now=sha)
+    prov["victims"][str(path)] = sha
+    return sha
+
+
 def run_sweep(
     cfg: SweepConfig, *, out_dir: str | Path, progress: bool = True, device: str | None = None, plots: bool = True
 ) -> list[dict[str, Any]]:
@@ -459,11 +517,16 @@ def run_sweep(
     if device is not None:
         cfg = replace(cfg, device=str(device))
     validate_sweep(cfg)
+    if cfg.deterministic:  # also for Python callers; keeps the thread count already set (idempotent)
+        enable_determinism(threads=torch.get_num_threads())
     dev = resolve_device(cfg.device)
     out = Path(out_dir)
     victim, data, victim_acc, transfer, seeds = prepare_sweep(cfg, out_dir=out, device=dev, progress=progress)
     (out / "points").mkdir(parents=True, exist_ok=True)  # only once the whole config has been accepted
-    recipe_victims: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
+    main_path = victim_checkpoint_path(cfg.victim, out_dir=out, key=point_key(cfg.victim.identity()))
+    prov = start_provenance(cfg, out=out, device=dev, victim_path=main_path)
+    write_provenance(prov, out)
+    recipe_victims: dict[str, tuple[nn.Module, dict[str, Any], str]] = {}
     points = list(_points(cfg))
     utility_cache: dict[str, dict[str, float]] = {}
     records: list[dict[str, Any]] = []
@@ -473,23 +536,26 @@ def run_sweep(
 
         bar = tqdm(points, desc=f"sweep {cfg.name}", unit="point")
     for dcfg, strength, acfg, budget, seed in bar:
-        path = out / "points" / f"{sweep_point_key(cfg, dcfg, strength, acfg, budget, seed)}.json"
+        key = sweep_point_key(cfg, dcfg, strength, acfg, budget, seed)
+        path = out / "points" / f"{key}.json"
         legacy = out / "points" / f"{sweep_point_key(cfg, dcfg, strength, acfg, budget, seed, legacy=True)}.json"
         if not path.exists() and legacy.exists():  # cached under the key that included the strength list
             legacy.replace(path)
         if path.exists():
             records.append(json.loads(path.read_text()))
             continue
-        point_victim, facts = victim, {}
+        point_victim, facts, victim_sha = victim, {}, prov["victim_sha256"]
         if is_recipe_defense(dcfg):  # the defense is how the victim is trained: one victim per strength
             vcfg = defended_victim_config(cfg.victim, dcfg, strength)
             vkey = point_key(vcfg.identity())
             if vkey not in recipe_victims:
                 model, _, _, meta = load_or_train_victim(vcfg, out_dir=out, device=dev, progress=progress, data=data)
-                recipe_victims[vkey] = (model, meta)
-            point_victim, meta = recipe_victims[vkey]
+                vsha = _recipe_victim_sha(prov, victim_checkpoint_path(vcfg, out_dir=out, key=vkey), out=out)
+                recipe_victims[vkey] = (model, meta, vsha)
+            point_victim, meta, victim_sha = recipe_victims[vkey]
             if "dp" in meta:
                 facts = {"victim_dp_epsilon": meta["dp"]["epsilon"], "victim_dp_delta": meta["dp"]["delta"]}
+        t0 = time.perf_counter()
         ukey = point_key(asdict(dcfg), strength)
         if ukey not in utility_cache:
             utility_cache[ukey] = evaluate_defense(
@@ -505,16 +571,22 @@ def run_sweep(
             "victim_accuracy": victim_acc,
             **utility_cache[ukey],
             **facts,
+            "victim_sha256": victim_sha,
         }
         rec.update(
             run_point(point_victim, data, cfg, dcfg, strength, acfg, budget, seed, transfer=transfer, seeds=seeds,
                       device=dev)
         )
+        rec["wall_seconds"] = round(time.perf_counter() - t0, 3)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec, indent=1))
         tmp.replace(path)
         records.append(rec)
         write_results(records, out)
+        prov["points"][key] = {"wall_seconds": rec["wall_seconds"], "victim_sha256": victim_sha,
+                               "environment_id": prov["environment_id"],
+                               **{k: rec[k] for k in ("defense", "strength", "attack", "budget", "seed")}}
+        write_provenance(prov, out)
     write_results(records, out)
     if plots:
         from modelsteal.experiment.plots import plot_sweep
