@@ -490,6 +490,7 @@ def start_provenance(cfg: SweepConfig, *, out: Path, device: torch.device, victi
     prov.update({
         "config_name": cfg.name,
         "config_hash": config_hash(cfg),
+        "config": asdict(cfg),  # what `modelsteal reproduce` re-runs points from
         "victim_path": str(victim_path),
         "victim_sha256": sha,
         "previous_victim_sha256": previous,
