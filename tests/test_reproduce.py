@@ -77,3 +77,9 @@ def test_results_without_a_recorded_config_or_a_matching_row_are_one_line_errors
     one_line_error(capsys, ["reproduce", out], "does not record the config")
     one_line_error(capsys, ["reproduce", tmp_path], "has no results.csv")
     one_line_error(capsys, ["reproduce", COMMITTED, "--points", "0"], "--points must be >= 1")
+
+
+def test_a_corrupt_provenance_file_is_one_line_naming_it(tmp_path, capsys):
+    out = _copy(tmp_path)
+    (out / "provenance.json").write_text('{"config": ')
+    one_line_error(capsys, ["reproduce", out], "provenance.json is not valid JSON", "line 1, column")

@@ -49,7 +49,13 @@ PROVENANCE_FILE = "provenance.json"
 def read_provenance(out_dir: str | Path) -> dict[str, Any]:
     """``out_dir/provenance.json`` as a mapping (empty when there is none yet)."""
     path = Path(out_dir) / PROVENANCE_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); restore it "
+                         "from version control or delete it to start a new record") from None
 
 
 def write_provenance(provenance: dict[str, Any], out_dir: str | Path) -> Path:

@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -104,14 +105,12 @@ def train_victim(
 
 def victim_recipe(v: VictimConfig) -> Recipe:
     """The victim's training recipe, made (and so validated) from its config; a ``ConfigError`` names the key."""
-    try:
+    with _entry("victim.recipe"):
         recipe = make_recipe(v.recipe_name, **v.recipe_options)
         check = getattr(recipe, "check_victim_data", None)
         if check is not None:
             check(v.dataset)
-        return recipe
-    except ValueError as e:
-        raise ConfigError(f"victim.recipe: {e}") from None
+    return recipe
 
 
 def recipe_checkpoint_meta(history: TrainHistory, recipe: Recipe) -> dict[str, Any]:
@@ -138,11 +137,9 @@ def victim_checkpoint_path(v: VictimConfig, *, out_dir: Path, key: str) -> Path:
 def victim_train_config(v: VictimConfig) -> TrainConfig:
     """The victim's optimisation settings; a ``ConfigError`` names a wrong one (and ``epochs`` must be >= 1: an
     untrained victim is never saved)."""
-    try:
+    with _entry("victim"):
         config = TrainConfig(epochs=v.epochs, lr=v.lr, momentum=v.momentum, batch_size=v.batch_size,
                              weight_decay=v.weight_decay, lr_step=v.lr_step)
-    except ValueError as e:
-        raise ConfigError(f"victim: {e}") from None
     if config.epochs < 1:
         raise ConfigError(f"victim.epochs must be >= 1 (0 would save an untrained victim), got {config.epochs}")
     return config
@@ -217,24 +214,18 @@ def validate_sweep(cfg: SweepConfig) -> None:
     """Check everything a sweep will build before any data is loaded or model trained: the device, the
     datasets' names, the output format, the victim's recipe, every defense (or recipe defense) at every
     strength with its options, every attack's options and training options; a ``ConfigError`` names the entry."""
-    try:
+    with _entry("device"):
         resolve_device(cfg.device)
-    except ValueError as e:
-        raise ConfigError(f"device: {e}") from None
     _check_datasets(cfg)
-    try:
+    with _entry("victim.arch"):
         check_architecture(cfg.victim.arch)
-    except ValueError as e:
-        raise ConfigError(f"victim.arch: {e}") from None
-    try:
+    with _entry("output"):
         make_output(cfg.output)
-    except ValueError as e:
-        raise ConfigError(f"output: {e}") from None
     victim_recipe(cfg.victim)
     victim_train_config(cfg.victim)
     for i, d in enumerate(cfg.defenses):
         for strength in d.strengths:
-            try:
+            with _entry(f"defenses[{i}] ({d.name}, strength {strength})"):
                 if is_recipe_defense(d):
                     victim_recipe(defended_victim_config(cfg.victim, d, strength))
                 elif d.name.strip().lower() in ("none", "undefended"):
@@ -243,22 +234,26 @@ def validate_sweep(cfg: SweepConfig) -> None:
                     cls, kwargs = defense_options(d.name, strength=strength, options=d.options,
                                                   hint=_SWEEP_STRENGTH_HINT)
                     cls(**kwargs)
-            except (ValueError, ConfigError) as e:
-                raise ConfigError(f"defenses[{i}] ({d.name}, strength {strength}): {e}") from None
     for i, a in enumerate(cfg.attacks):
-        try:
+        with _entry(f"attacks[{i}] ({a.name})"):
             cls = attack_class(a.name)
             if cls.modality != "images":
                 raise ValueError(f"attack {a.name!r} extracts tabular models; run it with `modelsteal tramer`")
             check_options(cls, a.options, kind="attack", provided=ATTACK_PROVIDED)
             if a.clone is not None:
                 check_architecture(a.clone)
-        except ValueError as e:
-            raise ConfigError(f"attacks[{i}] ({a.name}): {e}") from None
-        try:
+        with _entry(f"attacks[{i}].train"):
             _check_train(a.train)
-        except ValueError as e:
-            raise ConfigError(f"attacks[{i}].train: {e}") from None
+
+
+@contextmanager
+def _entry(label: str) -> Iterator[None]:
+    """A ``ValueError`` (or an inner ``ConfigError``) raised inside becomes a ``ConfigError`` led by ``label``,
+    the config entry it is about."""
+    try:
+        yield
+    except ValueError as e:  # ConfigError is a ValueError
+        raise ConfigError(f"{label}: {e}") from None
 
 
 _SWEEP_STRENGTH_HINT = "give it as the defense's strengths: [...]"
@@ -438,10 +433,8 @@ def prepare_sweep(cfg: SweepConfig, *, out_dir: Path, device: torch.device, prog
     _check_defense_classes(cfg, num_classes=data.num_classes)
     transfer, seeds = build_transfer_set(cfg.transfer, victim_data=data), seed_set(cfg.transfer, victim_data=data)
     for i, acfg in enumerate(cfg.attacks):
-        try:
+        with _entry(f"attacks[{i}] ({acfg.name})"):
             build_attack(acfg, victim_arch=v.arch, transfer=transfer, seeds=seeds, device=device)
-        except ValueError as e:
-            raise ConfigError(f"attacks[{i}] ({acfg.name}): {e}") from None
     victim, _, acc, _ = load_or_train_victim(v, out_dir=out_dir, device=device, progress=progress, data=data)
     return SweepInputs(victim, data, acc, transfer, seeds)
 
@@ -452,11 +445,9 @@ def _check_defense_classes(cfg: SweepConfig, *, num_classes: int) -> None:
     for i, d in enumerate(cfg.defenses):
         for strength in d.strengths:
             defense = point_defense(d, strength)
-            try:
+            with _entry(f"defenses[{i}] ({d.name}, strength {strength})"):
                 if defense is not None:
                     defense.check_classes(num_classes)
-            except ValueError as e:
-                raise ConfigError(f"defenses[{i}] ({d.name}, strength {strength}): {e}") from None
 
 
 def config_hash(cfg: SweepConfig) -> str:
