@@ -116,6 +116,24 @@ def test_postgres_store_keys_budget_rate_and_release(pg_url):
         open_store(f"postgresql://postgres@127.0.0.1:{_free_port()}/postgres")
 
 
+def test_postgres_store_keeps_flags_per_client_next_to_the_ledger(pg_url):
+    # Bugs caught: the flags table missing from the PostgreSQL schema; release() failing on a flagged entry
+    # (foreign key) or leaving its flags behind; flags summed over every client.
+    with open_store(pg_url) as store:
+        a, _ = store.create_key(name="pg-flag-a")
+        b, _ = store.create_key(name="pg-flag-b")
+        first, _ = store.reserve(a.id, 5)
+        store.record_flags(first.id, 3)
+        second, _ = store.reserve(a.id, 4)
+        store.record_flags(second.id, 2)
+        store.record_flags(store.reserve(b.id, 2)[0].id, 0)
+        assert (store.flags(a.id), store.flags(b.id)) == (5, 0)
+        store.release(second.id)
+        assert store.flags(a.id) == 3
+    with open_store(pg_url) as store:
+        assert store.flags(a.id) == 3
+
+
 def test_postgres_concurrent_reservations_are_exact(pg_url):
     a, b = open_store(pg_url), open_store(pg_url)
     try:

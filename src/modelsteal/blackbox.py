@@ -20,10 +20,25 @@ from modelsteal.outputs import OutputFormat, make_output
 
 if TYPE_CHECKING:
     from modelsteal.defenses.base import Defense
+    from modelsteal.detectors.base import Detector
+    from modelsteal.detectors.responses import Response
 
 
 class BudgetExceededError(RuntimeError):
     """Raised before a query batch would take a client past its query budget."""
+
+
+class QueryRefusedError(RuntimeError):
+    """A detector flagged rows of a batch and the API's response is ``refuse``: the whole batch is refused,
+    and neither its queries nor its flags are counted (like a budget refusal). ``flagged`` of the batch's
+    ``rows`` were flagged by ``detector`` (``None`` when unknown, as on the HTTP client's side)."""
+
+    def __init__(self, message: str, *, flagged: int | None = None, rows: int | None = None,
+                 detector: str | None = None) -> None:
+        super().__init__(message)
+        self.flagged = flagged
+        self.rows = rows
+        self.detector = detector
 
 
 @runtime_checkable
@@ -112,18 +127,24 @@ def answer_in_batches(x: Tensor, batch_size: int | None, answer: Callable[[Tenso
 
 
 class PredictionAPI(QueryCounter):
-    """A model behind a prediction API, optionally defended.
+    """A model behind a prediction API, optionally defended and watched by a detector.
 
-    ``query(x)`` runs the victim in evaluation mode, turns logits into posteriors ``y = softmax(z)``, lets
-    the defense map ``(x, y)`` to defended posteriors ``ỹ`` (rows checked to stay on the simplex), then
-    applies the output format (probs, top-k, label-only, rounded). Queries are counted per client, and an
-    optional per-client ``budget`` raises :class:`BudgetExceededError` before the batch that would exceed it.
+    ``query(x)`` runs the victim in evaluation mode, turns logits into posteriors ``y = softmax(z)``; a
+    ``detector`` (fitted and calibrated) flags rows on these undefended posteriors; the defense maps
+    ``(x, y)`` to defended posteriors ``ỹ`` (rows checked to stay on the simplex); the ``response``
+    (:mod:`modelsteal.detectors.responses`: ``none``, ``shuffle``, ``misinform``, or ``refuse``, which raises
+    :class:`QueryRefusedError` for the whole batch) replaces the flagged rows' answers; then the output
+    format applies (probs, top-k, label-only, rounded). Queries and flags are counted per client
+    (:meth:`queries`, :meth:`flags`), and an optional per-client ``budget`` raises
+    :class:`BudgetExceededError` before the batch that would exceed it.
 
     Example::
 
         api = PredictionAPI(victim, defense=MAD(epsilon=0.5), output="probs", budget=10_000)
         y = api.query(x)          # (N, K)
         api.queries("default")    # N
+        guarded = PredictionAPI(victim, detector=det, response="shuffle")   # det fitted and calibrated
+        guarded.flags("default")  # flagged queries of this client
     """
 
     def __init__(
@@ -131,6 +152,8 @@ class PredictionAPI(QueryCounter):
         model: nn.Module,
         *,
         defense: Defense | None = None,
+        detector: Detector | None = None,
+        response: str | Response = "none",
         output: str | OutputFormat = "probs",
         budget: int | None = None,
         input_shape: Sequence[int] | None = None,
@@ -156,6 +179,9 @@ class PredictionAPI(QueryCounter):
         self.defense = defense
         if defense is not None:
             defense.bind(self.model, input_shape=self.input_shape, num_classes=self.num_classes)
+        self.detector, self.response = _detector_and_response(detector, response)
+        self.response.bind(input_shape=self.input_shape, num_classes=self.num_classes)
+        self._flags: Counter[str] = Counter()
 
     def _infer_classes(self) -> int:
         with torch.no_grad():
@@ -173,28 +199,76 @@ class PredictionAPI(QueryCounter):
         """Undefended posteriors ``softmax(F_V(x))`` (not counted: for evaluation, not for callers)."""
         return answer_in_batches(as_batch(x, self.input_shape), self.batch_size, self._softmax, empty=self._empty)
 
+    def flags(self, client: str = "default") -> int:
+        """Number of ``client``'s answered queries that the detector flagged (0 without a detector)."""
+        return self._flags[client]
+
+    @property
+    def total_flags(self) -> int:
+        """Flagged queries of all clients together."""
+        return sum(self._flags.values())
+
     def query(self, x: Tensor, *, client: str = "default") -> Tensor:
         """Answer a batch of queries ``(N, *input_shape) -> (N, K)`` and count ``N`` queries for ``client``.
 
         The whole batch is refused before anything runs when it would exceed ``client``'s budget, and counted
-        only once every sub-batch has been answered (a defense that raises leaves the count unchanged)."""
+        only once every sub-batch has been answered (a defense that raises leaves the count unchanged). With
+        the ``refuse`` response, a batch holding a flagged row raises :class:`QueryRefusedError` once every
+        sub-batch is scored (rows after the first flag are scored, not answered); neither its queries nor its
+        flags are counted (a stateful detector has still seen them)."""
         x = as_batch(x, self.input_shape)
         self.reserve(client, len(x))
+        flagged = 0
 
         def answer(xb: Tensor) -> Tensor:
+            nonlocal flagged
             xb = xb.to(self.device)
             probs = self._softmax(xb)
+            flags = None if self.detector is None else self.detector.flag(xb, probs, client=client)
+            if flags is not None:
+                flagged += int(flags.sum())
+                if flagged and self.response.refuses:
+                    return self._empty()
             if self.defense is not None:
                 probs = self.defense(xb, probs, client=client)
+            if flags is not None:
+                probs = self.response(xb, probs, flags, client=client)
             return self.output(check_simplex(probs))
 
         out = answer_in_batches(x, self.batch_size, answer, empty=self._empty)
+        if flagged and self.response.refuses:
+            name = getattr(self.detector, "name", "") or type(self.detector).__name__
+            raise QueryRefusedError(f"query refused: detector {name!r} flagged {flagged} of the batch's {len(x)} "
+                                    f"rows as suspicious", flagged=flagged, rows=len(x), detector=name)
         self.record(client, len(x))
+        self._flags[client] += flagged
         return out
 
     def __repr__(self) -> str:
         d = "none" if self.defense is None else repr(self.defense)
-        return f"PredictionAPI(defense={d}, output={self.output.describe()}, budget={self.budget})"
+        det = "" if self.detector is None else f"detector={self.detector!r}, response={self.response!r}, "
+        return f"PredictionAPI(defense={d}, {det}output={self.output.describe()}, budget={self.budget})"
+
+
+def _detector_and_response(detector: Detector | None, response: str | Response) -> tuple[Detector | None, Response]:
+    """Check the detector is usable (fitted and calibrated) and build the response; one-line ``ValueError``
+    (:class:`~modelsteal.detectors.base.NotFittedError`) otherwise, before any query."""
+    from modelsteal.detectors.base import Detector, NotFittedError
+    from modelsteal.detectors.responses import AnswerNormally, Response, make_response
+
+    if detector is not None:
+        if not isinstance(detector, Detector):
+            raise ValueError(f"detector must be a modelsteal Detector, got {type(detector).__name__}")
+        name = detector.name or type(detector).__name__
+        if not detector.fitted:
+            raise NotFittedError(f"detector {name!r} is not fitted: call fit(victim, data) before serving it")
+        if detector.threshold is None:
+            raise NotFittedError(f"detector {name!r} has no threshold: call calibrate(x_val, tnr=...) before "
+                                 "serving it")
+    resp = response if isinstance(response, Response) else make_response(response)
+    if detector is None and not isinstance(resp, AnswerNormally):
+        raise ValueError(f"response {resp!r} acts on flagged queries, but no detector flags any: pass detector=")
+    return detector, resp
 
 
 class QueryBudget:

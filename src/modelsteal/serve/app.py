@@ -7,14 +7,19 @@ Endpoints (all JSON):
   ``{"dtype": "float32", "shape": [N, ...], "base64": "<little-endian bytes>"}``. The answer is
   ``{"outputs": Y, "queries": used, "remaining": left, "ledger_id": id}`` with ``Y`` the ``(N, K)`` defended
   answers in the same encoding as the inputs (``"encoding": "json" | "base64"`` in the request overrides).
-- ``GET /v1/usage``: the caller's own ``queries``, ``budget``, ``remaining``, ``rate_limit`` and ``flags``.
+- ``GET /v1/usage``: the caller's own ``queries``, ``budget``, ``remaining``, ``rate_limit``, ``flags`` (the
+  key's state: budget exhausted, rate limited) and ``flagged`` (how many of its queries the API's detector
+  flagged, from the store, so it survives a restart).
 - ``GET /v1/info``: ``input_shape``, ``num_classes``, defense, output format and request limits.
 - ``GET /healthz``; OpenAPI docs at ``/docs`` and ``/openapi.json``.
 
 Every request is authenticated against the :class:`~modelsteal.serve.store.Store`; a batch is validated
 (shape, dtype, finiteness, value range, size), then recorded in the ledger — budget and rate limit checked
 in the same transaction — and only then answered by the :class:`~modelsteal.PredictionAPI` (inference is
-serialised by a lock and runs in the thread pool, off the event loop). A query is one input row.
+serialised by a lock and runs in the thread pool, off the event loop). A query is one input row. When the
+API has a detector, the number of the request's rows it flagged is written to the store next to the ledger
+entry before the answer is sent; a batch its ``refuse`` response refuses is a 403 ``query_refused`` and is
+taken back out of the ledger, like any request that was not answered.
 The body format lives in :mod:`modelsteal.serve.codec`, the server's settings in
 :mod:`modelsteal.serve.config`; both are re-exported here.
 
@@ -36,7 +41,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from modelsteal.blackbox import PredictionAPI
+from modelsteal.blackbox import PredictionAPI, QueryRefusedError
 from modelsteal.serve import require
 from modelsteal.serve.codec import ENCODINGS, APIError, decode_request, encode_tensor
 from modelsteal.serve.config import CONFIG_ENV, ServeConfig, build_api, default_max_body_bytes
@@ -90,7 +95,7 @@ _PREDICT_SCHEMA: dict[str, Any] = {
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed JSON"},
     401: {"description": "Missing or invalid API key"},
-    403: {"description": "Revoked key, or query budget exhausted"},
+    403: {"description": "Revoked key, query budget exhausted, or batch refused by the detector (query_refused)"},
     413: {"description": "Body or batch too large"},
     422: {"description": "Inputs of the wrong shape, dtype or range, or NaN/Inf"},
     429: {"description": "Rate limit exceeded (see Retry-After)"},
@@ -121,7 +126,10 @@ class _Service:
         entry, updated = self.store.reserve(client.id, int(x.shape[0]), inputs=blob)
         try:
             with self.lock:  # defenses may keep per-client state; no inference_mode: MAD needs autograd
+                before = self.api.flags(client.name)
                 y = self.api.query(x, client=client.name)
+                flagged = self.api.flags(client.name) - before
+            self.store.record_flags(entry.id, flagged)
             outputs = encode_tensor(y, encoding)
         except BaseException:
             try:
@@ -144,7 +152,7 @@ def _bearer(request: "Request") -> str:
     return key.strip()
 
 
-def _usage(client: ClientInfo, now: float) -> dict[str, Any]:
+def _usage(client: ClientInfo, now: float, *, flagged: int) -> dict[str, Any]:
     return {
         "client": client.name,
         "key_prefix": client.key_prefix,
@@ -157,6 +165,7 @@ def _usage(client: ClientInfo, now: float) -> dict[str, Any]:
             "budget_exhausted": client.budget is not None and client.queries >= client.budget,
             "rate_limited": client.rate_limit is not None and client.available_tokens(now) <= 0,
         },
+        "flagged": flagged,
     }
 
 
@@ -228,6 +237,9 @@ def create_app(
     async def on_budget(request: Request, exc: Exception) -> Response:
         return error(403, "budget_exhausted", str(exc))
 
+    async def on_refused(request: Request, exc: Exception) -> Response:
+        return error(403, "query_refused", str(exc))
+
     async def on_rate(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RateLimitedError)
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
@@ -242,6 +254,7 @@ def create_app(
     app.add_exception_handler(AuthenticationError, on_auth_error)
     app.add_exception_handler(BudgetExhaustedError, on_budget)
     app.add_exception_handler(RateLimitedError, on_rate)
+    app.add_exception_handler(QueryRefusedError, on_refused)
     app.add_exception_handler(Exception, on_unexpected)
 
     async def read_body(request: Request) -> bytes:
@@ -292,9 +305,10 @@ def create_app(
 
     @app.get("/v1/usage", summary="The caller's own usage", responses={401: _ERROR_RESPONSES[401]})
     async def usage(request: Request) -> dict[str, Any]:
-        """The caller's query count, budget, rate limit and flags (only ever its own)."""
+        """The caller's query count, budget, rate limit, flags and flagged queries (only ever its own)."""
         client = await run_in_threadpool(service.store.authenticate, _bearer(request))
-        return _usage(client, time.time())
+        flagged = await run_in_threadpool(service.store.flags, client.id)
+        return _usage(client, time.time(), flagged=flagged)
 
     @app.get("/v1/info", summary="What the API serves")
     async def get_info() -> dict[str, Any]:
@@ -310,6 +324,9 @@ def create_app(
             "version": __version__,
             "defense": {"name": "none"} if service.api.defense is None else {
                 "name": service.api.defense.name, "description": repr(service.api.defense)},
+            "detector": {"name": "none"} if service.api.detector is None else {
+                "name": service.api.detector.name, "description": repr(service.api.detector),
+                "response": service.api.response.name or type(service.api.response).__name__},
             **service.info,
         }
 

@@ -10,7 +10,8 @@ unknown host: nothing listens there, so :class:`ServerUnreachableError` is raise
 retry them, since a server that answered before may be restarting.
 
 Errors map onto the toolkit's exceptions: an exhausted budget raises :class:`KeyBudgetExhaustedError` (a
-:class:`~modelsteal.BudgetExceededError`), a missing/invalid/revoked key ``PermissionError``, and a request
+:class:`~modelsteal.BudgetExceededError`), a batch the server's detector refused
+:class:`~modelsteal.QueryRefusedError`, a missing/invalid/revoked key ``PermissionError``, and a request
 the server rejects (wrong shape, range, ...) ``ValueError`` with the server's message.
 
 Example::
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from modelsteal.blackbox import BudgetExceededError, QueryCounter, answer_in_batches, as_batch
+from modelsteal.blackbox import BudgetExceededError, QueryCounter, QueryRefusedError, answer_in_batches, as_batch
 from modelsteal.serve import require
 
 
@@ -121,7 +122,8 @@ class HTTPBlackBox(QueryCounter):
         return None if left is None else int(left)
 
     def usage(self) -> dict[str, Any]:
-        """This key's usage from ``GET /v1/usage``: ``queries``, ``budget``, ``remaining``, ``flags``."""
+        """This key's usage from ``GET /v1/usage``: ``queries``, ``budget``, ``remaining``, ``flags``, and
+        ``flagged`` (its queries the server's detector flagged)."""
         return self._request("GET", "/v1/usage")
 
     def close(self) -> None:
@@ -181,6 +183,8 @@ class HTTPBlackBox(QueryCounter):
                     last = f"{resp.status_code} {detail}"
                 elif code == "budget_exhausted":
                     raise KeyBudgetExhaustedError(f"{self.url}: {detail}")
+                elif code == "query_refused":
+                    raise QueryRefusedError(f"{self.url}: {detail}")
                 elif resp.status_code in (401, 403):
                     raise PermissionError(f"{self.url} refused the API key: {detail}")
                 else:

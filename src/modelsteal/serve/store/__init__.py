@@ -2,7 +2,9 @@
 
 One store holds the API clients (a name, a hashed key, a query budget, a rate limit, the running query
 count) and the ledger: one row per answered request with its number of queries (input rows) and, when
-asked, the inputs themselves for stateful detectors. Two back-ends share the same SQL:
+asked, the inputs themselves for stateful detectors; and, for a server with a detector, how many of each
+request's queries it flagged (:meth:`Store.record_flags`, :meth:`Store.flags`). Two back-ends share the
+same SQL:
 
 - SQLite (the embedded default; a path, ``sqlite:///path`` or ``sqlite:////abs/path``) opened with
   ``journal_mode=WAL`` and ``synchronous=FULL``, so a committed transaction survives a crash of the server

@@ -308,9 +308,29 @@ class Store(ABC):
             row = self._exec(cur, "SELECT client_id, n FROM ledger WHERE id = ?", (int(entry_id),)).fetchone()
             if row is None:
                 return
+            self._exec(cur, "DELETE FROM flags WHERE ledger_id = ?", (int(entry_id),))
             self._exec(cur, "DELETE FROM ledger WHERE id = ?", (int(entry_id),))
             self._exec(cur, "UPDATE clients SET queries = queries - ?, requests = requests - 1 WHERE id = ?",
                        (int(row[1]), int(row[0])))
+
+    def record_flags(self, entry_id: int, n: int) -> None:
+        """Record that the detector flagged ``n`` of the queries of ledger entry ``entry_id`` (written once the
+        request is answered, before the answer is sent; ``n = 0`` writes nothing). A later :meth:`release`
+        of the entry takes its flags back out too."""
+        if n < 0:
+            raise ValueError(f"a request cannot hold {n} flagged queries")
+        if n == 0:
+            return
+        with self._transaction(write=True) as cur:
+            self._exec(cur, "INSERT INTO flags (ledger_id, client_id, n) SELECT id, client_id, ? FROM ledger "
+                            "WHERE id = ?", (int(n), int(entry_id)))
+
+    def flags(self, client_id: int) -> int:
+        """How many of the client's answered queries the server's detector flagged (kept across restarts)."""
+        with self._transaction(write=False) as cur:
+            row = self._exec(cur, "SELECT COALESCE(SUM(n), 0) FROM flags WHERE client_id = ?",
+                             (int(client_id),)).fetchone()
+        return int(row[0])
 
     # -- reading the ledger -----------------------------------------------------------------------------
     def ledger(self, *, client_id: int | None = None) -> list[LedgerEntry]:

@@ -35,6 +35,12 @@ CREATE TABLE IF NOT EXISTS ledger (
     inputs BYTEA
 );
 CREATE INDEX IF NOT EXISTS ledger_client ON ledger (client_id);
+CREATE TABLE IF NOT EXISTS flags (
+    ledger_id BIGINT PRIMARY KEY REFERENCES ledger (id),
+    client_id BIGINT NOT NULL REFERENCES clients (id),
+    n INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flags_client ON flags (client_id);
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 

@@ -50,6 +50,12 @@ CREATE TABLE IF NOT EXISTS ledger (
     inputs BLOB
 );
 CREATE INDEX IF NOT EXISTS ledger_client ON ledger (client_id);
+CREATE TABLE IF NOT EXISTS flags (
+    ledger_id INTEGER PRIMARY KEY REFERENCES ledger (id),
+    client_id INTEGER NOT NULL REFERENCES clients (id),
+    n INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flags_client ON flags (client_id);
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
