@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -229,6 +230,8 @@ def test_defenses_that_declare_no_input_ignore_it(name, digits, digits_victim):
 
     def answers(x: torch.Tensor) -> torch.Tensor:
         defense = make_defense(name, strength=strength)  # a fresh instance: random defenses restart their seed
+        if defense.needs_fit:  # AM's misinformation model, fitted (deterministically) on a tiny slice
+            defense.fit(digits_victim, replace(digits, x_train=digits.x_train[:256], y_train=digits.y_train[:256]))
         defense.bind(digits_victim, input_shape=digits.input_shape, num_classes=10)
         return defense(x, probs, client="default")
 

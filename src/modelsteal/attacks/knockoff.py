@@ -57,6 +57,11 @@ class KnockoffNets(Attack):
         """``n`` pool indices drawn uniformly without replacement (the whole pool if it is smaller)."""
         return torch.randperm(len(self.transfer_set), generator=generator)[:n]
 
+    def select(self, x: Tensor, answers: Tensor) -> tuple[Tensor, Tensor, dict[str, object]]:
+        """The answered rows the clone trains on, and what to report about the choice: every row here;
+        variants that drop answers (:mod:`modelsteal.attacks.evasion`) override it."""
+        return x, answers, {}
+
     def run(self, victim: QueryBudget, *, generator: torch.Generator) -> StealResult:
         if tuple(self.transfer_set.shape[1:]) != tuple(victim.input_shape):
             raise ValueError(
@@ -76,9 +81,10 @@ class KnockoffNets(Attack):
             x, answers = images, answers.view(len(images), q, -1).mean(dim=1)  # nquery: average the n answers
         else:
             x = queries
+        x, answers, selected = self.select(x, answers)
         y = self.targets(answers)
         clone = self.make_clone(victim, generator=generator)
-        history = training.train(
+        history = None if len(x) == 0 else training.train(  # an empty selection leaves the clone untrained
             clone,
             x,
             y,
@@ -91,6 +97,7 @@ class KnockoffNets(Attack):
             "images": len(images),
             "pool_size": len(self.transfer_set),
             "pool_exhausted": len(images) < victim.budget // q,
-            "final_loss": history.loss[-1] if history.loss else None,
+            "final_loss": history.loss[-1] if history is not None and history.loss else None,
+            **selected,
         }
         return StealResult(clone=clone, queries=victim.used, transfer_x=x, transfer_y=answers, info=info)

@@ -12,6 +12,7 @@ from modelsteal.blackbox import BlackBox, PredictionAPI
 from modelsteal.cli._common import add_device, number, parse_options
 from modelsteal.data import load_dataset
 from modelsteal.defenses import make_defense
+from modelsteal.defenses.base import fit_defense
 from modelsteal.experiment.config import AttackConfig, TransferConfig
 from modelsteal.experiment.sweep import ATTACK_PROVIDED, build_attack, resolve_device
 from modelsteal.experiment.transfer import build_transfer_set, seed_set
@@ -83,6 +84,7 @@ def _blackbox(args: argparse.Namespace, device: object) -> tuple[BlackBox, objec
                           "defense": defense.get("description") or defense.get("name") or "unknown"}
     model, meta = load_checkpoint(args.target, device=device)
     defense = make_defense(args.defense, strength=args.strength, **parse_options(args.defense_option))
+    fit_defense(defense, model, dataset=meta.get("dataset"))
     api = PredictionAPI(model, defense=defense, output=args.output, device=device)
     return api, model, {**meta, "defense": "none" if defense is None else repr(defense)}
 

@@ -9,12 +9,13 @@ from modelsteal.defenses.base import (
 )
 from modelsteal.defenses.identity import Identity
 from modelsteal.defenses.mad import MAD, MADArgmax, MADIdentity, MADRandom
+from modelsteal.defenses.misinformation import AdaptiveMisinformation
 from modelsteal.defenses.noise import RandomNoise
 from modelsteal.defenses.reverse_sigmoid import ReverseSigmoid
 from modelsteal.defenses.truncation import LabelOnly, Rounding, TopK
 
 __all__ = [
-    "MAD", "Defense", "Identity", "LabelOnly", "MADArgmax", "MADIdentity", "MADRandom", "RandomNoise",
-    "ReverseSigmoid", "Rounding", "TopK",
+    "MAD", "AdaptiveMisinformation", "Defense", "Identity", "LabelOnly", "MADArgmax", "MADIdentity", "MADRandom",
+    "RandomNoise", "ReverseSigmoid", "Rounding", "TopK",
     "available_defenses", "defense_class", "make_defense", "register_defense",
 ]

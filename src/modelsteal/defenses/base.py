@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from modelsteal._registry import Registry
 from modelsteal._simplex import check_simplex
+from modelsteal.data.registry import DatasetSplits
 
 
 class Defense(ABC):
@@ -29,9 +30,13 @@ class Defense(ABC):
     - ``example_strength``: a valid, non-trivial ``strength`` (the generic tests build each defense with it).
     - ``uses_input``: whether :meth:`perturb` reads the inputs ``x`` (MAD's Jacobian does); ART's postprocessors
       see only posteriors, so :mod:`modelsteal.interop.art` wraps such defenses around the estimator instead.
+    - ``needs_fit``: whether :meth:`fit` must run (on the victim and its data) before the first query.
 
     Defenses that need the victim (MAD's default surrogate is a random copy of it) receive it in
-    :meth:`bind`, which :class:`~modelsteal.PredictionAPI` calls once.
+    :meth:`bind`, which :class:`~modelsteal.PredictionAPI` calls once. Defenses that must learn something from
+    the victim and its training data first (Adaptive Misinformation's misinformation model) set ``needs_fit``
+    (instances may override it) and train in :meth:`fit`, which the caller runs once before serving (a sweep
+    fits once per defense and options and shares the result across strengths, see :meth:`fitted_options`).
     """
 
     name: ClassVar[str] = ""
@@ -39,6 +44,7 @@ class Defense(ABC):
     preserves_argmax: ClassVar[bool] = False
     example_strength: ClassVar[float | None] = None
     uses_input: ClassVar[bool] = False
+    needs_fit: ClassVar[bool] = False
 
     @property
     def budget_norm(self) -> str | None:
@@ -50,6 +56,16 @@ class Defense(ABC):
 
     def bind(self, model: nn.Module, *, input_shape: Sequence[int], num_classes: int) -> None:  # noqa: B027
         """Called once with the victim model before the first query; the default ignores it."""
+
+    def fit(self, victim: nn.Module, data: DatasetSplits, *, generator: torch.Generator | None = None) -> None:  # noqa: B027
+        """Learn what the defense needs from the victim and its training splits ``data`` (``generator`` seeds
+        the training; ``None``: the defense's own seed). Called once, before the first query, when
+        ``needs_fit`` is set; the default does nothing."""
+
+    def fitted_options(self) -> dict[str, Any]:
+        """Constructor options that carry what :meth:`fit` learned (AM: ``{"misinformation": f̂}``), so that the
+        same defense built with them at another strength needs no fit; the default has none."""
+        return {}
 
     def check_classes(self, num_classes: int) -> None:  # noqa: B027
         """A one-line ``ValueError`` when this defense cannot answer for a model with ``num_classes`` classes
@@ -90,6 +106,20 @@ def available_defenses() -> list[str]:
 def defense_class(name: str) -> type[Defense]:
     """The defense class registered under ``name`` (``ValueError`` naming the known ones otherwise)."""
     return _DEFENSES.get(name)
+
+
+def fit_defense(defense: Defense | None, victim: nn.Module, *, dataset: str | None, seed: int = 0) -> None:
+    """Fit a defense that needs it (``needs_fit``: Adaptive Misinformation's f̂) on the training split of the
+    victim's own dataset, the one its checkpoint names; nothing to do for any other defense. This is what
+    ``modelsteal attack --defense am`` and ``modelsteal serve --defense am`` do before the first query."""
+    if defense is None or not defense.needs_fit:
+        return
+    if not dataset:
+        raise ValueError(f"defense {defense.name!r} trains on the victim's training data, but the checkpoint does "
+                         "not name its dataset; fit it from Python (defense.fit(victim, data))")
+    from modelsteal.data import load_dataset
+
+    defense.fit(victim, load_dataset(dataset, seed=seed), generator=torch.Generator().manual_seed(seed))
 
 
 def strength_hint(cls: type[Defense]) -> str:

@@ -204,6 +204,22 @@ def defended_victim_config(v: VictimConfig, dcfg: DefenseConfig, strength: float
 ATTACK_PROVIDED = ("transfer_set", "transfer_labels", "seed_set", "clone", "train", "device")
 
 
+def sweep_victim_paths(cfg: SweepConfig, *, out_dir: Path) -> dict[tuple[str, float | None], Path]:
+    """Where each ``(defense display name, strength)`` of ``cfg`` finds its victim checkpoint: the sweep's own
+    victim, or a recipe defense's victim trained for that strength."""
+    main = victim_checkpoint_path(cfg.victim, out_dir=out_dir, key=point_key(cfg.victim.identity()))
+    paths: dict[tuple[str, float | None], Path] = {}
+    for d in cfg.defenses:
+        for s in d.strengths:
+            strength = None if s is None else float(s)
+            if is_recipe_defense(d):
+                v = defended_victim_config(cfg.victim, d, s)
+                paths[(d.display, strength)] = victim_checkpoint_path(v, out_dir=out_dir, key=point_key(v.identity()))
+            else:
+                paths[(d.display, strength)] = main
+    return paths
+
+
 def _check_train(train: dict[str, Any]) -> TrainConfig:
     """A :class:`TrainConfig` from a mapping of training options, keys and value types checked first."""
     check_options(TrainConfig, train, kind="training", label="the training settings")
@@ -230,7 +246,7 @@ def validate_sweep(cfg: SweepConfig) -> None:
                     victim_recipe(defended_victim_config(cfg.victim, d, strength))
                 elif d.name.strip().lower() in ("none", "undefended"):
                     make_defense(d.name, strength=strength, **d.options)  # refuses a strength or options
-                else:  # cheap: defenses fit in bind()
+                else:  # cheap: defenses train in bind() or fit(), never in the constructor
                     cls, kwargs = defense_options(d.name, strength=strength, options=d.options,
                                                   hint=_SWEEP_STRENGTH_HINT)
                     cls(**kwargs)
@@ -309,9 +325,29 @@ def _points(cfg: SweepConfig) -> Iterator[tuple[DefenseConfig, float | None, Att
                         yield d, s, a, b, seed
 
 
-def point_defense(dcfg: DefenseConfig, strength: float | None) -> Any:
-    """The API's defense at one point: the named defense, or none when the "defense" is a training recipe."""
-    return None if is_recipe_defense(dcfg) else make_defense(dcfg.name, strength=strength, **dcfg.options)
+def point_defense(
+    dcfg: DefenseConfig,
+    strength: float | None,
+    *,
+    victim: nn.Module | None = None,
+    data: DatasetSplits | None = None,
+    fits: dict[str, dict[str, Any]] | None = None,
+) -> Any:
+    """The API's defense at one point: the named defense, or none when the "defense" is a training recipe.
+
+    Given the ``victim`` and its ``data``, a defense that ``needs_fit`` (AM's misinformation model) is fitted on
+    them; ``fits`` caches what it learned (:meth:`~modelsteal.defenses.Defense.fitted_options`) per name and
+    options, so every strength of that defense reuses one fit."""
+    if is_recipe_defense(dcfg):
+        return None
+    key = point_key(dcfg.name, dcfg.options)
+    learned = (fits or {}).get(key, {})
+    defense = make_defense(dcfg.name, strength=strength, **dcfg.options, **learned)
+    if defense is not None and defense.needs_fit and victim is not None and data is not None:
+        defense.fit(victim, data)
+        if fits is not None:
+            fits[key] = defense.fitted_options()
+    return defense
 
 
 def evaluate_defense(
@@ -322,10 +358,13 @@ def evaluate_defense(
     *,
     output: str,
     eval_size: int | None,
+    fits: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, float]:
     """Utility of one defense operating point on the first ``eval_size`` test examples: ``defender_accuracy``
-    and the perturbation sizes (``l1_mean``, ``l1_std``, …) of :func:`~modelsteal.metrics.defense_cost`."""
-    api = PredictionAPI(victim, defense=point_defense(dcfg, strength), output=output)
+    and the perturbation sizes (``l1_mean``, ``l1_std``, …) of :func:`~modelsteal.metrics.defense_cost`
+    (a defense that needs fitting is fitted on ``victim`` and ``data``, once per ``fits`` cache)."""
+    defense = point_defense(dcfg, strength, victim=victim, data=data, fits=fits)
+    api = PredictionAPI(victim, defense=defense, output=output)
     cost = defense_cost(api, data.x_test[:eval_size], data.y_test[:eval_size])
     return {k: v for k, v in cost.items() if k not in ("victim_accuracy", "label_agreement")}
 
@@ -343,9 +382,12 @@ def run_point(
     transfer: tuple[Tensor, Tensor | None],
     seeds: Tensor,
     device: torch.device,
+    fits: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Attack one defended API and measure the clone."""
-    api = PredictionAPI(victim, defense=point_defense(dcfg, strength), output=cfg.output)
+    """Attack one defended API and measure the clone (a defense that needs fitting is fitted first, once per
+    ``fits`` cache)."""
+    defense = point_defense(dcfg, strength, victim=victim, data=data, fits=fits)
+    api = PredictionAPI(victim, defense=defense, output=cfg.output)
     attack = build_attack(acfg, victim_arch=cfg.victim.arch, transfer=transfer, seeds=seeds, device=device)
     t0 = time.perf_counter()
     result = attack(api, budget=budget, seed=seed)
@@ -521,6 +563,7 @@ def run_sweep(
     recipe_victims: dict[str, tuple[nn.Module, dict[str, Any], str]] = {}
     points = list(_points(cfg))
     utility_cache: dict[str, dict[str, float]] = {}
+    fits: dict[str, dict[str, Any]] = {}  # fitted defenses' state (AM's f̂), shared across their strengths
     records: list[dict[str, Any]] = []
     bar = points
     if progress:
@@ -551,7 +594,7 @@ def run_sweep(
         ukey = point_key(asdict(dcfg), strength)
         if ukey not in utility_cache:
             utility_cache[ukey] = evaluate_defense(
-                point_victim, dcfg, strength, data, output=cfg.output, eval_size=cfg.eval_size
+                point_victim, dcfg, strength, data, output=cfg.output, eval_size=cfg.eval_size, fits=fits
             )
         rec = {
             "dataset": data.name,
@@ -567,7 +610,7 @@ def run_sweep(
         }
         rec.update(
             run_point(point_victim, data, cfg, dcfg, strength, acfg, budget, seed, transfer=transfer, seeds=seeds,
-                      device=dev)
+                      device=dev, fits=fits)
         )
         rec["wall_seconds"] = round(time.perf_counter() - t0, 3)
         tmp = path.with_suffix(".tmp")

@@ -55,7 +55,7 @@ class ServeConfig:
 def build_api(config: ServeConfig) -> tuple[PredictionAPI, dict[str, Any]]:
     """Load the checkpoint and wrap it with the configured defense and output format (no budget: the
     ledger enforces budgets). Returns the API and a description for ``/v1/info``."""
-    from modelsteal.defenses.base import make_defense
+    from modelsteal.defenses.base import fit_defense, make_defense
     from modelsteal.models.checkpoint import load_checkpoint
     from modelsteal.outputs import make_output
 
@@ -63,6 +63,7 @@ def build_api(config: ServeConfig) -> tuple[PredictionAPI, dict[str, Any]]:
         torch.set_num_threads(int(config.torch_threads))
     model, meta = load_checkpoint(config.checkpoint, device=config.device)
     defense = make_defense(config.defense, strength=config.strength, **dict(config.defense_options))
+    fit_defense(defense, model, dataset=meta.get("dataset"))
     out_opts = dict(config.output_options)
     unknown = sorted(set(out_opts) - {"k", "decimals"})
     if unknown:
