@@ -386,3 +386,20 @@ def test_tramer_json_reports_saturated_answers_and_probes(iris_lr, capsys):
                "--unif", "200"])
     record = json.loads(capsys.readouterr().out)
     assert rc == 0 and (record["saturated"], record["probes"], record["queries"]) == (0, 0, 5)
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["attack", "--budget", "x"], ["argument --budget: invalid int value: 'x'", "see modelsteal attack -h"]),
+    (["attack", "--budget", "5"], ["the following arguments are required: --target"]),
+    (["reproduce", "results/reproduce-digits", "--rows", "1", "--points", "2"], ["not allowed with argument"]),
+    (["sweep", "c.yaml", "--out", "o", "--no-such-flag"], ["unrecognized arguments: --no-such-flag"]),
+])
+def test_usage_mistakes_are_one_line_too(argv, words, capsys):
+    # argparse's own errors (wrong type, missing or unknown flag, exclusive flags): one line, exit 2, no usage dump
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    # (an unknown flag is reported by the top-level parser, as "modelsteal: error: …")
+    assert err.startswith((f"modelsteal {argv[0]}: error: ", "modelsteal: error: ")), err
+    assert all(w in err for w in words), err

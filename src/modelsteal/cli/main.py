@@ -14,6 +14,7 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import modelsteal.cli as cli_pkg
 
@@ -30,10 +31,19 @@ def _is_user_error(error: BaseException) -> bool:
     return isinstance(error, ServerUnreachableError)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors (a missing or unknown flag, a value of the wrong type, two
+    flags that exclude each other) are one line on stderr, ``modelsteal CMD: error: …``, with exit code 2,
+    like every other user mistake; ``-h`` still prints the full usage. Subcommand parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from modelsteal import __version__
 
-    parser = argparse.ArgumentParser(prog="modelsteal", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = OneLineParser(prog="modelsteal", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"modelsteal {__version__}")
     parser.add_argument(
         "--threads",
