@@ -6,7 +6,10 @@ run only the new entries (``modelsteal sweep CONFIG --only dp-sgd --out NEW``), 
     python scripts/merge_results.py results/pp/pp-fig4-mnist-cpu NEW --out results/pp/pp-fig4-mnist-cpu
 
 Rows are kept in the order given; a row of a later directory replaces an earlier one with the same
-(defense, strength, attack, budget, seed).
+(defense, strength, attack, budget, seed). Their ``provenance.json`` files are merged too
+(``merge_provenance``: victims, environments and per-point wall times joined; the config kept only when
+every directory recorded the same one, so after an ``--only`` run the merged directory names no config and
+``modelsteal reproduce OUT --config CONFIG`` takes it from the file).
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ import sys
 from pathlib import Path
 
 from modelsteal.experiment.plots import plot_sweep
-from modelsteal.experiment.results import read_results, write_results
+from modelsteal.experiment.results import (
+    merge_provenance,
+    read_provenance,
+    read_results,
+    write_provenance,
+    write_results,
+)
 
 
 def main() -> int:
@@ -33,7 +42,10 @@ def main() -> int:
         for r in read_results(path):
             merged[(r["defense"], r["strength"], r["attack"], r["budget"], r["seed"])] = r
     records = list(merged.values())
+    provenance = merge_provenance([read_provenance(d) for d in args.dirs], sources=args.dirs)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     write_results(records, args.out)
+    write_provenance(provenance, args.out)
     plot_sweep(records, args.out)
     print(f"{len(records)} rows -> {Path(args.out) / 'results.csv'} (and plots)")
     return 0

@@ -158,3 +158,53 @@ def test_cpu_model_and_isa_parsers(tmp_path):
     (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: Test CPU 9000\n")
     assert cpu_model(tmp_path / "cpuinfo") == "Test CPU 9000"
     assert cpu_model(tmp_path / "missing")  # falls back to the platform's name
+
+
+def test_merged_results_keep_every_runs_points_and_a_config_only_when_all_agree(tmp_path):
+    # two runs of one config into two directories (different budgets: the config hashes differ), then merged
+    import sys
+
+    victim = tmp_path / "victim.pt"
+    run_sweep(tiny(victim, budgets=(100,)), out_dir=tmp_path / "a", progress=False, plots=False)
+    run_sweep(tiny(victim, budgets=(150,)), out_dir=tmp_path / "b", progress=False, plots=False)
+    a, b = (json.loads((tmp_path / d / PROVENANCE_FILE).read_text()) for d in "ab")
+    script = sweep_mod.Path(__file__).resolve().parents[1] / "scripts" / "merge_results.py"
+    out = tmp_path / "merged"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)],
+                   check=True, capture_output=True)
+    merged = json.loads((out / PROVENANCE_FILE).read_text())
+    assert set(merged["points"]) == set(a["points"]) | set(b["points"]) and len(merged["points"]) == 4
+    assert merged["points_timed"] == 4
+    assert merged["wall_seconds_total"] == pytest.approx(
+        sum(p["wall_seconds"] for p in [*a["points"].values(), *b["points"].values()]), abs=0.01)
+    assert merged["victim_sha256"] == a["victim_sha256"] == b["victim_sha256"]
+    assert [m["config_hash"] for m in merged["merged_from"]] == [a["config_hash"], b["config_hash"]]
+    assert "config" not in merged  # the two runs' configs differ: none is claimed for the merged rows
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted(int(r["budget"]) for r in rows) == [100, 100, 150, 150]
+    # the same directory twice: one config, kept
+    subprocess.run([sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(out)],
+                   check=True, capture_output=True)
+    assert json.loads((out / PROVENANCE_FILE).read_text())["config_hash"] == a["config_hash"]
+
+
+def test_an_angles_run_records_its_victim_config_and_each_epsilons_time(tmp_path):
+    from modelsteal.cli.main import main
+
+    victim = tmp_path / "victim.pt"
+    cfg = tmp_path / "angles.yaml"
+    cfg.write_text(
+        "name: tiny-angles\n"
+        f"victim: {{dataset: digits, arch: mlp, epochs: 2, lr: 0.05, momentum: 0.9, checkpoint: {victim}}}\n"
+        "transfer: {source: dataset}\n"
+        "defenses: [{name: mad, strengths: [0.0, 1.0], options: {norm: l1}}]\n"
+        "attacks: [{name: knockoff, clone: mlp, train: {epochs: 1, lr: 0.01, momentum: 0.0, batch_size: 1}}]\n"
+        "budgets: [30]\nseeds: [0]\n")
+    out = tmp_path / "out"
+    assert main(["--threads", "1", "angles", str(cfg), "--out", str(out), "--budget", "12", "--eval-every", "6",
+                 "--eval-size", "50"]) == 0
+    prov = json.loads((out / PROVENANCE_FILE).read_text())
+    assert prov["victim_sha256"] == hashlib.sha256(victim.read_bytes()).hexdigest()
+    assert prov["config"]["budgets"] == [12] and prov["config_name"] == "tiny-angles"  # as run: --budget applied
+    assert sorted(prov["points"]) == ["epsilon=0.0", "epsilon=1.0"] and prov["points_timed"] == 2
+    assert prov["angles"] == {"eval_every": 6, "eval_size": 50}

@@ -26,7 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+    import time
+    from dataclasses import asdict, replace
 
     from modelsteal.attacks import TrainConfig
     from modelsteal.experiment import load_config
@@ -58,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
     pool, _ = build_transfer_set(cfg.transfer, victim_data=data)
     train = TrainConfig(**acfg.train)
     n = min(args.eval_size, len(data.x_test))
-    traces = []
+    traces, seconds = [], {}
     for eps in dcfg.strengths:
+        t0 = time.perf_counter()
         print(f"epsilon {eps}: {budget} online queries, batch {train.batch_size}", flush=True)
         traces.append(
             online_angles(
@@ -68,12 +70,31 @@ def run(args: argparse.Namespace) -> int:
                 eval_every=args.eval_every, seed=cfg.seeds[0],
             )
         )
+        seconds[str(float(eps))] = round(time.perf_counter() - t0, 3)
         s = traces[-1].summary()
         print(f"  mean {s['angle_mean']:.1f}°, median {s['angle_median']:.1f}°, >90°: {100 * s['frac_over_90']:.1f}%, "
               f"test loss {s['test_loss_start']:.3f} -> {s['test_loss_end']:.3f}", flush=True)
     write_angles(traces, out)
     plot_angles(traces, out, title=data.name)
+    record_angles_provenance(replace(cfg, budgets=[budget]), out=out, device=dev, seconds=seconds,
+                             settings={"eval_every": args.eval_every, "eval_size": n})
     print(f"victim {data.name} test accuracy {100 * acc:.1f}% (victim key {victim_key(cfg)}, "
           f"{asdict(cfg.victim)['arch']}); wrote {out}/angles.csv, angles-summary.csv, test-loss.csv, "
-          "fig6-angles.png, fig7-test-loss.png")
+          "fig6-angles.png, fig7-test-loss.png, provenance.json")
     return 0
+
+
+def record_angles_provenance(cfg, *, out: Path, device, seconds: dict[str, float], settings: dict) -> Path:
+    """``out/provenance.json`` for an angles run, as a sweep records it: the victim's SHA-256, the config as
+    run, the environment, and each epsilon's wall time (under ``points``, keyed ``epsilon=E``)."""
+    from modelsteal.experiment.config import point_key
+    from modelsteal.experiment.results import write_provenance
+    from modelsteal.experiment.sweep import start_provenance, victim_checkpoint_path
+
+    path = victim_checkpoint_path(cfg.victim, out_dir=out, key=point_key(cfg.victim.identity()))
+    prov = start_provenance(cfg, out=out, device=device, victim_path=path)
+    prov["angles"] = settings
+    for eps, wall in seconds.items():
+        prov["points"][f"epsilon={eps}"] = {"wall_seconds": wall, "victim_sha256": prov["victim_sha256"],
+                                            "environment_id": prov["environment_id"], "strength": float(eps)}
+    return write_provenance(prov, out)

@@ -71,6 +71,28 @@ def write_provenance(provenance: dict[str, Any], out_dir: str | Path) -> Path:
     return path
 
 
+def merge_provenance(provenances: Sequence[dict[str, Any]], *, sources: Sequence[str]) -> dict[str, Any]:
+    """One provenance for rows merged from several results directories (later ones win, as their rows do):
+    the union of their victims, environments and points, the latest run's environment, and ``merged_from``
+    (each source's directory, config name and hash). The config is kept only when every source recorded the
+    same one; otherwise the merged directory records none (``modelsteal reproduce --config`` then names it)."""
+    recorded = [p for p in provenances if p]
+    merged: dict[str, Any] = {"merged_from": [
+        {"dir": str(d), "config_name": p.get("config_name"), "config_hash": p.get("config_hash")}
+        for d, p in zip(sources, provenances, strict=True)]}
+    for p in recorded:
+        for key in ("victims", "environments", "points"):
+            merged[key] = {**merged.get(key, {}), **p.get(key, {})}
+        merged.update({k: p[k] for k in ("environment", "environment_id", "victim_path", "victim_sha256")
+                       if k in p})
+    hashes = {p.get("config_hash") for p in provenances}
+    if recorded and len(hashes) == 1 and len(recorded) == len(provenances):
+        merged.update({k: recorded[-1][k] for k in ("config", "config_name", "config_hash") if k in recorded[-1]})
+    previous = {p["victim_sha256"] for p in recorded if "victim_sha256" in p} - {merged.get("victim_sha256")}
+    merged["previous_victim_sha256"] = sorted(previous)
+    return merged
+
+
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """Read a ``results.csv`` back, converting numeric fields."""
 
