@@ -221,3 +221,20 @@ def test_attack_and_serve_fit_am_on_the_victims_own_dataset_before_the_first_que
     api, _ = build_api(ServeConfig(checkpoint=str(ckpt), defense="am", strength=0.9))
     am = api.defense
     assert isinstance(am.misinformation, nn.Module) and am.history is not None  # f̂ trained (Eq. 7) at start-up
+
+
+def test_a_convolutional_misinformation_model_runs_channels_last_on_the_cpu_with_the_same_answers(digits):
+    # AM's cost is one extra forward pass of f̂; in channels-last it costs what MAD's surrogate pass costs
+    import copy
+
+    from modelsteal.models import build_model
+    from modelsteal.models.builders import is_channels_last
+
+    victim = build_model("lenet", input_shape=digits.input_shape, num_classes=digits.num_classes, seed=0)
+    am = AdaptiveMisinformation(tau=0.9, train={"epochs": 1})
+    am.fit(victim, digits)
+    assert is_channels_last(am.misinformation)
+    plain = copy.deepcopy(am.misinformation).to(memory_format=torch.contiguous_format)
+    x = digits.x_test[:64]
+    probs = torch.softmax(victim(x), dim=1).detach()
+    assert torch.allclose(am.misinformation_probs(x, probs), torch.softmax(plain(x), dim=1), atol=1e-5)

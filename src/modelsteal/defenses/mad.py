@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from modelsteal.defenses.base import Defense, as_float, register_defense
 from modelsteal.models import model_device, seeded
+from modelsteal.models.builders import cpu_fast_layout
 from modelsteal.models.gram import LayerwiseGram, last_layer_gram, model_dtype
 
 Norm = Literal["l1", "l2"]
@@ -233,12 +234,7 @@ class MAD(Defense):
         """Build the default surrogate: a fixed random re-initialisation of a copy of ``model``."""
         if self.objective != "mad" or self.surrogate is not None:
             return
-        sur = random_surrogate(model, seed=self.seed)
-        if model_device(sur).type == "cpu" and any(isinstance(m, nn.Conv2d) for m in sur.modules()):
-            # oneDNN runs 2-d convolutions (forward and backward) markedly faster in channels-last layout;
-            # only the memory layout of this private copy changes, not its function
-            sur = sur.to(memory_format=torch.channels_last)
-        self.surrogate = sur
+        self.surrogate = cpu_fast_layout(random_surrogate(model, seed=self.seed))  # a private copy: layout only
         self._layerwise = None
 
     def _require_surrogate(self) -> nn.Module:
@@ -421,7 +417,11 @@ def random_surrogate(model: nn.Module, *, seed: int = 0) -> nn.Module:
 
 
 def _channels_last(model: nn.Module) -> bool:
-    """Whether the model's 4-d weights are stored channels-last (then inputs are given that layout too)."""
+    """Whether the model's *first* 4-d weight is strictly channels-last (then inputs are given that layout
+    too). A first convolution with one input channel reads as not channels-last, so MNIST LeNets get
+    contiguous inputs: kept as it is because the committed MAD results were computed so (another input layout
+    may change the last bit of the answers); :func:`~modelsteal.models.builders.is_channels_last` checks every
+    weight."""
     for t in model.parameters():
         if t.ndim == 4:
             return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()

@@ -51,6 +51,7 @@ from modelsteal.data.registry import DatasetSplits
 from modelsteal.defenses.base import Defense, as_float, register_defense
 from modelsteal.defenses.mad import random_surrogate
 from modelsteal.models import model_device
+from modelsteal.models.builders import cpu_fast_layout, is_channels_last
 from modelsteal.models.gram import model_dtype
 from modelsteal.training import ReverseCrossEntropy, TrainConfig, TrainHistory, train
 
@@ -163,7 +164,7 @@ class AdaptiveMisinformation(Defense):
     def bind(self, model: nn.Module, *, input_shape: Sequence[int], num_classes: int) -> None:
         """The ``untrained`` ablation's ``f̂``: a fixed random re-initialisation of a copy of the victim."""
         if self.misinformation_kind == "untrained":
-            self.misinformation = random_surrogate(model, seed=self.seed)
+            self.misinformation = cpu_fast_layout(random_surrogate(model, seed=self.seed))
 
     def fit(self, victim: nn.Module, data: DatasetSplits, *, generator: torch.Generator | None = None) -> None:
         """Train ``f̂`` with Eq. 7 on ``data``'s training split: a random copy of ``victim``'s architecture
@@ -178,7 +179,8 @@ class AdaptiveMisinformation(Defense):
         gen = generator if generator is not None else torch.Generator().manual_seed(self.seed)
         self.history = train(net, data.x_train, data.y_train, config=self.train_config, loss=ReverseCrossEntropy(),
                              generator=gen, device=model_device(victim))
-        self.misinformation = net.eval().requires_grad_(False)
+        # channels-last on the CPU: AM's one extra forward pass then costs what MAD's surrogate pass does
+        self.misinformation = cpu_fast_layout(net.eval().requires_grad_(False))
 
     def fitted_options(self) -> dict[str, Any]:
         """``{"misinformation": f̂}`` once :meth:`fit` has trained it (``f̂`` does not depend on τ)."""
@@ -195,7 +197,10 @@ class AdaptiveMisinformation(Defense):
             fix = ("call fit(victim, data) first, or pass misinformation=<nn.Module>"
                    if self.misinformation_kind == "trained" else "let PredictionAPI call bind(victim, ...) first")
             raise ValueError(f"am has no misinformation model: {fix}")
-        logits = net(x.detach().to(device=model_device(net), dtype=model_dtype(net)))
+        xs = x.detach().to(device=model_device(net), dtype=model_dtype(net))
+        if xs.ndim == 4 and is_channels_last(net):
+            xs = xs.contiguous(memory_format=torch.channels_last)
+        logits = net(xs)
         if logits.ndim != 2 or logits.shape[1] != probs.shape[1]:
             raise ValueError(f"am: the misinformation model answers shape {tuple(logits.shape)}; the victim "
                              f"answers {probs.shape[1]} classes")
