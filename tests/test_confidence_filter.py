@@ -139,3 +139,22 @@ def test_registered_and_a_bad_threshold_is_one_line_on_the_command_line(tmp_path
     save_checkpoint(build_model("mlp", input_shape=(1, 8, 8), num_classes=10, seed=0), ckpt, dataset="digits")
     one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--attack", "knockoff-filter",
                             "--attack-option", "min_confidence=1.5"], "min_confidence must be a number in [0, 1)")
+
+
+def test_a_sweep_reports_how_many_answers_the_filter_kept(tmp_path):
+    from modelsteal.experiment import run_sweep
+    from modelsteal.experiment.config import parse_config
+
+    cfg = parse_config({
+        "name": "tiny-filter",
+        "victim": {"dataset": "digits", "arch": "mlp", "epochs": 3, "lr": 0.05, "momentum": 0.9},
+        "transfer": {"source": "dataset"},
+        "defenses": [{"name": "none"}],
+        "attacks": [{"name": "knockoff-filter", "clone": "mlp", "options": {"min_confidence": 0.5},
+                     "train": {"epochs": 1, "lr": 0.05, "momentum": 0.9}}],
+        "budgets": [120], "seeds": [0],
+    })
+    (rec,) = run_sweep(cfg, out_dir=tmp_path, progress=False, plots=False)
+    assert rec["queries"] == 120 and 0 < rec["kept"] < 120  # a partial selection, every query still spent
+    assert rec["kept_fraction"] == pytest.approx(rec["kept"] / 120)
+    assert "kept" in (tmp_path / "results.csv").read_text().splitlines()[0].split(",")

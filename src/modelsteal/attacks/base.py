@@ -51,6 +51,9 @@ class Attack(ABC):
     #: what the attack queries: ``"images"`` (transfer sets and seed sets, usable in sweeps and
     #: ``modelsteal attack``) or ``"tabular"`` (a feature space; ``modelsteal tramer``).
     modality: ClassVar[str] = "images"
+    #: keys of ``StealResult.info`` worth a column of their own in a sweep's ``results.csv`` (e.g. how many
+    #: answers a filtering attacker kept)
+    reported_info: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

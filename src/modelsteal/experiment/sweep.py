@@ -398,6 +398,7 @@ def run_point(
         "fidelity": fidelity(result.clone, data.x_test, clean_test, device=device),
         "queries": result.queries,
         "attack_seconds": round(seconds, 2),
+        **{k: result.info[k] for k in getattr(attack, "reported_info", ()) if k in result.info},
     }
     if result.transfer_x is not None and result.transfer_y is not None and result.transfer_y.ndim == 2:
         clean = api.posteriors(result.transfer_x).cpu()

@@ -50,6 +50,8 @@ class ConfidenceFilterKnockoff(KnockoffNets):
     ``transfer_x`` / ``transfer_y`` hold the kept rows only.
     """
 
+    reported_info = ("kept", "kept_fraction")
+
     def __init__(self, *, min_confidence: float = 0.9, **knockoff: object) -> None:
         if isinstance(min_confidence, bool) or not isinstance(min_confidence, int | float) or not (
             math.isfinite(min_confidence) and 0 <= min_confidence < 1
