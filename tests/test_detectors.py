@@ -268,6 +268,15 @@ def test_calibrated_threshold_meets_its_tnr_on_held_out_data(name, blobs, blob_v
         ood = det.flag(blob_outliers["test"], det.posteriors(blob_outliers["test"])).float().mean().item()
         assert abs((1 - benign) - tnr) < 0.03, f"{name}: held-out TNR {1 - benign:.3f} for target {tnr}"
         assert ood > benign + 0.3, f"{name}: flags {ood:.2f} of OOD and {benign:.2f} of benign queries"
+        # rates() reports the same two numbers (attack = the OOD queries), and an AUC from the raw scores
+        r = det.rates(blobs.x_test, blob_outliers["test"])
+        assert r["tnr"] == pytest.approx(1 - benign) and r["tpr"] == pytest.approx(ood)
+        from sklearn.metrics import roc_auc_score
+
+        x = torch.cat([blobs.x_test, blob_outliers["test"]])
+        labels = [0] * len(blobs.x_test) + [1] * len(blob_outliers["test"])
+        auc = roc_auc_score(labels, det.score(x, det.posteriors(x)).double().numpy())
+        assert r["auc"] == pytest.approx(auc) and r["auc"] > 0.5
 
 
 # ------------------------------------------------------------------------------------------------

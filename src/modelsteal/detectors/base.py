@@ -119,6 +119,26 @@ class Detector(ABC):
             raise NotFittedError(f"detector {self.name!r} has no threshold: call calibrate(x_val, tnr=...)")
         return self.score(x, probs, client=client) > self.threshold
 
+    def rates(self, x_benign: Tensor, x_attack: Tensor) -> dict[str, float]:
+        """Atli et al.'s Table 4 numbers at the calibrated threshold: ``tpr`` on the attack queries
+        ``x_attack``, ``tnr`` on the benign ``x_benign`` (with ``fpr``, ``fnr``), and the threshold-free
+        ``auc`` of the scores (attack = positive). Scored as client ``"__evaluation__"``, whose state is
+        reset afterwards, so no real client's state moves."""
+        from sklearn.metrics import roc_auc_score
+
+        from modelsteal.metrics.posterior import detection_rates
+
+        if self.threshold is None:
+            raise NotFittedError(f"detector {self.name!r} has no threshold: call calibrate(x_val, tnr=...)")
+        x = torch.cat([x_benign, x_attack])
+        scores = self.score(x, self.posteriors(x), client="__evaluation__").detach().double().cpu()
+        self.reset("__evaluation__")
+        is_attack = torch.cat([torch.zeros(len(x_benign)), torch.ones(len(x_attack))]).bool()
+        out = detection_rates(scores > self.threshold, is_attack)
+        both = len(x_benign) > 0 and len(x_attack) > 0
+        out["auc"] = float(roc_auc_score(is_attack.numpy(), scores.numpy())) if both else float("nan")
+        return out
+
     # -- per-client state ----------------------------------------------------------------------------
     def state_dict(self, client: str) -> dict[str, Any]:
         """``client``'s state (what the server's store persists); empty for stateless detectors."""
