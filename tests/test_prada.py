@@ -159,6 +159,19 @@ def test_benign_stream_passes_and_a_jbda_like_stream_is_flagged(digits, digits_v
     assert det.statistic("jbda") < 0.95 < det.statistic("benign")
 
 
+def test_calibration_sets_delta_from_a_benign_stream(digits, digits_victim):
+    det = make_detector("prada", min_stream=50).fit(digits_victim, digits)
+    benign = digits.x_train[:400]
+    threshold = det.calibrate(benign, tnr=0.9)
+    assert det.delta == pytest.approx(1 - threshold) and det.threshold == threshold
+    # on that same stream, as a real client, about 10% of the queries are flagged (quantile ties allowed)
+    flagged = det.flag(benign, det.posteriors(benign), client="benign").float().mean().item()
+    assert 0.05 <= flagged <= 0.11
+    assert det.statistic("__calibration__") is None  # the calibration client left no state behind
+    with pytest.raises(ValueError, match="longer than min_stream=50"):
+        det.calibrate(benign[:50])
+
+
 @pytest.mark.parametrize(("options", "words"), [
     ({"delta": 0.0}, ("delta", "(0, 1)")), ({"delta": 1.0}, ("delta", "(0, 1)")), ({"delta": 1.5}, ("delta",)),
     ({"min_stream": 2}, ("min_stream", ">= 3")), ({"min_stream": 10.5}, ("min_stream",)),

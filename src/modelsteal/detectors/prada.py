@@ -138,6 +138,19 @@ class PRADA(Detector):
         self.threshold = 1.0 - self.delta
         self.tnr = None
 
+    def calibrate(self, x_benign: Tensor, *, tnr: float = 0.95) -> float:
+        """δ from one benign stream: ``x_benign`` (in order, e.g. the victim's validation split) is fed as a
+        fresh client, and δ becomes the value that lets a fraction ``tnr`` of its queries pass once the test
+        runs (``delta = 1 − threshold``, the ``tnr``-quantile of its ``1 − W`` scores; the queries before
+        ``min_stream`` score 0 and count as passed). A per-query false-positive rate on that stream, not a
+        per-client one over many benign clients. Returns the threshold."""
+        if len(x_benign) <= self.min_stream:
+            raise ValueError(f"prada calibration needs a benign stream longer than min_stream={self.min_stream} "
+                             f"queries, got {len(x_benign)}")
+        threshold = super().calibrate(x_benign, tnr=tnr)
+        self.delta = 1.0 - threshold
+        return threshold
+
     # -- scoring -------------------------------------------------------------------------------------
     def score(self, x: Tensor, probs: Tensor, *, client: str = "default") -> Tensor:
         self._require_fitted()
