@@ -83,7 +83,8 @@ def test_a_file_that_is_not_a_checkpoint_says_what_it_is(capsys, not_checkpoints
 
 
 # -- keys: only `create` makes a store -------------------------------------------------------------------
-@pytest.mark.parametrize("action", [["list"], ["list", "--active"], ["revoke", "--name", "alice"]])
+@pytest.mark.parametrize("action", [["list"], ["list", "--active"], ["revoke", "--name", "alice"],
+                                    ["show", "--name", "alice"]])
 @pytest.mark.parametrize("form", ["{}", "sqlite:///{}"])
 def test_keys_reading_a_store_that_does_not_exist_is_an_error(capsys, tmp_path, monkeypatch, action, form):
     monkeypatch.chdir(tmp_path)
@@ -276,3 +277,27 @@ def test_a_server_that_keeps_failing_mid_attack_is_one_clean_line(capsys, mad_se
     errors = [line for line in err.split("\n") if "error:" in line]
     assert rc == 2 and len(errors) == 1 and errors[0].startswith("modelsteal attack: error: "), repr(err)
     assert "stopped answering after 0 of --budget 64" in errors[0] and "503 busy" in errors[0]
+
+
+# -- detectors in the server: mistakes before the victim is loaded ------------------------------------------
+@pytest.mark.parametrize("extra, words", [
+    (["--detector", "bogus"], ("unknown detector 'bogus'", "prada")),
+    (["--detector", "prada", "--response", "bogus"], ("unknown response 'bogus'", "refuse")),
+    (["--detector", "prada", "--detector-option", "min_stream=2"], ("min_stream", ">= 3")),
+    (["--detector", "prada", "--detector-option", "window=5"], ("unknown option window", "min_stream")),
+    (["--detector", "prada", "--detector-option", "index=hnsw"], ("index must be one of", "faiss")),
+    (["--detector", "prada", "--detector-option", "min_stream"], ("--detector-option expects key=value",)),
+    (["--response", "refuse"], ("--response refuse needs --detector",)),
+    (["--detector-option", "min_stream=50"], ("--detector-option min_stream given without --detector",)),
+    (["--detector", "prada", "--detector-tnr", "1.5"], ("--detector-tnr must lie in (0, 1)",)),
+    (["--detector", "prada", "--detector-tnr", "most"], ("--detector-tnr expects a rate",)),
+    (["--detector", "binary"], ("outlier set",)),
+])
+def test_serve_detector_mistakes_are_one_line_before_the_victim_is_loaded(capsys, tmp_path, extra, words):
+    # Bugs caught: a detector mistake reported only after the checkpoint is loaded (the missing checkpoint below
+    # would be the error instead), a traceback, or --response silently ignored without a detector.
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("fastapi")
+    argv = ["serve", "--model", tmp_path / "no-such-victim.pt", "--store", tmp_path / "ledger.db", "--port", "0",
+            *extra]
+    one_line_error(capsys, argv, *words)

@@ -181,3 +181,108 @@ def test_bad_options_are_one_line_errors(options, words):
         make_detector("prada", **options)
     msg = str(e.value)
     assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+# -- the faiss index: same exact distances --------------------------------------------------------------
+@pytest.mark.parametrize("dim", [64, 300])
+def test_faiss_index_gives_the_brute_force_distances_bit_for_bit(dim, monkeypatch):
+    """Members with near-duplicates, exact duplicates and ties, queried through the faiss candidates and the
+    exact re-ranking; equal to the chunked-cdist reference and within 1e-12 of a NumPy one."""
+    pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(dim)
+    members = torch.rand(600, dim, generator=g)
+    members[300:320] = members[:20]  # exact duplicates (ties)
+    x = torch.cat([torch.rand(40, dim, generator=g), members[:30] + 1e-5 * torch.randn(30, dim, generator=g),
+                   members[40:50], 0.5 * torch.ones(3, dim)])
+    cls = prada_module._ClassSet(members.clone(), [], 0.0)
+    reference = prada_module.min_distances(x, members)
+    assert torch.equal(cls.nearest(x, index="faiss"), reference)
+    assert torch.equal(cls.nearest(x, index="auto"), reference)
+    brute = np.sqrt(((x.double().numpy()[:, None] - members.double().numpy()[None]) ** 2).sum(-1)).min(1)
+    np.testing.assert_allclose(reference.numpy(), brute, rtol=0, atol=1e-12)
+    # with a bound too small to trust any ranking, every row falls back to the reference: still equal
+    monkeypatch.setattr(prada_module, "_U32", 1.0)
+    assert torch.equal(cls.nearest(x, index="faiss"), reference)
+
+
+def test_faiss_ranking_is_checked_not_trusted(monkeypatch):
+    """A faiss index that returns the wrong candidates (the farthest members) must not change the distances: the
+    rounding-bound check sends those rows to the exact reference."""
+    pytest.importorskip("faiss")
+
+    class Reversed:
+        def __init__(self, rows: np.ndarray) -> None:
+            self.rows = rows
+
+        def search(self, q: np.ndarray, k: int):
+            d = ((q[:, None] - self.rows[None]) ** 2).sum(-1)
+            ids = np.argsort(-d, axis=1)[:, :k]  # the k farthest, reported nearest-first
+            return np.sort(np.take_along_axis(d, ids, 1), axis=1)[:, ::-1].copy(), ids
+
+    g = torch.Generator().manual_seed(0)
+    members, x = torch.rand(200, 16, generator=g), torch.rand(20, 16, generator=g)
+    cls = prada_module._ClassSet(members.clone(), [], 0.0)
+    cls.faiss = Reversed(members.numpy())
+    assert torch.equal(cls.nearest(x, index="faiss"), prada_module.min_distances(x, members))
+
+
+def test_scores_and_state_do_not_depend_on_the_index(digits, digits_victim, monkeypatch):
+    pytest.importorskip("faiss")
+    monkeypatch.setattr(prada_module, "_CANDIDATES", 4)
+    monkeypatch.setattr(prada_module, "_FAISS_MIN", 8)
+    x = _near_duplicate_stream(digits, 300)
+    out = {}
+    for index in ("torch", "faiss", "auto"):
+        det = make_detector("prada", min_stream=40, index=index).fit(digits_victim, digits)
+        scores = torch.cat([det.score(xb, det.posteriors(xb), client="c") for xb in x.split(37)])
+        out[index] = (scores, det.state_dict("c"))
+    assert torch.equal(out["torch"][0], out["faiss"][0]) and torch.equal(out["torch"][0], out["auto"][0])
+    assert out["torch"][1] == out["faiss"][1] == out["auto"][1]
+
+
+# -- incremental state ----------------------------------------------------------------------------------
+def test_deltas_rebuild_the_state_and_refuse_the_wrong_base(digits, digits_victim):
+    x = _near_duplicate_stream(digits, 160)
+    det = make_detector("prada", min_stream=40).fit(digits_victim, digits)
+    probs = det.posteriors(x)
+    deltas = []
+    for s in range(0, 160, 23):
+        det.score(x[s:s + 23], probs[s:s + 23], client="c")
+        deltas.append(json.loads(json.dumps(det.state_delta("c"))))  # through JSON, as the store keeps them
+    assert det.state_delta("c")["classes"] == {} and det.state_delta("c")["distances"] == ""  # nothing new
+    rebuilt = make_detector("prada", min_stream=40)  # unfitted, as `keys show` rebuilds it
+    for d in deltas:
+        rebuilt.apply_state_delta("c", d)
+    assert rebuilt.state_dict("c") == det.state_dict("c")
+    assert rebuilt.summary("c")["stream"] == len(det.state_dict("c")["distances"])
+    assert rebuilt.summary("c")["queries_seen"] == 160
+    fresh = make_detector("prada", min_stream=40)
+    with pytest.raises(ValueError, match="extends a stream of"):
+        fresh.apply_state_delta("c", deltas[1])  # skipping the first delta is an error, not another state
+    fresh.apply_state_delta("c", deltas[0])
+    with pytest.raises(ValueError, match="extends a stream of"):
+        fresh.apply_state_delta("c", deltas[0])  # nor is applying one twice
+
+
+def test_bad_index_is_a_one_line_error():
+    with pytest.raises(ValueError, match="index must be one of auto, torch, faiss"):
+        make_detector("prada", index="hnsw")
+
+
+@pytest.mark.parametrize("n", [3, 4, 101, 5001, 20_000])
+def test_the_sorted_stream_gives_scipys_w_bit_for_bit(n):
+    """The fast path (kept values sorted incrementally, SciPy's swilk called directly, shifted by the value
+    scipy.stats.shapiro would subtract) against scipy.stats.shapiro on the trimmed stream, with outliers, ties
+    and a stream that grows one value at a time."""
+    rng = np.random.default_rng(n)
+    d = np.abs(rng.normal(5.0, 1.0, n))
+    d[:: max(1, n // 7)] = 50.0  # outliers beyond 3 sigma, and ties among them
+    d[1::9] = d[0::9][: len(d[1::9])]  # more ties
+    state = prada_module._ClientState()
+    for chunk in np.array_split(d, 5):  # the sorted copy is kept up to date as the stream grows
+        state.distances.extend(chunk.tolist())
+        fast = prada_module.shapiro_w(state.stream(), ordered=state.ordered())
+        slow = prada_module.shapiro_w(np.asarray(state.distances))
+        assert fast == slow, (len(state.distances), fast, slow)
+    np.testing.assert_array_equal(state.ordered(), np.sort(d))
+    assert prada_module.shapiro_w(np.full(10, 2.0), ordered=np.full(10, 2.0)) == 0.0

@@ -1,15 +1,17 @@
-"""``modelsteal keys``: create, list and revoke the API keys of a ``modelsteal serve`` store.
+"""``modelsteal keys``: create, list, revoke and show the API keys of a ``modelsteal serve`` store.
 
 Keys are stored hashed; ``keys create`` prints the new key once, alone on its last line::
 
     KEY=$(modelsteal keys create --store ledger.db --name alice --budget 10000 | tail -n 1)
     modelsteal keys list --store ledger.db
     modelsteal keys revoke --store ledger.db --name alice
+    modelsteal keys show --store ledger.db --name alice     # usage, flags, detector state summary (JSON)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import time
@@ -40,6 +42,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     r = sub.add_parser("revoke", help="revoke a client's active key (its ledger is kept)")
     store_arg(r)
     r.add_argument("--name", required=True, help="client name")
+
+    sh = sub.add_parser("show", help="print a client's usage, flagged queries and detector state summary (JSON)")
+    store_arg(sh)
+    sh.add_argument("--name", required=True, help="client name (its active key, else its latest revoked one)")
     return p
 
 
@@ -60,7 +66,22 @@ def run(args: argparse.Namespace) -> int:
         elif args.keys_command == "revoke":
             client = store.revoke(args.name)
             print(f"revoked key {client.key_prefix}… of client {client.name!r} ({client.queries} queries recorded)")
+        elif args.keys_command == "show":
+            print(json.dumps(show(store, args.name), indent=2, allow_nan=False))
     return 0
+
+
+def show(store: Any, name: str) -> dict[str, Any]:
+    """What an admin sees of client ``name``: its usage, flagged queries and detector state summary (rebuilt
+    from the store's journal; ``null`` when the server never saved one)."""
+    from modelsteal.serve.detector_state import stored_summary
+
+    client = store.client_named(name)
+    if client is None:
+        known = ", ".join(c.name for c in store.clients()) or "none"
+        raise ValueError(f"no client named {name!r} in {store.url}; known: {known}")
+    return {**client.as_dict(), "revoked": client.revoked, "flagged": store.flags(client.id),
+            "detector": stored_summary(store, client.id)}
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -5,6 +5,7 @@ Example::
     modelsteal keys create --store ledger.db --name alice --budget 10000
     modelsteal serve --model runs/demo/victim.pt --defense mad --defense-option epsilon=0.5 \\
         --store ledger.db --port 8000
+    modelsteal serve --model runs/demo/victim.pt --detector prada --response refuse --store ledger.db
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--strength", type=number, default=None, help="the defense's strength parameter")
     p.add_argument("--defense-option", action="append", default=[], metavar="K=V",
                    help="defense option, repeatable (numbers and true/false are parsed)")
+    p.add_argument("--detector", default="none",
+                   help="detector watching the queries, e.g. prada (per-client state kept in the store), msp, odin; "
+                        "fitted on the victim's data and calibrated on its validation split (default none)")
+    p.add_argument("--detector-option", action="append", default=[], metavar="K=V",
+                   help="detector option, repeatable, e.g. min_stream=100 or index=faiss for prada")
+    p.add_argument("--detector-tnr", default="0.95", metavar="RATE",
+                   help="calibrate the detector for this true-negative rate on the victim's validation split "
+                        "(default 0.95); 'none' keeps the detector's own threshold (prada: 1 - delta)")
+    p.add_argument("--response", default=None,
+                   help="what flagged queries get: none (only counted), shuffle, misinform (Adaptive "
+                        "Misinformation's f-hat) or refuse (403 query_refused); needs --detector (default none)")
     p.add_argument("--output", default="probs", help="output format: probs, top-k (or top-N), label, rounded")
     p.add_argument("--output-option", action="append", default=[], metavar="K=V",
                    help="output option, repeatable: k=N for top-k, decimals=N for rounded")
@@ -47,7 +59,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=1024, help="most rows per request (default 1024)")
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default: from --max-batch)")
     p.add_argument("--record-inputs", action="store_true", help="store every query's inputs in the ledger")
-    p.add_argument("--device", default="cpu", help="device for the model (default cpu)")
+    p.add_argument("--device", default="auto", help="device for the model: cpu, cuda, cuda:N or auto (default; CUDA "
+                   "when available)")
     p.add_argument("--eval-size", type=int, default=1000, metavar="N",
                    help="at start-up, measure the defended accuracy on the first N examples of the victim's "
                         "test split (default 1000; 0 skips)")
@@ -62,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from modelsteal.experiment.sweep import resolve_device
     from modelsteal.serve import require
     from modelsteal.serve.app import CONFIG_ENV, ServeConfig, build_api, create_app
+    from modelsteal.serve.config import check_detector
     from modelsteal.serve.store import open_store
 
     uvicorn = require("uvicorn")
@@ -74,7 +88,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
     if args.eval_size < 0:
         raise ValueError(f"--eval-size must be >= 0, got {args.eval_size}")
+    if args.response is not None and args.detector.strip().lower() == "none":
+        raise ValueError(f"--response {args.response} needs --detector NAME (e.g. prada): without a detector no "
+                         "query is flagged")
     config = ServeConfig(
+        detector=args.detector, detector_options=parse_options(args.detector_option, flag="--detector-option"),
+        response=args.response or "none", detector_tnr=_rate_or_none(args.detector_tnr), data_dir=args.data_dir,
         checkpoint=args.model, defense=args.defense,
         defense_options=parse_options(args.defense_option, flag="--defense-option"), strength=args.strength,
         output=args.output, output_options=parse_options(args.output_option, flag="--output-option"),
@@ -83,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     )
     # Build everything once here so that a bad checkpoint, defense or store is a one-line error, not a
     # traceback from inside a worker.
+    check_detector(config)  # before the victim is loaded
     api, info = build_api(config)
     store = open_store(config.store)
     active = store.clients(include_revoked=False)
@@ -99,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
             raise
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
+    if api.detector is not None:
+        print(f"modelsteal serve: detector {api.detector!r} (response {config.response}), fitted and calibrated "
+              f"on {info.get('dataset')}", flush=True)
     print(f"modelsteal serve: {args.model} with defense {info['defense']['description']}, output "
           f"{api.output.describe()}, store {store.url}; listening on http://{shown}:{port}", flush=True)
     common: dict[str, Any] = {"log_level": args.log_level, "access_log": not args.no_access_log,
@@ -123,8 +146,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rate_or_none(text: str) -> float | None:
+    """``--detector-tnr``: a rate in (0, 1), or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        rate = float(text)
+    except ValueError:
+        raise ValueError(f"--detector-tnr expects a rate in (0, 1) or 'none', got {text!r}") from None
+    if not 0 < rate < 1:
+        raise ValueError(f"--detector-tnr must lie in (0, 1), got {text}")
+    return rate
+
+
 def report_defense_cost(api: Any, info: dict[str, Any], *, eval_size: int, data_dir: str | None) -> None:
-    """Print the defended API's top-1 accuracy on the victim's test split; warn when most labels flip.
+    """Print the defended API's top-1 accuracy on the victim's test split; warn when most labels flip. A
+    detector is off for this measurement (its response would depend on the order of the test examples).
 
     Skipped with a note when the checkpoint's dataset is not registered or its files are not here.
     """
@@ -143,7 +180,11 @@ def report_defense_cost(api: Any, info: dict[str, Any], *, eval_size: int, data_
               f"({str(e).splitlines()[0][:160]})", flush=True)
         return
     x, y = data.x_test[:eval_size], data.y_test[:eval_size]
-    cost = defense_cost(api, x, y)
+    detector, api.detector = api.detector, None  # the defense's cost; the detector would see a client's stream
+    try:
+        cost = defense_cost(api, x, y)
+    finally:
+        api.detector = detector
     defense = info["defense"]["description"]
     print(f"modelsteal serve: defended top-1 accuracy {100 * cost['defender_accuracy']:.1f}% on {len(y)} test "
           f"examples of {data.name} (undefended {100 * cost['victim_accuracy']:.1f}%), mean L1 distance "

@@ -24,17 +24,37 @@ Choices where the summary in the issue is silent (stds are population stds, ``dd
   stream), but calibrating ``delta`` for a target false-positive rate over many benign *clients* is not done
   here.
 
-Distances are exact (no approximate index): each batch's rows are compared with ``G_c`` by chunked
-:func:`torch.cdist` in float64 without the matrix-multiplication shortcut, and with each other by one pairwise
-``cdist``, on the queries' device; only the per-row bookkeeping loops in Python, so a batch gives the same
-scores as its rows sent one at a time. The Shapiro-Wilk test on ``D`` still costs ``O(|D| log |D|)`` per query.
+Distances are exact. Each batch's rows are compared with each other by one pairwise :func:`torch.cdist` in
+float64 (without the matrix-multiplication shortcut), and with ``G_c`` by one of two searches (``index=``):
+
+- ``torch``: chunked float64 ``cdist`` against every member, on the queries' device (the reference);
+- ``faiss``: a ``faiss.IndexFlatL2`` per class (``pip install 'modelsteal[faiss]'``, imported when first used)
+  proposes the ``_CANDIDATES`` nearest members in float32; their distances are recomputed by the same float64
+  ``cdist``, and a row whose float32 ranking cannot be trusted (the last candidate's float32 squared distance
+  is not more than a rounding bound above the best exact one; the bound is ``(4·D + 16)·2⁻²⁴·(‖x‖² + max‖y‖²)``)
+  falls back to the reference for that row. Same values as ``torch``, bit for bit, about 20× faster on the CPU;
+- ``auto`` (default): ``faiss`` for a class set of at least ``_FAISS_MIN`` members held on the CPU when faiss is
+  installed, ``torch`` otherwise (``bench/prada_cost.py`` measures the crossover).
+
+Both are exhaustive, so the search still grows linearly with ``|G_c|`` (which grows much more slowly than the
+history: a query joins ``G_c`` only when it is farther than ``T_c`` from every member). The Shapiro-Wilk test on
+``D`` is the part that must grow with the history: ``W`` of the whole (trimmed) stream after every query is
+``O(|D|)`` at best; a sorted copy of ``D`` is kept (each new distance inserted), so no query sorts the stream,
+and SciPy's own ``swilk`` routine is called on it with the shift :func:`scipy.stats.shapiro` would use, so ``W``
+is bit for bit SciPy's. ``docs/serving.md`` gives the measured costs. Only the per-row bookkeeping loops in
+Python, so a batch gives the same scores as its rows sent one at a time.
+
+Per-client state round-trips through :meth:`PRADA.state_dict` / :meth:`PRADA.load_state_dict` (plain JSON) and,
+incrementally, :meth:`PRADA.state_delta` / :meth:`PRADA.apply_state_delta` (what changed since the last delta:
+what the server's store appends after every request, so saving does not grow with the client's history).
 """
 
 from __future__ import annotations
 
+import base64
 import math
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -46,6 +66,11 @@ from modelsteal.detectors.base import Detector, check_rate, register_detector
 STATE_VERSION = 1
 _CDIST_BUDGET = 1 << 22  # float64 distances per cdist chunk (32 MiB)
 _SUB_BATCH = 1024  # rows compared with each other in one pairwise cdist
+_CANDIDATES = 16  # faiss: float32 nearest members re-ranked exactly per row
+_FAISS_MIN = 512  # auto: class-set size from which faiss beats chunked cdist (bench/prada_cost.py, part 1)
+_U32 = 2.0 ** -24  # unit roundoff of float32
+Index = Literal["auto", "torch", "faiss"]
+INDEXES = ("auto", "torch", "faiss")
 
 
 class _ClassSet:
@@ -57,6 +82,8 @@ class _ClassSet:
         self.n = len(rows)
         self.admitted = admitted
         self.threshold = threshold
+        self.max_sq = float(rows.double().pow(2).sum(dim=1).max()) if len(rows) else 0.0
+        self.faiss: Any = None  # a faiss.IndexFlatL2 over the members, built when first searched (derived state)
 
     @property
     def members(self) -> Tensor:
@@ -69,7 +96,59 @@ class _ClassSet:
             grown[: self.n] = self.buf[: self.n]
             self.buf = grown
         self.buf[self.n: need] = rows.to(self.buf.device, self.buf.dtype)
+        if len(rows):
+            self.max_sq = max(self.max_sq, float(rows.double().pow(2).sum(dim=1).max()))
+        if self.faiss is not None:
+            self.faiss.add(_float32_rows(self.buf[self.n: need]))
         self.n = need
+
+    def nearest(self, x: Tensor, *, index: str) -> Tensor:
+        """``(N,)`` exact minimum distance (float64) from each row of ``x`` to the members."""
+        use_faiss = index == "faiss" or (index == "auto" and self.n >= _FAISS_MIN and self.buf.device.type == "cpu"
+                                         and _faiss_available())
+        if not use_faiss or self.n <= _CANDIDATES:
+            return min_distances(x, self.members)
+        if self.faiss is None:
+            self.faiss = _require_faiss().IndexFlatL2(self.buf.shape[1])
+            self.faiss.add(_float32_rows(self.members))
+        return _reranked(x, self.members, self.faiss, max_sq=self.max_sq)
+
+
+def _float32_rows(rows: Tensor) -> np.ndarray:
+    return np.ascontiguousarray(rows.detach().cpu().float().numpy())
+
+
+def _faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _require_faiss() -> Any:
+    from modelsteal._extras import require_extra
+
+    return require_extra("faiss", extra="faiss", purpose="PRADA's index='faiss'")
+
+
+def _reranked(x: Tensor, members: Tensor, index: Any, *, max_sq: float) -> Tensor:
+    """Exact minimum distances through the faiss index: float32 candidates, float64 re-ranking, and the reference
+    :func:`min_distances` for each row whose float32 ranking the rounding bound cannot vouch for."""
+    k = min(_CANDIDATES, len(members))
+    approx, ids = index.search(_float32_rows(x), k)  # squared float32 distances, ascending
+    xd = x.double()
+    ids_t = torch.as_tensor(ids, device=members.device)
+    cand = members[ids_t.flatten()].to(x.device, torch.float64).reshape(len(x), k, -1)
+    exact = torch.cdist(xd.unsqueeze(1), cand, compute_mode="donot_use_mm_for_euclid_dist").squeeze(1)
+    best = exact.amin(dim=1)
+    bound = (4 * x.shape[1] + 16) * _U32 * (xd.pow(2).sum(dim=1) + max_sq)
+    last = torch.as_tensor(approx[:, -1], dtype=torch.float64, device=x.device)
+    unsure = ~(last > best.pow(2) + bound)
+    if bool(unsure.any()):
+        rows = unsure.nonzero().flatten()
+        best[rows] = min_distances(x[rows], members)
+    return best
 
 
 class _ClientState:
@@ -80,21 +159,74 @@ class _ClientState:
         self.classes: dict[int, _ClassSet] = {}
         self.dim: int | None = None
         self._w: tuple[int, float] | None = None  # cache: (len(D), W) — derived, not part of the state
+        self.mark: tuple[int, dict[int, tuple[int, int, float]]] = (0, {})  # what the last delta covered
+        self._array = np.empty(0)  # D as a capacity-doubling float64 buffer (derived), so the test does not
+        self._filled = 0  # convert the whole list on every query
+        self._ordered = np.empty(0)  # D sorted (derived): new distances are inserted, never the whole sorted
+
+    def stream(self) -> np.ndarray:
+        """``D`` as a float64 array (a view of a buffer that only the new distances are copied into)."""
+        n = len(self.distances)
+        if n > len(self._array):
+            grown = np.empty(max(n, 2 * len(self._array)))
+            grown[: self._filled] = self._array[: self._filled]
+            self._array = grown
+        if n > self._filled:
+            self._array[self._filled: n] = self.distances[self._filled: n]
+            new = np.sort(self._array[self._filled: n])
+            self._ordered = np.insert(self._ordered, np.searchsorted(self._ordered, new), new)
+            self._filled = n
+        return self._array[:n]
+
+    def ordered(self) -> np.ndarray:
+        """``D`` sorted (call :meth:`stream` first)."""
+        return self._ordered
+
+    def marked(self) -> tuple[int, dict[int, tuple[int, int, float]]]:
+        """``(len(D), {c: (|G_c|, |A_c|, T_c)})`` now: the base of the next :meth:`PRADA.state_delta`."""
+        return len(self.distances), {c: (cls.n, len(cls.admitted), cls.threshold) for c, cls in self.classes.items()}
 
 
-def shapiro_w(distances: list[float] | np.ndarray) -> float:
+def shapiro_w(distances: list[float] | np.ndarray, *, ordered: np.ndarray | None = None) -> float:
     """Shapiro-Wilk ``W`` of ``distances`` after dropping values farther than 3σ from their mean (population
-    std); ``0`` for a point mass (all remaining values equal), which has no ``W``."""
-    from scipy.stats import shapiro
+    std); ``0`` for a point mass (all remaining values equal), which has no ``W``.
 
+    ``ordered`` (the same values sorted, kept up to date by the caller) skips the sort: the kept values are
+    passed straight to the routine :func:`scipy.stats.shapiro` runs (``swilk``), shifted by the value
+    ``shapiro`` would subtract (the middle kept value *in stream order*), so ``W`` is the same bit for bit;
+    without it, or when SciPy's private routine is not found, :func:`scipy.stats.shapiro` itself runs."""
     d = np.asarray(distances, dtype=np.float64)
     mean, std = d.mean(), d.std()
-    d = d[np.abs(d - mean) <= 3.0 * std]
+    keep = np.abs(d - mean) <= 3.0 * std
+    swilk = _swilk() if ordered is not None else None
+    if swilk is None:
+        return _scipy_w(d[keep])
+    y = ordered[np.abs(ordered - mean) <= 3.0 * std]  # the kept values, sorted (same elementwise test)
+    n = len(y)
+    if n < 3 or y[0] == y[-1]:
+        return 0.0
+    y = y - d[np.flatnonzero(keep)[n // 2]]
+    w, _, _ = swilk(y, np.zeros(n // 2, dtype=np.float64), 0)
+    return float(np.float64(w))
+
+
+def _scipy_w(d: np.ndarray) -> float:
+    from scipy.stats import shapiro
+
     if len(d) < 3 or d.max() == d.min():
         return 0.0
     with warnings.catch_warnings():  # N > 5000: SciPy warns that the p-value (unused here) is approximate
         warnings.simplefilter("ignore")
         return float(shapiro(d).statistic)
+
+
+def _swilk() -> Any:
+    """SciPy's ``swilk`` (what :func:`scipy.stats.shapiro` calls after sorting), or ``None`` if it moved."""
+    try:
+        from scipy.stats._ansari_swilk_statistics import swilk
+    except ImportError:
+        return None
+    return swilk
 
 
 def min_distances(x: Tensor, members: Tensor) -> Tensor:
@@ -125,12 +257,17 @@ class PRADA(Detector):
 
     stateful = True
 
-    def __init__(self, *, delta: float = 0.95, min_stream: int = 100) -> None:
+    def __init__(self, *, delta: float = 0.95, min_stream: int = 100, index: Index = "auto") -> None:
         super().__init__()
         self.delta = check_rate(delta, name="delta")
         if isinstance(min_stream, bool) or int(min_stream) != min_stream or min_stream < 3:
             raise ValueError(f"prada min_stream must be an integer >= 3, got {min_stream}")
         self.min_stream = int(min_stream)
+        if index not in INDEXES:
+            raise ValueError(f"prada index must be one of {', '.join(INDEXES)}, got {index!r}")
+        if index == "faiss":
+            _require_faiss()
+        self.index = index
         self._clients: dict[str, _ClientState] = {}
 
     def _fit(self, victim: nn.Module, data: DatasetSplits, *, outliers: Tensor | None,
@@ -179,8 +316,9 @@ class PRADA(Detector):
         pair: dict[int, np.ndarray] = {}  # per class: pairwise distances among the block's rows of that class
         for c, idx in rows.items():
             xb = flat[idx]
-            members = state.classes[c].members if c in state.classes else xb[:0]
-            best[c] = min_distances(xb, members).cpu().numpy()
+            cls = state.classes.get(c)
+            near = min_distances(xb, xb[:0]) if cls is None else cls.nearest(xb, index=self.index)
+            best[c] = near.cpu().numpy()
             xd = xb.double()
             pair[c] = torch.cdist(xd, xd, compute_mode="donot_use_mm_for_euclid_dist").cpu().numpy()
         local = {c: {i: j for j, i in enumerate(idx)} for c, idx in rows.items()}
@@ -216,7 +354,7 @@ class PRADA(Detector):
         if n <= self.min_stream:
             return 0.0
         if state._w is None or state._w[0] != n:
-            state._w = (n, shapiro_w(state.distances))
+            state._w = (n, shapiro_w(state.stream(), ordered=state.ordered()))
         return 1.0 - state._w[1]
 
     def statistic(self, client: str) -> float | None:
@@ -262,10 +400,93 @@ class PRADA(Detector):
             dtype = getattr(torch, cls["dtype"])
             rows = torch.tensor(cls["members"], dtype=dtype, device=device).reshape(-1, new.dim)
             new.classes[int(key)] = _ClassSet(rows, [float(a) for a in cls["admitted"]], float(cls["threshold"]))
+        new.mark = new.marked()
         self._clients[client] = new
+
+    def state_delta(self, client: str) -> dict[str, Any]:
+        """What changed in ``client``'s state since the last :meth:`state_delta`, :meth:`apply_state_delta` or
+        :meth:`load_state_dict` (since nothing, for a new client), as plain JSON types; its size is that of the
+        change, not of the history. The new distances, members and admitting distances are little-endian
+        bytes in base64 (exact), with the lengths they extend (``base``), which :meth:`apply_state_delta`
+        checks, so a delta applied to the wrong state is an error rather than a silently different state."""
+        state = self._clients.get(client)
+        if state is None:
+            return {"version": STATE_VERSION, "kind": "delta", "base": 0, "dim": None, "distances": "",
+                    "classes": {}}
+        n_d, marks = state.mark
+        classes = {}
+        for c, cls in sorted(state.classes.items()):
+            n, n_a, t = marks.get(c, (0, 0, 0.0))
+            if (n, n_a, t) == (cls.n, len(cls.admitted), cls.threshold):
+                continue
+            members = cls.members[n:].detach().cpu()
+            classes[str(c)] = {"base": [n, n_a], "dtype": str(members.dtype).removeprefix("torch."),
+                               "members": _b64(members.numpy()), "admitted": _b64(np.asarray(cls.admitted[n_a:])),
+                               "threshold": cls.threshold}
+        out = {"version": STATE_VERSION, "kind": "delta", "base": n_d, "dim": state.dim,
+               "distances": _b64(np.asarray(state.distances[n_d:])), "classes": classes}
+        state.mark = state.marked()
+        return out
+
+    def apply_state_delta(self, client: str, delta: dict[str, Any]) -> None:
+        """Extend ``client``'s state by a :meth:`state_delta` (in the order they were taken); ``ValueError`` if
+        it does not extend the state as it is now."""
+        if delta.get("version") != STATE_VERSION or delta.get("kind") != "delta":
+            raise ValueError(f"not a prada state delta of version {STATE_VERSION}: {str(delta)[:80]}")
+        state = self._clients.setdefault(client, _ClientState())
+        if int(delta["base"]) != len(state.distances):
+            raise ValueError(f"prada delta for {client!r} extends a stream of {delta['base']} distances; the "
+                             f"state holds {len(state.distances)}")
+        if delta["dim"] is not None:
+            if state.dim is not None and state.dim != delta["dim"]:
+                raise ValueError(f"prada delta for {client!r} has {delta['dim']}-value queries, not {state.dim}")
+            state.dim = int(delta["dim"])
+        device = next(self.victim.parameters()).device if self.victim is not None else torch.device("cpu")
+        for key, d in delta["classes"].items():
+            c, cls = int(key), state.classes.get(int(key))
+            have = [0, 0] if cls is None else [cls.n, len(cls.admitted)]
+            if list(d["base"]) != have:
+                raise ValueError(f"prada delta for {client!r} extends class {c} at {d['base']}, the state is at {have}")
+            dtype = getattr(torch, d["dtype"])
+            rows = torch.from_numpy(_unb64(d["members"], dtype)).reshape(-1, state.dim).to(device)
+            if cls is None:
+                cls = state.classes[c] = _ClassSet(rows[:0].clone(), [], 0.0)
+            cls.append(rows)
+            cls.admitted.extend(_unb64(d["admitted"], torch.float64).tolist())
+            cls.threshold = float(d["threshold"])
+        state.distances.extend(_unb64(delta["distances"], torch.float64).tolist())
+        state.mark = state.marked()
+
+    def options(self) -> dict[str, Any]:
+        """The constructor options that rebuild this detector as it is now (``delta`` as calibrated)."""
+        return {"delta": self.delta, "min_stream": self.min_stream, "index": self.index}
+
+    def summary(self, client: str) -> dict[str, Any]:
+        """A short account of ``client``'s state (what ``modelsteal keys show`` prints): stream length, ``W`` (or
+        ``None`` while the stream is short), whether it is below ``delta``, and per class ``|G_c|`` and ``T_c``."""
+        state = self._clients.get(client)
+        if state is None:
+            return {"queries_seen": 0, "stream": 0, "W": None, "flagged_now": False, "classes": {}}
+        w = self.statistic(client)
+        return {
+            "queries_seen": len(state.distances) + len(state.classes), "stream": len(state.distances), "W": w,
+            "delta": self.delta, "flagged_now": w is not None and w < self.delta,
+            "classes": {str(c): {"members": cls.n, "threshold": cls.threshold}
+                        for c, cls in sorted(state.classes.items())},
+        }
 
     def reset(self, client: str) -> None:
         self._clients.pop(client, None)
 
     def __repr__(self) -> str:
-        return f"PRADA(delta={self.delta}, min_stream={self.min_stream}, threshold={self.threshold})"
+        return (f"PRADA(delta={self.delta}, min_stream={self.min_stream}, index={self.index!r}, "
+                f"threshold={self.threshold})")
+
+
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes()).decode()
+
+
+def _unb64(text: str, dtype: torch.dtype) -> np.ndarray:
+    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype.newbyteorder("<")
+    return np.frombuffer(base64.b64decode(text), dtype=np_dtype).astype(np_dtype.newbyteorder("="))

@@ -6,6 +6,8 @@
   encoding the answer); :mod:`modelsteal.serve.config`: ``ServeConfig`` and ``build_api``;
 - :mod:`modelsteal.serve.store`: ``open_store(url)``, keys (stored hashed) and the durable query ledger,
   SQLite by default (``store/sqlite.py``) and PostgreSQL by URL (``store/postgres.py``);
+- :mod:`modelsteal.serve.detector_state`: a stateful detector's per-client state (PRADA), journalled in the
+  store, loaded before and saved after every request;
 - :mod:`modelsteal.serve.client`: ``HTTPBlackBox(url, key)``, the client side of the
   :class:`~modelsteal.BlackBox` contract, so any attack runs unchanged against a live server.
 

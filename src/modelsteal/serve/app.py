@@ -19,7 +19,9 @@ in the same transaction — and only then answered by the :class:`~modelsteal.Pr
 serialised by a lock and runs in the thread pool, off the event loop). A query is one input row. When the
 API has a detector, the number of the request's rows it flagged is written to the store next to the ledger
 entry before the answer is sent; a batch its ``refuse`` response refuses is a 403 ``query_refused`` and is
-taken back out of the ledger, like any request that was not answered.
+taken back out of the ledger, like any request that was not answered. A *stateful* detector (PRADA) keeps
+each client's state in the store (:mod:`modelsteal.serve.detector_state`): loaded before the request, its
+change saved after it in the same transaction as the request's flag count, before the answer is sent.
 The body format lives in :mod:`modelsteal.serve.codec`, the server's settings in
 :mod:`modelsteal.serve.config`; both are re-exported here.
 
@@ -45,10 +47,12 @@ from modelsteal.blackbox import PredictionAPI, QueryRefusedError
 from modelsteal.serve import require
 from modelsteal.serve.codec import ENCODINGS, APIError, decode_request, encode_tensor
 from modelsteal.serve.config import CONFIG_ENV, ServeConfig, build_api, default_max_body_bytes
+from modelsteal.serve.detector_state import DetectorJournal
 from modelsteal.serve.store import (
     AuthenticationError,
     BudgetExhaustedError,
     ClientInfo,
+    DetectorStateConflict,
     RateLimitedError,
     Store,
     open_store,
@@ -63,6 +67,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("modelsteal.serve")
+_STATE_RETRIES = 8  # a request re-scored after another worker saved the same client's detector state
 
 
 # -- the application ----------------------------------------------------------------------------------------
@@ -117,6 +122,8 @@ class _Service:
         self.record_inputs = record_inputs
         self.info = info
         self.lock = threading.Lock()
+        detector = api.detector
+        self.journal = DetectorJournal(detector, store) if detector is not None and detector.stateful else None
 
     def answer(self, client: ClientInfo, body: bytes) -> bytes:
         """Validate, record in the ledger, infer, encode: the whole ``/v1/predict`` path off the event loop."""
@@ -125,11 +132,12 @@ class _Service:
         blob = x.numpy().astype("<f4", copy=False).tobytes() if self.record_inputs else None
         entry, updated = self.store.reserve(client.id, int(x.shape[0]), inputs=blob)
         try:
-            with self.lock:  # defenses may keep per-client state; no inference_mode: MAD needs autograd
-                before = self.api.flags(client.name)
-                y = self.api.query(x, client=client.name)
-                flagged = self.api.flags(client.name) - before
-            self.store.record_flags(entry.id, flagged)
+            if self.journal is None:
+                with self.lock:  # defenses may keep per-client state; no inference_mode: MAD needs autograd
+                    y, flagged = self._query(x, client)
+                self.store.record_flags(entry.id, flagged)
+            else:
+                y = self._query_stateful(x, client, entry.id)
             outputs = encode_tensor(y, encoding)
         except BaseException:
             try:
@@ -140,6 +148,38 @@ class _Service:
         payload = {"outputs": outputs, "queries": updated.queries, "remaining": updated.remaining,
                    "ledger_id": entry.id}
         return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+    def _query(self, x: Any, client: ClientInfo) -> tuple[Any, int]:
+        """The API's answer and how many of its rows the detector flagged (call under the lock)."""
+        before = self.api.flags(client.name)
+        y = self.api.query(x, client=client.name)
+        return y, self.api.flags(client.name) - before
+
+    def _query_stateful(self, x: Any, client: ClientInfo, ledger_id: int) -> Any:
+        """Load the client's detector state from the store, answer, and save the change with the request's flags
+        (a refused batch saves the change too: the detector has seen it). When another worker saved this
+        client's state in between, reload and score the request again."""
+        assert self.journal is not None
+        for _ in range(_STATE_RETRIES):
+            with self.lock:
+                try:
+                    self.journal.load(client.id, client.name)
+                    try:
+                        y, flagged = self._query(x, client)
+                    except QueryRefusedError:
+                        self.journal.save(client.id, client.name, ledger_id=None, flagged=0)
+                        raise
+                    self.journal.save(client.id, client.name, ledger_id=ledger_id, flagged=flagged)
+                    return y
+                except DetectorStateConflict:
+                    continue  # journal.save forgot the in-memory state; load rebuilds it
+                except QueryRefusedError:
+                    raise  # answered (as a refusal), and its state change saved
+                except BaseException:
+                    self.journal.forget(client.id)  # the state may be half updated: reload on the next request
+                    raise
+        raise RuntimeError(f"detector state of client {client.name!r} kept changing under this worker "
+                           f"({_STATE_RETRIES} tries)")
 
 
 def _bearer(request: "Request") -> str:

@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from modelsteal.blackbox import PredictionAPI
+from modelsteal.detectors.base import Detector
 
 CONFIG_ENV = "MODELSTEAL_SERVE_CONFIG"
 
@@ -41,6 +43,11 @@ class ServeConfig:
     record_inputs: bool = False
     device: str = "cpu"
     torch_threads: int | None = None
+    detector: str = "none"
+    detector_options: dict[str, Any] = field(default_factory=dict)
+    response: str = "none"
+    detector_tnr: float | None = 0.95
+    data_dir: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -52,24 +59,91 @@ class ServeConfig:
         return cls(**d)
 
 
+def check_detector(config: ServeConfig) -> Detector | None:
+    """The configured detector, built but not fitted (``None`` for ``none``), after checking the detector,
+    its options, the response and the calibration rate: a one-line ``ValueError`` for a mistake, before
+    anything is loaded."""
+    from modelsteal.detectors.base import make_detector
+    from modelsteal.detectors.responses import available_responses
+
+    name = config.detector.strip().lower()
+    if config.response not in available_responses():
+        raise ValueError(f"unknown response {config.response!r}; known: {', '.join(available_responses())}")
+    if name == "none":
+        if config.detector_options:
+            raise ValueError(f"--detector-option {', '.join(sorted(config.detector_options))} given without "
+                             "--detector NAME")
+        if config.response != "none":
+            raise ValueError(f"--response {config.response} acts on flagged queries, but no detector flags any: "
+                             "pass --detector NAME (e.g. prada)")
+        return None
+    detector = make_detector(config.detector, **dict(config.detector_options))
+    if detector.needs_outliers:
+        raise ValueError(f"detector {detector.name!r} is trained against an outlier set, which the server cannot "
+                         "give it: fit it from Python and serve it with create_app(PredictionAPI(...))")
+    if config.detector_tnr is not None and not 0 < float(config.detector_tnr) < 1:
+        raise ValueError(f"--detector-tnr must lie in (0, 1), got {config.detector_tnr}")
+    return detector
+
+
+def fit_detector(detector: Detector, model: nn.Module, *, dataset: str | None, tnr: float | None,
+                 data_dir: str | None = None, seed: int = 0) -> None:
+    """Fit ``detector`` on the victim's own dataset (the one its checkpoint names) and calibrate it on that
+    dataset's validation split, in order, for a true-negative rate ``tnr`` (PRADA: δ from that benign
+    stream); ``tnr=None`` keeps the threshold that ``fit`` set (PRADA: ``1 − delta``)."""
+    from modelsteal.data import load_dataset
+
+    if not dataset:
+        raise ValueError(f"detector {detector.name!r} is fitted on the victim's data, but the checkpoint does not "
+                         "name its dataset; fit it from Python and serve it with create_app(PredictionAPI(...))")
+    data = load_dataset(dataset, data_dir=data_dir, seed=seed)
+    detector.fit(model, data, generator=torch.Generator().manual_seed(seed))
+    if tnr is not None:
+        detector.calibrate(data.x_val, tnr=float(tnr))
+    elif detector.threshold is None:
+        raise ValueError(f"detector {detector.name!r} sets no threshold of its own: calibrate it with "
+                         "--detector-tnr RATE")
+
+
+def _response(config: ServeConfig, *, defense: Any, model: nn.Module, dataset: str | None) -> Any:
+    """The response object: ``misinform`` answers with Adaptive Misinformation's f̂ (the defense's own when it
+    is ``am``, else one trained on the victim's data like ``--defense am`` does)."""
+    from modelsteal.defenses.base import fit_defense
+    from modelsteal.defenses.misinformation import AdaptiveMisinformation
+    from modelsteal.detectors.responses import make_response
+
+    if config.response != "misinform":
+        return make_response(config.response)
+    own = isinstance(defense, AdaptiveMisinformation) and isinstance(defense.misinformation, nn.Module)
+    am = defense if own else AdaptiveMisinformation(tau=1.0)
+    if not own:
+        fit_defense(am, model, dataset=dataset)
+    return make_response("misinform", model=am.misinformation)
+
+
 def build_api(config: ServeConfig) -> tuple[PredictionAPI, dict[str, Any]]:
-    """Load the checkpoint and wrap it with the configured defense and output format (no budget: the
-    ledger enforces budgets). Returns the API and a description for ``/v1/info``."""
+    """Load the checkpoint and wrap it with the configured defense, detector (fitted and calibrated on the
+    victim's data) and output format (no budget: the ledger enforces budgets). Returns the API and a
+    description for ``/v1/info``."""
     from modelsteal.defenses.base import fit_defense, make_defense
     from modelsteal.models.checkpoint import load_checkpoint
     from modelsteal.outputs import make_output
 
+    detector = check_detector(config)  # mistakes here are reported before the checkpoint is loaded
     if config.torch_threads:
         torch.set_num_threads(int(config.torch_threads))
     model, meta = load_checkpoint(config.checkpoint, device=config.device)
     defense = make_defense(config.defense, strength=config.strength, **dict(config.defense_options))
     fit_defense(defense, model, dataset=meta.get("dataset"))
+    if detector is not None:
+        fit_detector(detector, model, dataset=meta.get("dataset"), tnr=config.detector_tnr, data_dir=config.data_dir)
     out_opts = dict(config.output_options)
     unknown = sorted(set(out_opts) - {"k", "decimals"})
     if unknown:
         raise ValueError(f"unknown output option(s) {', '.join(unknown)}; known: k (top-k), decimals (rounded)")
     output = make_output(config.output, **out_opts)
-    api = PredictionAPI(model, defense=defense, output=output, budget=None,
+    response = _response(config, defense=defense, model=model, dataset=meta.get("dataset")) if detector else "none"
+    api = PredictionAPI(model, defense=defense, detector=detector, response=response, output=output, budget=None,
                         input_shape=meta["input_shape"], num_classes=meta["num_classes"], device=config.device)
     info = {
         "defense": {
@@ -81,6 +155,10 @@ def build_api(config: ServeConfig) -> tuple[PredictionAPI, dict[str, Any]]:
         "dataset": meta.get("dataset"),
         "arch": meta.get("arch"),
     }
+    if detector is not None:
+        info["detector"] = {"name": detector.name, "description": repr(detector), "response": config.response,
+                            "options": dict(config.detector_options), "tnr": config.detector_tnr,
+                            "threshold": detector.threshold, "stateful": detector.stateful}
     return api, info
 
 

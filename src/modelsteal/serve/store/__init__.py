@@ -3,7 +3,9 @@
 One store holds the API clients (a name, a hashed key, a query budget, a rate limit, the running query
 count) and the ledger: one row per answered request with its number of queries (input rows) and, when
 asked, the inputs themselves for stateful detectors; and, for a server with a detector, how many of each
-request's queries it flagged (:meth:`Store.record_flags`, :meth:`Store.flags`). Two back-ends share the
+request's queries it flagged (:meth:`Store.record_flags`, :meth:`Store.flags`), and a stateful detector's
+per-client state as a journal of entries (:meth:`Store.save_detector_state`, :meth:`Store.detector_entries`),
+appended in the transaction that records the request's flags. Two back-ends share the
 same SQL:
 
 - SQLite (the embedded default; a path, ``sqlite:///path`` or ``sqlite:////abs/path``) opened with
@@ -36,8 +38,10 @@ from modelsteal.serve.store.base import (
     AuthenticationError,
     BudgetExhaustedError,
     ClientInfo,
+    DetectorStateConflict,
     LedgerEntry,
     RateLimitedError,
+    StateEntry,
     Store,
     _redact,
     hash_key,
@@ -48,7 +52,8 @@ from modelsteal.serve.store.sqlite import LedgerWriteError, SQLiteStore
 
 __all__ = [
     "DEFAULT_STORE", "KEY_PREFIX", "SCHEMA_VERSION", "AuthenticationError", "BudgetExhaustedError", "ClientInfo",
-    "LedgerEntry", "LedgerWriteError", "PostgresStore", "RateLimitedError", "SQLiteStore", "Store", "hash_key",
+    "DetectorStateConflict", "LedgerEntry", "LedgerWriteError", "PostgresStore", "RateLimitedError", "SQLiteStore",
+    "StateEntry", "Store", "hash_key",
     "new_key", "open_store",
 ]
 

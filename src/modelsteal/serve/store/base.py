@@ -42,6 +42,11 @@ class BudgetExhaustedError(BudgetExceededError):
     """The batch would take the client past its query budget; nothing was recorded."""
 
 
+class DetectorStateConflict(RuntimeError):
+    """Another server process saved a newer detector state for the client meanwhile; nothing was written
+    (the caller reloads the state and scores the request again)."""
+
+
 class RateLimitedError(RuntimeError):
     """The client is over its rate limit; ``retry_after`` seconds until it may query again."""
 
@@ -94,6 +99,20 @@ class ClientInfo:
             "rate_limit": self.rate_limit, "queries": self.queries, "requests": self.requests,
             "created_at": self.created_at, "revoked_at": self.revoked_at,
         }
+
+
+@dataclass(frozen=True)
+class StateEntry:
+    """One saved step of a client's detector state: entry ``seq`` (1, 2, … per client) of ``kind`` ``full``
+    (a whole ``state_dict``) or ``delta`` (what changed since entry ``seq − 1``), as JSON bytes ``payload``;
+    ``detector`` is the JSON spec (name and options) of the detector that wrote it."""
+
+    client_id: int
+    seq: int
+    detector: str
+    kind: str
+    payload: bytes
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -331,6 +350,59 @@ class Store(ABC):
             row = self._exec(cur, "SELECT COALESCE(SUM(n), 0) FROM flags WHERE client_id = ?",
                              (int(client_id),)).fetchone()
         return int(row[0])
+
+    # -- detector state ---------------------------------------------------------------------------------
+    def detector_version(self, client_id: int) -> int:
+        """The ``seq`` of the client's newest detector-state entry (0 when none was saved)."""
+        with self._transaction(write=False) as cur:
+            row = self._exec(cur, "SELECT COALESCE(MAX(seq), 0) FROM detector_state WHERE client_id = ?",
+                             (int(client_id),)).fetchone()
+        return int(row[0])
+
+    def detector_entries(self, client_id: int, *, after: int = 0) -> list[StateEntry]:
+        """The client's detector-state entries newer than ``after``, oldest first, starting at the newest
+        ``full`` entry among them when there is one (what a reader replays to rebuild the state)."""
+        with self._transaction(write=False) as cur:
+            row = self._exec(cur, "SELECT MAX(seq) FROM detector_state WHERE client_id = ? AND seq > ? AND "
+                                  "kind = 'full'", (int(client_id), int(after))).fetchone()
+            start = int(after) if row[0] is None else int(row[0]) - 1
+            rows = self._exec(cur, "SELECT client_id, seq, detector, kind, payload, created_at FROM detector_state "
+                                   "WHERE client_id = ? AND seq > ? ORDER BY seq",
+                              (int(client_id), start)).fetchall()
+        return [StateEntry(client_id=int(r[0]), seq=int(r[1]), detector=str(r[2]), kind=str(r[3]),
+                           payload=bytes(r[4]), created_at=float(r[5])) for r in rows]
+
+    def save_detector_state(self, client_id: int, *, seq: int, detector: str, kind: str, payload: bytes,
+                            ledger_id: int | None = None, flagged: int = 0) -> None:
+        """Append entry ``seq`` of the client's detector state and, for an answered request (``ledger_id``),
+        its ``flagged`` count, in one transaction; :class:`DetectorStateConflict` (nothing written) when the
+        newest entry is not ``seq − 1``: another process saved a state for this client since it was loaded.
+        The client's row is locked first (PostgreSQL ``FOR UPDATE``; SQLite's write lock covers the database),
+        so two processes cannot both append ``seq``."""
+        if kind not in ("full", "delta"):
+            raise ValueError(f"detector state kind must be 'full' or 'delta', got {kind!r}")
+        if flagged < 0:
+            raise ValueError(f"a request cannot hold {flagged} flagged queries")
+        with self._transaction(write=True) as cur:
+            self._exec(cur, f"SELECT id FROM clients WHERE id = ?{self._for_update}", (int(client_id),)).fetchone()
+            row = self._exec(cur, "SELECT COALESCE(MAX(seq), 0) FROM detector_state WHERE client_id = ?",
+                             (int(client_id),)).fetchone()
+            if int(row[0]) != int(seq) - 1:
+                raise DetectorStateConflict(f"detector state of client {client_id} is at entry {int(row[0])}, "
+                                            f"not {int(seq) - 1}")
+            self._exec(cur, "INSERT INTO detector_state (client_id, seq, detector, kind, payload, created_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                       (int(client_id), int(seq), detector, kind, payload, time.time()))
+            if ledger_id is not None and flagged:
+                self._exec(cur, "INSERT INTO flags (ledger_id, client_id, n) SELECT id, client_id, ? FROM ledger "
+                                "WHERE id = ?", (int(flagged), int(ledger_id)))
+
+    def client_named(self, name: str) -> ClientInfo | None:
+        """The client called ``name``: its active key's, else the most recently revoked one's (``None``)."""
+        with self._transaction(write=False) as cur:
+            row = self._exec(cur, f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE name = ? "
+                                  "ORDER BY (revoked_at IS NULL) DESC, id DESC LIMIT 1", (name,)).fetchone()
+        return self._client(row)
 
     # -- reading the ledger -----------------------------------------------------------------------------
     def ledger(self, *, client_id: int | None = None) -> list[LedgerEntry]:

@@ -41,6 +41,15 @@ CREATE TABLE IF NOT EXISTS flags (
     n INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS flags_client ON flags (client_id);
+CREATE TABLE IF NOT EXISTS detector_state (
+    client_id BIGINT NOT NULL REFERENCES clients (id),
+    seq BIGINT NOT NULL,
+    detector TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (client_id, seq)
+);
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 

@@ -56,6 +56,15 @@ CREATE TABLE IF NOT EXISTS flags (
     n INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS flags_client ON flags (client_id);
+CREATE TABLE IF NOT EXISTS detector_state (
+    client_id INTEGER NOT NULL REFERENCES clients (id),
+    seq INTEGER NOT NULL,
+    detector TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (client_id, seq)
+);
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
