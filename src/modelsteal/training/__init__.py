@@ -1,12 +1,13 @@
 """Training: the one loop (:func:`train`), loss objects, callbacks and the named recipes.
 
 Everything that trains a model in modelsteal — victims, clones, attack substitutes, defense models — goes
-through :func:`train`; recipes (``plain``, ``outlier-exposure``, ``dp-sgd``) say how a victim is trained.
+through :func:`train`; recipes (``plain``, ``outlier-exposure``, ``dp-sgd``, ``ewe``) say how a victim is trained.
 This package sits below attacks, defenses, detectors, metrics and experiment, and imports only ``data`` and
 ``models``.
 """
 
 from modelsteal.training.dp import DPSGD
+from modelsteal.training.ewe import EWE, EntangledLoss, snnl, watermark_rate, watermark_record
 from modelsteal.training.loop import (
     Augment,
     Batches,
@@ -46,9 +47,11 @@ from modelsteal.training.recipes import (
 )
 
 __all__ = [
-    "DPSGD", "Augment", "Batches", "Callback", "CrossEntropy", "EarlyStopping", "LoaderBatches", "Loss",
+    "DPSGD", "EWE", "Augment", "Batches", "Callback", "CrossEntropy", "EarlyStopping", "EntangledLoss",
+    "LoaderBatches", "Loss",
     "OutlierExposure", "Plain", "ProgressBar", "Recipe", "ReverseCrossEntropy", "ScaledLoss", "ShuffledBatches",
     "SumLoss", "TrainConfig", "TrainHistory", "TrainState", "UniformCrossEntropy", "accuracy",
     "available_recipes", "make_recipe", "make_optimizer", "match_shape", "model_device", "predict_logits",
-    "recipe_class", "register_recipe", "soft_cross_entropy", "train", "unwrap",
+    "recipe_class", "register_recipe", "snnl", "soft_cross_entropy", "train", "unwrap", "watermark_rate",
+    "watermark_record",
 ]

@@ -79,8 +79,15 @@ class TrainState:
     epochs: int
     epoch: int = 0
     step: int = 0
-    batch_loss: float = math.nan
+    #: the last step's loss as a detached tensor on the training device (read through :attr:`batch_loss`, so a
+    #: GPU is synchronised only when a callback asks for it)
+    last_loss: Tensor | None = None
     stop: bool = False
+
+    @property
+    def batch_loss(self) -> float:
+        """The last step's loss as a float (NaN before the first non-empty step)."""
+        return math.nan if self.last_loss is None else float(self.last_loss)
 
 
 class Callback:
@@ -130,9 +137,10 @@ class EarlyStopping(Callback):
 
 
 class Batches(Protocol):
-    """A source of mini-batches: ``epoch(e)`` yields the ``(x, y)`` batches of epoch ``e``."""
+    """A source of mini-batches: ``epoch(e)`` yields the ``(x, y)`` batches of epoch ``e``, or ``(x, y, extra)``
+    where ``extra`` maps names to tensors the loss reads in that step's ``extra`` (beside the streams' batches)."""
 
-    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]: ...
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Mapping[str, Tensor]]]: ...
 
 
 class ShuffledBatches:
@@ -307,30 +315,33 @@ def train(
     state = TrainState(model=model, optimizer=opt, history=history, epochs=config.epochs)
     selected = unwrap(model)
     best_acc, best_state = -1.0, None
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     for cb in callbacks:
         cb.on_train_begin(state)
     try:
         for epoch in range(config.epochs):
             state.epoch = epoch
             model.train()
-            total, seen = 0.0, 0
-            for xb, yb in batches.epoch(epoch):
-                xb, yb = xb.to(device), yb.to(device)
+            total, seen = torch.zeros((), dtype=acc_dtype, device=device), 0
+            for batch in batches.epoch(epoch):
+                xb, yb = batch[0].to(device), batch[1].to(device)
                 extra = {name: s.next().to(device) for name, s in samplers.items()}
+                if len(batch) > 2:  # the batch's own extras (EWE marks its watermark batches this way)
+                    extra.update({name: t.to(device) for name, t in batch[2].items()})
                 value = loss(model, xb, yb, extra)
                 opt.zero_grad(set_to_none=True)
                 value.backward()
                 opt.step()
-                if len(xb):
-                    state.batch_loss = value.item()
-                    total += state.batch_loss * len(xb)
+                if len(xb):  # summed on the device: no host round trip per step (one per epoch, below)
+                    state.last_loss = value.detach()
+                    total = total + state.last_loss.to(acc_dtype) * len(xb)
                     seen += len(xb)
                 state.step += 1
                 for cb in callbacks:
                     cb.on_step(state)
             if sched is not None:
                 sched.step()
-            history.loss.append(total / seen if seen else math.nan)
+            history.loss.append(float(total) / seen if seen else math.nan)
             history.steps = state.step
             if val is not None:
                 acc = accuracy(selected, *val, device=device)
