@@ -5,7 +5,9 @@ run only the new entries (``modelsteal sweep CONFIG --only dp-sgd --out NEW``), 
 
     python scripts/merge_results.py results/pp/pp-fig4-mnist-cpu NEW --out results/pp/pp-fig4-mnist-cpu
 
-Rows are kept in the order given; a row of a later directory replaces an earlier one with the same
+The same as ``modelsteal results merge DIR... --out OUT`` (which also sorts rows in plan order when every
+directory recorded the same config). Rows are kept in the order given; a row of a later directory replaces an
+earlier one with the same
 (defense, strength, attack, budget, seed). Their ``provenance.json`` files are merged too
 (``merge_provenance``: victims, environments and per-point wall times joined; the config kept only when
 every directory recorded the same one, so after an ``--only`` run the merged directory names no config and
@@ -19,13 +21,7 @@ import sys
 from pathlib import Path
 
 from modelsteal.experiment.plots import plot_sweep
-from modelsteal.experiment.results import (
-    merge_provenance,
-    read_provenance,
-    read_results,
-    write_provenance,
-    write_results,
-)
+from modelsteal.experiment.results import merge_result_dirs
 
 
 def main() -> int:
@@ -33,19 +29,11 @@ def main() -> int:
     ap.add_argument("dirs", nargs="+", help="directories holding results.csv")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    merged: dict[tuple, dict] = {}
-    for d in args.dirs:
-        path = Path(d) / "results.csv"
-        if not path.is_file():
-            print(f"error: {path} does not exist", file=sys.stderr)
-            return 2
-        for r in read_results(path):
-            merged[(r["defense"], r["strength"], r["attack"], r["budget"], r["seed"])] = r
-    records = list(merged.values())
-    provenance = merge_provenance([read_provenance(d) for d in args.dirs], sources=args.dirs)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    write_results(records, args.out)
-    write_provenance(provenance, args.out)
+    try:
+        records = merge_result_dirs(args.dirs, out_dir=args.out)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     plot_sweep(records, args.out)
     print(f"{len(records)} rows -> {Path(args.out) / 'results.csv'} (and plots)")
     return 0

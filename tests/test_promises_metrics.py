@@ -64,8 +64,8 @@ def test_a_sweep_rows_fidelity_is_agreement_with_the_undefended_victim(digits_vi
     )
     dcfg, acfg = cfg.defenses[0], cfg.attacks[0]
     transfer = (digits.x_train, digits.y_train)
-    rec = sweep.run_point(digits_victim, digits, cfg, dcfg, 2.0, acfg, 300, 0, transfer=transfer,
-                          seeds=digits.x_val[:20], device=torch.device("cpu"))
+    rec = sweep.attack_point(digits_victim, digits, cfg, dcfg, 2.0, acfg, 300, 0, transfer=transfer,
+                             seeds=digits.x_val[:20], device=torch.device("cpu"))
     (clone,) = clones
     pred = predict_logits(clone, digits.x_test).argmax(1)
     clean = PredictionAPI(digits_victim).posteriors(digits.x_test).argmax(1)

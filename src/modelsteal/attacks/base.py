@@ -16,10 +16,45 @@ from torch import Tensor, nn
 
 from modelsteal._registry import Registry
 from modelsteal.blackbox import BlackBox, QueryBudget
+from modelsteal.devices import resolve_device
 from modelsteal.models import build_model, build_seeded
 from modelsteal.training import TrainConfig
 
 CloneFactory = Callable[[Sequence[int], int], nn.Module]
+
+
+@dataclass
+class CloneJob:
+    """An attack's queries done, its clone not yet trained: what :meth:`Attack.collect` returns, so that the
+    clones of several points sharing their query inputs can train together (:func:`steal_together`).
+
+    ``x`` and ``targets`` are the clone's training set, ``generator`` the attack's generator in the state in
+    which training would draw from it, ``finish(history)`` assembles the :class:`StealResult` once ``clone`` is
+    trained (``history`` is ``None`` when nothing was trained)."""
+
+    attack: Attack
+    budget: QueryBudget
+    clone: nn.Module
+    x: Tensor
+    targets: Tensor
+    generator: torch.Generator
+    finish: Callable[[Any], StealResult]
+
+    def train_alone(self) -> Any:
+        """Train the clone by itself (:func:`~modelsteal.training.train`); its history, or ``None`` when the
+        training set is empty (an untrained clone)."""
+        from modelsteal import training
+
+        if len(self.x) == 0:
+            return None
+        a = self.attack
+        return training.train(self.clone, self.x, self.targets, config=a.train_config, generator=self.generator,
+                              device=a.device, progress="train clone" if a.progress else False)
+
+    def result(self, history: Any) -> StealResult:
+        result = self.finish(history)
+        result.queries = self.budget.used
+        return result
 
 
 @dataclass
@@ -44,7 +79,7 @@ class Attack(ABC):
     - ``train``: a :class:`TrainConfig` (SGD lr 0.1 momentum 0.5 by default; ``optimizer="adam"`` is one
       of the attacker's countermeasures);
     - ``labels``: ``"soft"`` trains on the returned posteriors, ``"argmax"`` on their top-1 labels only;
-    - ``device``: where the clone trains.
+    - ``device``: where the clone trains (default ``auto``: CUDA when present, else the CPU).
     """
 
     name: ClassVar[str] = ""
@@ -54,6 +89,10 @@ class Attack(ABC):
     #: keys of ``StealResult.info`` worth a column of their own in a sweep's ``results.csv`` (e.g. how many
     #: answers a filtering attacker kept)
     reported_info: ClassVar[tuple[str, ...]] = ()
+    #: whether the attack's queries are fixed by its data, budget and seed alone (never by the answers), and it
+    #: implements :meth:`collect`: then the clones of points that differ only in the defense can train in one
+    #: stacked pass (:func:`steal_together`, ``modelsteal sweep --stack-clones``)
+    stackable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -73,7 +112,7 @@ class Attack(ABC):
         self.train_config = train if train is not None else TrainConfig()
         self.labels = labels
         self.query_batch_size = query_batch_size
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = resolve_device(device)  # None or "auto": CUDA when present
         self.progress = progress
 
     @final
@@ -90,6 +129,19 @@ class Attack(ABC):
     @abstractmethod
     def run(self, victim: QueryBudget, *, generator: torch.Generator) -> StealResult:
         """The attack itself; ``victim.remaining`` tells how many queries are left."""
+
+    def collect(self, victim: QueryBudget, *, generator: torch.Generator) -> CloneJob:
+        """The attack up to the clone's training (:attr:`stackable` attacks implement it; ``run`` is then
+        ``collect`` followed by training and ``finish``)."""
+        raise NotImplementedError(f"attack {self.name!r} cannot hand over its clone's training (not stackable)")
+
+    @final
+    def begin(self, victim: BlackBox, *, budget: int, seed: int = 0) -> CloneJob:
+        """:meth:`collect` under the same budget and seeding as :meth:`__call__`."""
+        if budget < 1:
+            raise ValueError(f"budget must be >= 1, got {budget}")
+        budgeted = QueryBudget(victim, budget=budget)
+        return self.collect(budgeted, generator=torch.Generator().manual_seed(int(seed)))
 
     # -- helpers shared by subclasses ----------------------------------------------------------------
     def make_clone(self, victim: BlackBox, *, generator: torch.Generator) -> nn.Module:
@@ -125,6 +177,42 @@ class Attack(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"attack": self.name, "labels": self.labels, "clone": str(self.clone_spec)}
+
+
+def _same_training(jobs: Sequence[CloneJob]) -> bool:
+    """Whether ``jobs`` would train identically but for their targets: same inputs, generator state, training
+    settings and device, targets of one kind, and clones that :func:`~modelsteal.training.can_stack`."""
+    from modelsteal.training.stacked import can_stack
+
+    first = jobs[0]
+    return (
+        len(first.x) > 0
+        and can_stack([j.clone for j in jobs])
+        and all(
+            j.attack.train_config == first.attack.train_config
+            and j.attack.device == first.attack.device
+            and j.targets.ndim == first.targets.ndim
+            and j.x.shape == first.x.shape
+            and torch.equal(j.x, first.x)
+            and torch.equal(j.generator.get_state(), first.generator.get_state())
+            for j in jobs[1:]
+        )
+    )
+
+
+def steal_together(jobs: Sequence[CloneJob]) -> tuple[list[StealResult], bool]:
+    """Finish the :class:`CloneJob` s of several points: their clones trained in one stacked pass
+    (:func:`~modelsteal.training.train_stacked`) when they share inputs, batch order and settings, else one by
+    one; returns the results and whether they were stacked."""
+    from modelsteal.training.stacked import train_stacked
+
+    if len(jobs) > 1 and _same_training(jobs):
+        a = jobs[0].attack
+        histories = train_stacked([j.clone for j in jobs], jobs[0].x, [j.targets for j in jobs],
+                                  config=a.train_config, generator=jobs[0].generator, device=a.device,
+                                  progress=f"train {len(jobs)} stacked clones" if a.progress else False)
+        return [j.result(h) for j, h in zip(jobs, histories, strict=True)], True
+    return [j.result(j.train_alone()) for j in jobs], False
 
 
 _ATTACKS: Registry[type[Attack]] = Registry("attack", package="modelsteal.attacks")

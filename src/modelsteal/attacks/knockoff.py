@@ -18,7 +18,7 @@ from torch import Tensor
 
 from modelsteal import training
 from modelsteal.attacks.augment import QUERY_AUGMENTATIONS
-from modelsteal.attacks.base import Attack, StealResult, register_attack
+from modelsteal.attacks.base import Attack, CloneJob, StealResult, register_attack
 from modelsteal.blackbox import QueryBudget
 
 
@@ -38,6 +38,8 @@ class KnockoffNets(Attack):
         query_augment: ``None``, ``"crop-flip"`` or ``"noise"``: transform applied to every query.
         **base: options of :class:`~modelsteal.attacks.base.Attack` (clone, train, labels, device, ...).
     """
+
+    stackable = True  # the queries depend on the pool, budget and seed only
 
     def __init__(
         self, *, transfer_set: Tensor, queries_per_image: int = 1, query_augment: str | None = None, **base: object
@@ -63,6 +65,11 @@ class KnockoffNets(Attack):
         return x, answers, {}
 
     def run(self, victim: QueryBudget, *, generator: torch.Generator) -> StealResult:
+        job = self.collect(victim, generator=generator)
+        return job.result(job.train_alone())
+
+    def collect(self, victim: QueryBudget, *, generator: torch.Generator) -> CloneJob:
+        """Sample, query and select; the clone is built (seeded) but not trained."""
         if tuple(self.transfer_set.shape[1:]) != tuple(victim.input_shape):
             raise ValueError(
                 f"transfer set images have shape {tuple(self.transfer_set.shape[1:])}, the victim "
@@ -84,20 +91,15 @@ class KnockoffNets(Attack):
         x, answers, selected = self.select(x, answers)
         y = self.targets(answers)
         clone = self.make_clone(victim, generator=generator)
-        history = None if len(x) == 0 else training.train(  # an empty selection leaves the clone untrained
-            clone,
-            x,
-            y,
-            config=self.train_config,
-            generator=generator,
-            device=self.device,
-            progress="train clone" if self.progress else False,
-        )
-        info = {
-            "images": len(images),
-            "pool_size": len(self.transfer_set),
-            "pool_exhausted": len(images) < victim.budget // q,
-            "final_loss": history.loss[-1] if history is not None and history.loss else None,
-            **selected,
-        }
-        return StealResult(clone=clone, queries=victim.used, transfer_x=x, transfer_y=answers, info=info)
+
+        def finish(history: training.TrainHistory | None) -> StealResult:  # an empty selection: untrained clone
+            info = {
+                "images": len(images),
+                "pool_size": len(self.transfer_set),
+                "pool_exhausted": len(images) < victim.budget // q,
+                "final_loss": history.loss[-1] if history is not None and history.loss else None,
+                **selected,
+            }
+            return StealResult(clone=clone, queries=victim.used, transfer_x=x, transfer_y=answers, info=info)
+
+        return CloneJob(attack=self, budget=victim, clone=clone, x=x, targets=y, generator=generator, finish=finish)

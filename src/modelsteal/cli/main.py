@@ -99,8 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         close_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as e:
         close_progress_bars()
+        from modelsteal.experiment.executors import WorkerDiedError
+
+        if isinstance(e, WorkerDiedError):  # not the user's mistake (exit 1), but nothing to debug either
+            print(f"modelsteal {args.command}: {e}", file=sys.stderr)
+            return 1
         raise
 
 

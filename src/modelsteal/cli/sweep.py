@@ -9,6 +9,8 @@ from pathlib import Path
 from modelsteal.cli._common import add_device
 from modelsteal.determinism import enable_determinism
 from modelsteal.experiment import SweepConfig, load_config, run_sweep
+from modelsteal.experiment.executors import BACKENDS, make_executor
+from modelsteal.experiment.plan import parse_shard, plan, shard
 from modelsteal.experiment.results import format_table
 
 
@@ -34,6 +36,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="run only the defenses and attacks with these names or labels (others are left out)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device(p)
+    g = p.add_argument_group("scale-out (docs/scaling.md)")
+    g.add_argument("--backend", default="serial", choices=BACKENDS,
+                   help="where points run: this process (serial, default), local worker processes (pool) or Ray")
+    g.add_argument("--workers", type=int, default=None,
+                   help="worker processes (pool; default: all cores) or local Ray CPUs; one torch thread each")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join: auto, or ray://HOST:PORT (default: start a local one)")
+    g.add_argument("--gpus-per-task", type=float, default=0, help="GPUs each Ray task asks for (default 0)")
+    g.add_argument("--stack-clones", type=int, default=8, metavar="N",
+                   help="train up to N clones together when points share their queries (Knockoff under several "
+                        "defenses); 1 trains each alone (default 8)")
+    g.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only shard I of N of the plan (merge the shards' directories with `modelsteal results "
+                        "merge`)")
     return p
 
 
@@ -51,6 +67,12 @@ def restrict(cfg: SweepConfig, names: list[str]) -> SweepConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    shard_of = parse_shard(args.shard) if args.shard is not None else None
+    if args.stack_clones < 1:
+        raise ValueError(f"--stack-clones must be >= 1 (1 trains every clone alone), got {args.stack_clones}")
+    if args.cached_only and (args.backend != "serial" or args.workers is not None):
+        raise ValueError("--cached-only computes nothing; --backend and --workers do not apply")
+    executor = make_executor(args.backend, workers=args.workers, address=args.address, num_gpus=args.gpus_per_task)
     cfg = load_config(args.config)
     if args.budget:
         if any(b < 1 for b in args.budget):
@@ -69,15 +91,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if cfg.deterministic:  # the config's `deterministic: true`, as `modelsteal --deterministic` (idempotent)
         enable_determinism(threads=getattr(args, "threads", None))
+    mine = plan(cfg) if shard_of is None else shard(plan(cfg), *shard_of)
+    cached = sum((Path(args.out) / "points" / f"{p.key}.json").exists() for p in mine)
     records = run_sweep(
         cfg,
         out_dir=args.out,
         progress=not args.quiet,
         device=None if args.device == "auto" else args.device,
         plots=not args.no_plots,
+        executor=executor,
+        stack_clones=args.stack_clones,
+        shard_of=shard_of,
     )
     print(format_table(records))
     out = Path(args.out)
     plots = "plots skipped" if args.no_plots else f"{len(list(out.glob('*.png')))} plot(s) in {out}"
-    print(f"\nwrote {out / 'results.csv'}; {plots}")
+    print(f"\n{len(mine) - cached} point(s) computed, {cached} already cached ({executor.name}); "
+          f"wrote {out / 'results.csv'}; {plots}")
     return 0

@@ -190,4 +190,5 @@ def _image_folder(*, data_dir: Path | None = None, download: bool = False) -> Ra
     return load_image_folder(data_dir)
 
 
+import modelsteal.data.cifar  # noqa: E402, F401  (registers cifar10 and cifar100; files only on request)
 import modelsteal.data.glyphs  # noqa: E402, F401  (registers the font-rendered `letters` and `kana`)

@@ -144,3 +144,43 @@ def format_table(records: Sequence[dict[str, Any]], columns: Sequence[str] | Non
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)
+
+
+def row_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    """What names a row of ``results.csv``: defense, strength, attack, budget, seed."""
+    return tuple(r.get(k) for k in ("defense", "strength", "attack", "budget", "seed"))
+
+
+def merge_result_dirs(dirs: Sequence[str | Path], *, out_dir: str | Path,
+                      order: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Merge the results directories ``dirs`` (shards of one plan, or runs of a config extended later) into
+    ``out_dir`` without recomputing: the union of their cached points (``points/*.json``), their rows (a row of a
+    later directory replaces an earlier one with the same :func:`row_key`), and their provenance
+    (:func:`merge_provenance`). ``order``, the records of the plan in order (e.g. a config's points), sorts the
+    merged rows as one unsharded run would have written them; rows it does not name follow in the order given.
+    Returns the merged rows; a directory without ``results.csv`` is a ``FileNotFoundError``."""
+    import shutil
+
+    paths = [Path(d) for d in dirs]
+    for d in paths:
+        if not (d / "results.csv").is_file():
+            raise FileNotFoundError(f"{d / 'results.csv'} does not exist: not a results directory of "
+                                    "`modelsteal sweep`")
+    out = Path(out_dir)
+    (out / "points").mkdir(parents=True, exist_ok=True)
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for d in paths:
+        for r in read_results(d / "results.csv"):
+            merged[row_key(r)] = r
+        for point in sorted((d / "points").glob("*.json")) if (d / "points").is_dir() else ():
+            target = out / "points" / point.name
+            if target.resolve() != point.resolve():
+                shutil.copyfile(point, target)
+    rows = list(merged.values())
+    if order is not None:
+        rank = {row_key(r): i for i, r in enumerate(order)}
+        rows.sort(key=lambda r: rank.get(row_key(r), len(rank)))
+    provenance = merge_provenance([read_provenance(d) for d in paths], sources=[str(d) for d in paths])
+    write_results(rows, out)
+    write_provenance(provenance, out)
+    return rows

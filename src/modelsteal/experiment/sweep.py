@@ -27,12 +27,13 @@ from torch import Tensor, nn
 
 from modelsteal._registry import check_options, constructor_parameters
 from modelsteal.attacks import attack_class
-from modelsteal.attacks.base import Attack
+from modelsteal.attacks.base import Attack, StealResult, available_attacks, steal_together
 from modelsteal.blackbox import PredictionAPI
 from modelsteal.data import DatasetSplits, available_datasets, load_dataset
 from modelsteal.defenses import available_defenses, make_defense
 from modelsteal.defenses.base import defense_options
 from modelsteal.determinism import enable_determinism
+from modelsteal.devices import resolve_device
 from modelsteal.experiment.config import (
     AttackConfig,
     ConfigError,
@@ -42,6 +43,8 @@ from modelsteal.experiment.config import (
     point_key,
 )
 from modelsteal.experiment.environment import environment, file_sha256
+from modelsteal.experiment.executors import Executor, make_executor
+from modelsteal.experiment.plan import Point, plan, shard, units
 from modelsteal.experiment.results import read_provenance, write_provenance, write_results
 from modelsteal.experiment.transfer import build_transfer_set, seed_set
 from modelsteal.metrics import angular_deviation, attacker_accuracy, defense_cost, fidelity, perturbation_summary
@@ -52,35 +55,6 @@ from modelsteal.training import Recipe, TrainConfig, TrainHistory, available_rec
 ANGLE_SAMPLES = 128  # attacker queries on which the clone's gradient deviation is measured
 
 
-_BACKENDS = {"cuda": "CUDA", "mps": "MPS", "xpu": "XPU"}
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """The device ``name`` names on this machine: ``auto`` (or ``None``) picks CUDA when available, else the
-    CPU; ``cpu``, ``cuda``, ``cuda:N``, ``mps`` and ``xpu`` are checked, so an unavailable, out-of-range or
-    unknown device is a one-line ``ValueError`` before any work (every CLI command goes through here)."""
-    text = "auto" if name is None else str(name).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"unknown device {str(name)!r}; use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type not in _BACKENDS:
-        raise ValueError(f"device {str(name)!r} cannot run models here; use cpu, cuda, cuda:N or auto")
-    label, backend = _BACKENDS[dev.type], getattr(torch, dev.type, None)
-    available = getattr(backend, "is_available", None)
-    if available is None or not available():
-        raise ValueError(f"{label} is not available on this machine; use --device cpu or auto")
-    count = int(backend.device_count()) if hasattr(backend, "device_count") else 1
-    if dev.index is not None and dev.index >= count:
-        raise ValueError(f"{dev} does not exist: this machine has {count} {label} device(s), "
-                         f"{dev.type}:0 to {dev.type}:{count - 1}")
-    return dev
-
-
 def train_victim(
     data: DatasetSplits,
     *,
@@ -88,13 +62,14 @@ def train_victim(
     config: TrainConfig,
     recipe: Recipe | None = None,
     seed: int = 0,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     progress: bool | str = True,
 ) -> tuple[nn.Module, TrainHistory]:
     """Build ``arch`` for ``data`` (normalisation from its training split inside the model) and train it with
     ``recipe`` (default ``plain``), keeping the epoch with the best validation accuracy. Used by
-    ``modelsteal train`` and sweeps."""
+    ``modelsteal train`` and sweeps. ``device`` ``None`` or ``auto``: CUDA when present."""
     recipe = recipe if recipe is not None else make_recipe("plain")
+    device = resolve_device(device)
     model = build_model(
         arch, input_shape=data.input_shape, num_classes=data.num_classes, mean=data.mean, std=data.std, seed=seed
     ).to(device)
@@ -116,6 +91,8 @@ def victim_recipe(v: VictimConfig) -> Recipe:
 def recipe_checkpoint_meta(history: TrainHistory, recipe: Recipe) -> dict[str, Any]:
     """What a checkpoint records of its training: the recipe with its options and, for DP-SGD, ε at δ."""
     extra: dict[str, Any] = {"recipe": recipe.describe()}
+    if "watermark" in history.info:  # EWE: the triggers and facts a verifier is built from
+        extra["watermark"] = history.info["watermark"]
     if "dp" in history.info:
         extra["dp"] = history.info["dp"]
         if history.info["dp"].get("module_fix"):
@@ -316,15 +293,6 @@ def build_attack(
     return cls(clone=clone, train=_check_train(acfg.train), device=device, **kwargs)
 
 
-def _points(cfg: SweepConfig) -> Iterator[tuple[DefenseConfig, float | None, AttackConfig, int, int]]:
-    for d in cfg.defenses:
-        for s in d.strengths:
-            for a in cfg.attacks:
-                for b in cfg.budgets:
-                    for seed in cfg.seeds:
-                        yield d, s, a, b, seed
-
-
 def point_defense(
     dcfg: DefenseConfig,
     strength: float | None,
@@ -369,7 +337,7 @@ def evaluate_defense(
     return {k: v for k, v in cost.items() if k not in ("victim_accuracy", "label_agreement")}
 
 
-def run_point(
+def attack_point(
     victim: nn.Module,
     data: DatasetSplits,
     cfg: SweepConfig,
@@ -385,13 +353,25 @@ def run_point(
     fits: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Attack one defended API and measure the clone (a defense that needs fitting is fitted first, once per
-    ``fits`` cache)."""
-    defense = point_defense(dcfg, strength, victim=victim, data=data, fits=fits)
-    api = PredictionAPI(victim, defense=defense, output=cfg.output)
-    attack = build_attack(acfg, victim_arch=cfg.victim.arch, transfer=transfer, seeds=seeds, device=device)
+    ``fits`` cache): the attack's part of a point's record."""
+    api, attack = point_api(victim, dcfg, strength, data, output=cfg.output, fits=fits), build_attack(
+        acfg, victim_arch=cfg.victim.arch, transfer=transfer, seeds=seeds, device=device)
     t0 = time.perf_counter()
     result = attack(api, budget=budget, seed=seed)
-    seconds = time.perf_counter() - t0
+    return measure_clone(result, api, data, attack=attack, seconds=time.perf_counter() - t0, device=device)
+
+
+def point_api(victim: nn.Module, dcfg: DefenseConfig, strength: float | None, data: DatasetSplits, *, output: str,
+              fits: dict[str, dict[str, Any]] | None = None) -> PredictionAPI:
+    """The defended prediction API of one point."""
+    return PredictionAPI(victim, defense=point_defense(dcfg, strength, victim=victim, data=data, fits=fits),
+                         output=output)
+
+
+def measure_clone(result: StealResult, api: PredictionAPI, data: DatasetSplits, *, attack: Attack, seconds: float,
+                  device: torch.device) -> dict[str, Any]:
+    """The clone's accuracy and fidelity on the test split, the queries spent, the attack's reported facts and,
+    for soft answers, how far the answers it trained on were from the victim's (sizes and gradient angles)."""
     clean_test = api.posteriors(data.x_test).cpu()
     rec: dict[str, Any] = {
         "attacker_accuracy": attacker_accuracy(result.clone, data.x_test, data.y_test, device=device),
@@ -410,6 +390,137 @@ def run_point(
     return rec
 
 
+class PointCache:
+    """What the points of a sweep share, loaded or rebuilt by cache key and kept per process: datasets, victims
+    (from their checkpoints, trained when missing), transfer and seed sets, fitted defenses' state and each
+    operating point's utility. Picklable: executors send it to worker processes (or Ray's object store) once.
+
+    ``out_dir`` is where victims without a ``checkpoint`` path are cached; ``device`` is resolved in each
+    process (``auto`` picks that process's GPU when it has one)."""
+
+    def __init__(self, *, out_dir: str | Path, device: str = "auto", progress: bool = False) -> None:
+        self.out_dir, self.device_name, self.progress = Path(out_dir), str(device), progress
+        self._data: dict[str, DatasetSplits] = {}
+        self._victims: dict[str, tuple[nn.Module, dict[str, Any], float, str]] = {}
+        self._transfer: dict[str, tuple[tuple[Tensor, Tensor | None], Tensor]] = {}
+        self._utility: dict[str, dict[str, float]] = {}
+        self.fits: dict[str, dict[str, Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["progress"] = False  # no bars from worker processes
+        state.pop("_device", None)
+        return state
+
+    @property
+    def device(self) -> torch.device:
+        if getattr(self, "_device", None) is None:
+            self._device = resolve_device(self.device_name)
+        return self._device
+
+    def data(self, v: VictimConfig) -> DatasetSplits:
+        key = point_key(v.dataset, v.data_dir, v.seed)
+        if key not in self._data:
+            self._data[key] = load_dataset(v.dataset, data_dir=v.data_dir, seed=v.seed)
+        return self._data[key]
+
+    def put_data(self, v: VictimConfig, data: DatasetSplits) -> None:
+        self._data[point_key(v.dataset, v.data_dir, v.seed)] = data
+
+    def victim_path(self, v: VictimConfig) -> Path:
+        return victim_checkpoint_path(v, out_dir=self.out_dir, key=point_key(v.identity()))
+
+    def victim(self, v: VictimConfig) -> tuple[nn.Module, dict[str, Any], float, str]:
+        """``(model, checkpoint meta, test accuracy, checkpoint SHA-256)`` of the victim ``v``."""
+        key = point_key(v.identity())
+        if key not in self._victims:
+            model, _, acc, meta = load_or_train_victim(v, out_dir=self.out_dir, device=self.device,
+                                                       progress=self.progress, data=self.data(v))
+            self._victims[key] = (model, meta, acc, file_sha256(self.victim_path(v)))
+        model, meta, acc, sha = self._victims[key]
+        return model.to(self.device), meta, acc, sha
+
+    def transfer(self, p: Point) -> tuple[tuple[Tensor, Tensor | None], Tensor]:
+        """The transfer set and the seed set of ``p``'s attacker."""
+        key = point_key(asdict(p.transfer), p.victim.dataset, p.victim.data_dir, p.victim.seed)
+        if key not in self._transfer:
+            data = self.data(p.victim)
+            self._transfer[key] = (build_transfer_set(p.transfer, victim_data=data),
+                                   seed_set(p.transfer, victim_data=data))
+        return self._transfer[key]
+
+    def utility(self, p: Point, victim: nn.Module) -> dict[str, float]:
+        """The defender's accuracy and perturbation sizes at ``p``'s operating point (once per process)."""
+        key = point_key(p.victim.identity(), asdict(p.defense), p.strength, p.output, p.eval_size)
+        if key not in self._utility:
+            self._utility[key] = evaluate_defense(victim, p.defense, p.strength, self.data(p.victim), output=p.output,
+                                                  eval_size=p.eval_size, fits=self.fits)
+        return self._utility[key]
+
+
+def point_victim_config(p: Point) -> VictimConfig:
+    """The victim the API of ``p`` serves: the sweep's, or a recipe defense's victim for its strength."""
+    return defended_victim_config(p.victim, p.defense, p.strength) if is_recipe_defense(p.defense) else p.victim
+
+
+def _point_start(p: Point, *, cache: PointCache) -> tuple[dict[str, Any], nn.Module, PredictionAPI, Attack]:
+    """The labels, victim facts and utility of ``p``'s record, its defended API and its attack."""
+    data = cache.data(p.victim)
+    _, _, victim_acc, main_sha = cache.victim(p.victim)
+    model, meta, _, sha = cache.victim(point_victim_config(p))
+    facts: dict[str, Any] = {}
+    if is_recipe_defense(p.defense) and "dp" in meta:
+        facts = {"victim_dp_epsilon": meta["dp"]["epsilon"], "victim_dp_delta": meta["dp"]["delta"]}
+    rec = {"dataset": data.name, **p.describe(), "victim_accuracy": victim_acc, **cache.utility(p, model), **facts,
+           "victim_sha256": sha}
+    transfer, seeds = cache.transfer(p)
+    api = point_api(model, p.defense, p.strength, data, output=p.output, fits=cache.fits)
+    attack = build_attack(p.attack, victim_arch=p.victim.arch, transfer=transfer, seeds=seeds, device=cache.device)
+    return rec, model, api, attack
+
+
+def run_point(point: Point, *, cache: PointCache) -> dict[str, Any]:
+    """The record of one sweep point, computed from its description alone (inputs from ``cache``, loaded or
+    rebuilt by their keys): the same record in any process or on any machine with the same inputs."""
+    t0 = time.perf_counter()
+    rec, _, api, attack = _point_start(point, cache=cache)
+    t1 = time.perf_counter()
+    result = attack(api, budget=point.budget, seed=point.seed)
+    data = cache.data(point.victim)
+    rec.update(measure_clone(result, api, data, attack=attack, seconds=time.perf_counter() - t1, device=cache.device))
+    rec["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    return rec
+
+
+def run_unit(unit: list[Point], *, cache: PointCache) -> list[dict[str, Any]]:
+    """The records of one work unit: a single point (:func:`run_point`), or points sharing their queries whose
+    clones train in one stacked pass (:func:`~modelsteal.attacks.base.steal_together`; each record then says
+    ``stacked_clones``: how many trained together, and the shared training time is split evenly)."""
+    if len(unit) == 1:
+        return [run_point(unit[0], cache=cache)]
+    starts, jobs, collect_seconds = [], [], []
+    for p in unit:
+        t = time.perf_counter()
+        rec, _, api, attack = _point_start(p, cache=cache)
+        t1 = time.perf_counter()
+        jobs.append(attack.begin(api, budget=p.budget, seed=p.seed))
+        starts.append((rec, api, attack))
+        collect_seconds.append((t1 - t, time.perf_counter() - t1))
+    t_train = time.perf_counter()
+    results, stacked = steal_together(jobs)
+    shared = (time.perf_counter() - t_train) / len(unit)
+    records = []
+    for p, (rec, api, attack), result, (setup, query) in zip(unit, starts, results, collect_seconds, strict=True):
+        t = time.perf_counter()
+        rec.update(measure_clone(result, api, cache.data(p.victim), attack=attack, seconds=query + shared,
+                                 device=cache.device))
+        if stacked:
+            rec["stacked_clones"] = len(unit)
+        rec["wall_seconds"] = round(setup + query + shared + time.perf_counter() - t, 3)
+        records.append(rec)
+    return records
+
+
 def sweep_point_key(
     cfg: SweepConfig,
     dcfg: DefenseConfig,
@@ -426,12 +537,9 @@ def sweep_point_key(
     dropping operating points, or restricting a config to some of them, keeps the finished points cached.
     ``legacy=True`` gives the earlier key, which included the list (still read, and renamed, when found).
     """
-    d = asdict(dcfg)
-    if not legacy:
-        d.pop("strengths")
-    return point_key(
-        cfg.victim.identity(), asdict(cfg.transfer), cfg.output, cfg.eval_size, d, strength, asdict(acfg), budget, seed
-    )
+    p = Point(victim=cfg.victim, transfer=cfg.transfer, output=cfg.output, eval_size=cfg.eval_size, defense=dcfg,
+              strength=strength, attack=acfg, budget=budget, seed=seed)
+    return p.key_with(legacy=legacy)
 
 
 def collect_sweep(cfg: SweepConfig, *, out_dir: str | Path, plots: bool = True) -> list[dict[str, Any]]:
@@ -439,9 +547,9 @@ def collect_sweep(cfg: SweepConfig, *, out_dir: str | Path, plots: bool = True) 
     config's order, computing nothing: the results of an interrupted or partly run sweep."""
     out = Path(out_dir)
     records: list[dict[str, Any]] = []
-    for dcfg, strength, acfg, budget, seed in _points(cfg):
+    for p in plan(cfg):
         for legacy in (False, True):
-            path = out / "points" / f"{sweep_point_key(cfg, dcfg, strength, acfg, budget, seed, legacy=legacy)}.json"
+            path = out / "points" / f"{p.key_with(legacy=legacy)}.json"
             if path.exists():
                 records.append(json.loads(path.read_text()))
                 break
@@ -546,86 +654,101 @@ def _recipe_victim_sha(prov: dict[str, Any], path: Path, *, out: Path) -> str:
 
 
 def run_sweep(
-    cfg: SweepConfig, *, out_dir: str | Path, progress: bool = True, device: str | None = None, plots: bool = True
+    cfg: SweepConfig,
+    *,
+    out_dir: str | Path,
+    progress: bool = True,
+    device: str | None = None,
+    plots: bool = True,
+    executor: Executor | str = "serial",
+    stack_clones: int = 8,
+    shard_of: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every point of ``cfg`` not already cached in ``out_dir``; returns all records (the trade-off curves)."""
+    """Run every point of ``cfg`` (or of its shard ``shard_of=(i, n)``) not already cached in ``out_dir``;
+    returns the records of its points in plan order (the trade-off curves).
+
+    The plan (:func:`~modelsteal.experiment.plan.plan`) is packed into work units (up to ``stack_clones``
+    points sharing their queries train their clones together; 1 trains each alone) and run by ``executor``
+    (``serial``, ``pool``, ``ray`` or an :class:`~modelsteal.experiment.executors.Executor`); victims and fitted
+    defenses are made here first, so workers only load them. Each finished point is cached as it arrives."""
     if device is not None:
         cfg = replace(cfg, device=str(device))
     validate_sweep(cfg)
+    points = plan(cfg) if shard_of is None else shard(plan(cfg), *shard_of)
+    if stack_clones < 1:
+        raise ValueError(f"--stack-clones must be >= 1 (1 trains every clone alone), got {stack_clones}")
+    deterministic = cfg.deterministic or torch.are_deterministic_algorithms_enabled()
+    if isinstance(executor, str):
+        executor = make_executor(executor, deterministic=deterministic)
+    elif deterministic and hasattr(executor, "deterministic"):  # workers run as this process does
+        executor.deterministic = True
     if cfg.deterministic:  # also for Python callers; keeps the thread count already set (idempotent)
         enable_determinism(threads=torch.get_num_threads())
     dev = resolve_device(cfg.device)
     out = Path(out_dir)
-    victim, data, victim_acc, transfer, seeds = prepare_sweep(cfg, out_dir=out, device=dev, progress=progress)
+    inputs = prepare_sweep(cfg, out_dir=out, device=dev, progress=progress)
     (out / "points").mkdir(parents=True, exist_ok=True)  # only once the whole config has been accepted
     main_path = victim_checkpoint_path(cfg.victim, out_dir=out, key=point_key(cfg.victim.identity()))
     prov = start_provenance(cfg, out=out, device=dev, victim_path=main_path)
     write_provenance(prov, out)
-    recipe_victims: dict[str, tuple[nn.Module, dict[str, Any], str]] = {}
-    points = list(_points(cfg))
-    utility_cache: dict[str, dict[str, float]] = {}
-    fits: dict[str, dict[str, Any]] = {}  # fitted defenses' state (AM's f̂), shared across their strengths
-    records: list[dict[str, Any]] = []
-    bar = points
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(points, desc=f"sweep {cfg.name}", unit="point")
-    for dcfg, strength, acfg, budget, seed in bar:
-        key = sweep_point_key(cfg, dcfg, strength, acfg, budget, seed)
-        path = out / "points" / f"{key}.json"
-        legacy = out / "points" / f"{sweep_point_key(cfg, dcfg, strength, acfg, budget, seed, legacy=True)}.json"
+    done: dict[str, dict[str, Any]] = {}
+    for p in points:
+        path, legacy = out / "points" / f"{p.key}.json", out / "points" / f"{p.key_with(legacy=True)}.json"
         if not path.exists() and legacy.exists():  # cached under the key that included the strength list
             legacy.replace(path)
         if path.exists():
-            records.append(json.loads(path.read_text()))
-            continue
-        point_victim, facts, victim_sha = victim, {}, prov["victim_sha256"]
-        if is_recipe_defense(dcfg):  # the defense is how the victim is trained: one victim per strength
-            vcfg = defended_victim_config(cfg.victim, dcfg, strength)
-            vkey = point_key(vcfg.identity())
-            if vkey not in recipe_victims:
-                model, _, _, meta = load_or_train_victim(vcfg, out_dir=out, device=dev, progress=progress, data=data)
-                vsha = _recipe_victim_sha(prov, victim_checkpoint_path(vcfg, out_dir=out, key=vkey), out=out)
-                recipe_victims[vkey] = (model, meta, vsha)
-            point_victim, meta, victim_sha = recipe_victims[vkey]
-            if "dp" in meta:
-                facts = {"victim_dp_epsilon": meta["dp"]["epsilon"], "victim_dp_delta": meta["dp"]["delta"]}
-        t0 = time.perf_counter()
-        ukey = point_key(asdict(dcfg), strength)
-        if ukey not in utility_cache:
-            utility_cache[ukey] = evaluate_defense(
-                point_victim, dcfg, strength, data, output=cfg.output, eval_size=cfg.eval_size, fits=fits
-            )
-        rec = {
-            "dataset": data.name,
-            "defense": dcfg.display,
-            "strength": strength,
-            "attack": acfg.display,
-            "budget": budget,
-            "seed": seed,
-            "victim_accuracy": victim_acc,
-            **utility_cache[ukey],
-            **facts,
-            "victim_sha256": victim_sha,
-        }
-        rec.update(
-            run_point(point_victim, data, cfg, dcfg, strength, acfg, budget, seed, transfer=transfer, seeds=seeds,
-                      device=dev, fits=fits)
-        )
-        rec["wall_seconds"] = round(time.perf_counter() - t0, 3)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec, indent=1))
-        tmp.replace(path)
-        records.append(rec)
-        write_results(records, out)
-        prov["points"][key] = {"wall_seconds": rec["wall_seconds"], "victim_sha256": victim_sha,
-                               "environment_id": prov["environment_id"],
-                               **{k: rec[k] for k in ("defense", "strength", "attack", "budget", "seed")}}
-        write_provenance(prov, out)
+            done[p.key] = json.loads(path.read_text())
+    todo = [p for p in points if p.key not in done]
+    cache = PointCache(out_dir=out, device=cfg.device, progress=progress)
+    _fill_cache(cache, cfg, todo, inputs=inputs, prov=prov, out=out)
+    work = units(todo, stack=stack_clones, stackable=[n for n in available_attacks() if attack_class(n).stackable])
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"sweep {cfg.name}", unit="point")
+    try:
+        for i, records in executor.run(run_unit, work, cache=cache):
+            for p, rec in zip(work[i], records, strict=True):
+                _store_point(p, rec, out=out, prov=prov)
+                done[p.key] = rec
+            write_results([done[p.key] for p in points if p.key in done], out)
+            write_provenance(prov, out)
+            if bar is not None:
+                bar.update(len(work[i]))
+    finally:
+        if bar is not None:
+            bar.close()
+    records = [done[p.key] for p in points]
     write_results(records, out)
     if plots:
         from modelsteal.experiment.plots import plot_sweep
 
         plot_sweep(records, out)
     return records
+
+
+def _fill_cache(cache: PointCache, cfg: SweepConfig, todo: list[Point], *, inputs: SweepInputs,
+                prov: dict[str, Any], out: Path) -> None:
+    """Put in ``cache`` what the points ``todo`` need, made here once: the data, the transfer set, every victim
+    (recipe defenses' victims trained now, their SHA-256 checked against the provenance) and every fitted
+    defense (AM's misinformation model), so workers only load them."""
+    cache.put_data(cfg.victim, inputs.data)
+    cache.victim(cfg.victim)
+    for p in todo:
+        if is_recipe_defense(p.defense):
+            vcfg = point_victim_config(p)
+            cache.victim(vcfg)
+            _recipe_victim_sha(prov, cache.victim_path(vcfg), out=out)
+        cache.transfer(p)
+        point_defense(p.defense, p.strength, victim=inputs.victim, data=inputs.data, fits=cache.fits)
+
+
+def _store_point(p: Point, rec: dict[str, Any], *, out: Path, prov: dict[str, Any]) -> None:
+    """Cache one finished point's record (atomically) and note it in the provenance."""
+    path = out / "points" / f"{p.key}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec, indent=1))
+    tmp.replace(path)
+    prov["points"][p.key] = {"wall_seconds": rec["wall_seconds"], "victim_sha256": rec["victim_sha256"],
+                             "environment_id": prov["environment_id"], **p.describe()}

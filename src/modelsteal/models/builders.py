@@ -169,6 +169,28 @@ def resnet18(input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, n
     return nn.Sequential(*layers), nn.Linear(512, num_classes)
 
 
+_VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+@_BUILDERS.register("vgg16")
+def vgg16(input_shape: Sequence[int], num_classes: int) -> tuple[nn.Module, nn.Linear]:
+    """VGG16 with batch norm (Simonyan & Zisserman 2015, configuration D), CIFAR-style: thirteen 3×3 conv-BN-ReLU
+    layers in five max-pooled stages, global average pooling, one linear head — the Prediction Poisoning
+    paper's CIFAR-10 victim architecture (Orekondy et al., ICLR 2020, Sec. 5.1). Inputs of at least 32×32."""
+    if min(input_shape[-2:]) < 32:
+        raise ValueError(f"vgg16 pools five times and needs inputs of at least 32x32, got {tuple(input_shape)}")
+    layers: list[nn.Module] = []
+    cin = input_shape[0]
+    for v in _VGG16:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU()]
+            cin = int(v)
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), nn.Linear(512, num_classes)
+
+
 ARCHITECTURES: dict[str, Builder] = _BUILDERS.as_dict()  # name -> (input_shape, num_classes) -> (features, head)
 
 
@@ -190,7 +212,7 @@ def build_model(
     std: Sequence[float] | None = None,
     seed: int | None = None,
 ) -> Classifier:
-    """Build ``arch`` (``lenet``, ``cnn``, ``mlp``, ``resnet18``) for ``input_shape`` and ``num_classes``.
+    """Build ``arch`` (``lenet``, ``cnn``, ``mlp``, ``resnet18``, ``vgg16``) for ``input_shape`` and ``num_classes``.
 
     ``mean``/``std`` add a :class:`Normalize` front so the model takes raw ``[0, 1]`` inputs. ``seed``
     makes the initialisation reproducible without touching the global RNG.

@@ -52,6 +52,8 @@ class ConfidenceFilterKnockoff(KnockoffNets):
 
     reported_info = ("kept", "kept_fraction")
 
+    stackable = False  # the kept rows depend on each defense's answers
+
     def __init__(self, *, min_confidence: float = 0.9, **knockoff: object) -> None:
         if isinstance(min_confidence, bool) or not isinstance(min_confidence, int | float) or not (
             math.isfinite(min_confidence) and 0 <= min_confidence < 1
