@@ -47,9 +47,11 @@ def test_tiny_sweep_writes_results_plots_and_resumes(tmp_path):
 
 def test_train_cli_writes_a_self_describing_checkpoint(tmp_path, capsys):
     ckpt = tmp_path / "v.pt"
-    assert main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "2", "--out", str(ckpt)]) == 0
+    assert main(["train", "--dataset", "digits", "--arch", "mlp", "--epochs", "2", "--seed", "3", "--out",
+                 str(ckpt)]) == 0
     model, meta = load_checkpoint(ckpt)
     assert meta["dataset"] == "digits" and meta["arch"] == "mlp" and meta["input_shape"] == [1, 8, 8]
+    assert meta["data_seed"] == 3  # the split `verify --method dataset-inference` reloads
     assert meta["metrics"]["test_accuracy"] > 0.5
     assert "test accuracy" in capsys.readouterr().out
 

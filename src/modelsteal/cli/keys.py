@@ -6,6 +6,7 @@ Keys are stored hashed; ``keys create`` prints the new key once, alone on its la
     modelsteal keys list --store ledger.db
     modelsteal keys revoke --store ledger.db --name alice
     modelsteal keys show --store ledger.db --name alice     # usage, flags, detector state summary (JSON)
+    modelsteal keys watermarks --store ledger.db --out wm.jsonl   # DAWN's records, for `modelsteal verify`
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     sh = sub.add_parser("show", help="print a client's usage, flagged queries and detector state summary (JSON)")
     store_arg(sh)
     sh.add_argument("--name", required=True, help="client name (its active key, else its latest revoked one)")
+
+    wm = sub.add_parser("watermarks", help="write the DAWN watermark records the server stored, as the file "
+                                           "`modelsteal verify --method dawn --records` reads")
+    store_arg(wm)
+    wm.add_argument("--out", required=True, type=Path, help="records file to write (JSON lines)")
+    wm.add_argument("--name", action="append", default=None, help="only this client (repeatable); default all")
     return p
 
 
@@ -68,20 +75,28 @@ def run(args: argparse.Namespace) -> int:
             print(f"revoked key {client.key_prefix}… of client {client.name!r} ({client.queries} queries recorded)")
         elif args.keys_command == "show":
             print(json.dumps(show(store, args.name), indent=2, allow_nan=False))
+        elif args.keys_command == "watermarks":
+            from modelsteal.serve.watermarks import export_records
+
+            path, n = export_records(store, args.out, names=args.name)
+            print(f"wrote {n} watermarked quer{'y' if n == 1 else 'ies'} to {path}")
     return 0
 
 
 def show(store: Any, name: str) -> dict[str, Any]:
-    """What an admin sees of client ``name``: its usage, flagged queries and detector state summary (rebuilt
-    from the store's journal; ``null`` when the server never saved one)."""
+    """What an admin sees of client ``name``: its usage, flagged queries, detector state summary (rebuilt
+    from the store's journal; ``null`` when the server never saved one) and how many distinct queries of its
+    DAWN watermarked (``watermarked``)."""
     from modelsteal.serve.detector_state import stored_summary
+    from modelsteal.serve.watermarks import stored_records
 
     client = store.client_named(name)
     if client is None:
         known = ", ".join(c.name for c in store.clients()) or "none"
         raise ValueError(f"no client named {name!r} in {store.url}; known: {known}")
     return {**client.as_dict(), "revoked": client.revoked, "flagged": store.flags(client.id),
-            "detector": stored_summary(store, client.id)}
+            "detector": stored_summary(store, client.id),
+            "watermarked": len(stored_records(store, names=[client.name])[1])}
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             "best_epoch": hist.best_epoch,
             "epochs": args.epochs,
         },
-        extra=recipe_checkpoint_meta(hist, recipe),
+        extra={**recipe_checkpoint_meta(hist, recipe), "data_seed": args.seed},  # the split: verify reloads it
     )
     print(
         f"validation accuracy {100 * val_acc:.2f}% (best epoch {hist.best_epoch}), test accuracy {100 * test_acc:.2f}%"

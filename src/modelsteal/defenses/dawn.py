@@ -127,6 +127,7 @@ class DAWN(Defense):
         self.input_shape: tuple[int, ...] | None = None
         self.num_classes: int | None = None
         self._clients: dict[str, _ClientRecords] = {}
+        self._new: dict[str, list[tuple[list[int], int]]] = {}  # per client: recorded since take_new_records
 
     def bind(self, model: nn.Module, *, input_shape: Sequence[int], num_classes: int) -> None:
         if num_classes < 2:
@@ -174,8 +175,20 @@ class DAWN(Defense):
             if h not in rec.labels:
                 rec.inputs[h], rec.labels[h] = qi.tolist(), int(w)
                 new.append((qi.tolist(), int(w)))
+        if new:
+            self._new.setdefault(client, []).extend(new)
         if new and self.records is not None:
             self._append(new, client=client)
+
+    def take_new_records(self, client: str) -> dict[str, Any] | None:
+        """What ``client``'s queries added to the records since the last call (``None``: nothing), as JSON-safe
+        ``{"header": …, "records": [[quantised input, wrong label], …]}``: what a server stores after each request
+        (:meth:`~modelsteal.serve.store.Store.record_watermarks`), so the records survive restarts and are shared
+        by workers; ``modelsteal keys watermarks`` writes them out as the file :func:`load_records` reads."""
+        new = self._new.pop(client, None)
+        if not new:
+            return None
+        return {"header": self._header(), "records": [[qi, w] for qi, w in new]}
 
     def _header(self) -> dict[str, Any]:
         return {"format": RECORDS_FORMAT, "key_fingerprint": key_fingerprint(self.key), "quantum": self.quantum,
@@ -220,6 +233,7 @@ class DAWN(Defense):
     def reset(self, client: str) -> None:
         """Forget ``client``'s records."""
         self._clients.pop(client, None)
+        self._new.pop(client, None)
 
     def save_records(self, path: str | Path, *, clients: Sequence[str] | None = None) -> Path:
         """Write the records of ``clients`` (default: all) as the JSON-lines file :func:`load_records` reads."""

@@ -135,9 +135,14 @@ class _Service:
             if self.journal is None:
                 with self.lock:  # defenses may keep per-client state; no inference_mode: MAD needs autograd
                     y, flagged = self._query(x, client)
+                    marks = self._new_watermarks(client)
                 self.store.record_flags(entry.id, flagged)
             else:
                 y = self._query_stateful(x, client, entry.id)
+                with self.lock:
+                    marks = self._new_watermarks(client)
+            if marks is not None:
+                self.store.record_watermarks(entry.id, marks)
             outputs = encode_tensor(y, encoding)
         except BaseException:
             try:
@@ -148,6 +153,13 @@ class _Service:
         payload = {"outputs": outputs, "queries": updated.queries, "remaining": updated.remaining,
                    "ledger_id": entry.id}
         return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+    def _new_watermarks(self, client: ClientInfo) -> bytes | None:
+        """What a watermarking defense (DAWN) recorded for this request, as the store keeps it (call under the
+        lock, right after the query)."""
+        take = getattr(self.api.defense, "take_new_records", None)
+        new = None if take is None else take(client.name)
+        return None if new is None else json.dumps(new, separators=(",", ":")).encode("utf-8")
 
     def _query(self, x: Any, client: ClientInfo) -> tuple[Any, int]:
         """The API's answer and how many of its rows the detector flagged (call under the lock)."""

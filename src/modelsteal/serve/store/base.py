@@ -328,6 +328,7 @@ class Store(ABC):
             if row is None:
                 return
             self._exec(cur, "DELETE FROM flags WHERE ledger_id = ?", (int(entry_id),))
+            self._exec(cur, "DELETE FROM watermarks WHERE ledger_id = ?", (int(entry_id),))
             self._exec(cur, "DELETE FROM ledger WHERE id = ?", (int(entry_id),))
             self._exec(cur, "UPDATE clients SET queries = queries - ?, requests = requests - 1 WHERE id = ?",
                        (int(row[1]), int(row[0])))
@@ -350,6 +351,25 @@ class Store(ABC):
             row = self._exec(cur, "SELECT COALESCE(SUM(n), 0) FROM flags WHERE client_id = ?",
                              (int(client_id),)).fetchone()
         return int(row[0])
+
+    # -- watermark records ------------------------------------------------------------------------------
+    def record_watermarks(self, entry_id: int, payload: bytes) -> None:
+        """Keep what a watermarking defense (DAWN) recorded while answering ledger entry ``entry_id`` (an opaque
+        JSON payload; written before the answer is sent). A later :meth:`release` of the entry removes it."""
+        with self._transaction(write=True) as cur:
+            self._exec(cur, "INSERT INTO watermarks (ledger_id, client_id, payload, created_at) "
+                            "SELECT id, client_id, ?, ? FROM ledger WHERE id = ?",
+                       (payload, time.time(), int(entry_id)))
+
+    def watermarks(self, client_id: int | None = None) -> list[tuple[int, bytes]]:
+        """``(client id, payload)`` of every stored watermark record, oldest first, for one client or all."""
+        sql = "SELECT client_id, payload FROM watermarks"
+        params: tuple[Any, ...] = ()
+        if client_id is not None:
+            sql, params = sql + " WHERE client_id = ?", (int(client_id),)
+        with self._transaction(write=False) as cur:
+            rows = self._exec(cur, sql + " ORDER BY id", params).fetchall()
+        return [(int(r[0]), bytes(r[1])) for r in rows]
 
     # -- detector state ---------------------------------------------------------------------------------
     def detector_version(self, client_id: int) -> int:

@@ -50,6 +50,14 @@ CREATE TABLE IF NOT EXISTS detector_state (
     created_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (client_id, seq)
 );
+CREATE TABLE IF NOT EXISTS watermarks (
+    id BIGSERIAL PRIMARY KEY,
+    ledger_id BIGINT NOT NULL REFERENCES ledger (id),
+    client_id BIGINT NOT NULL REFERENCES clients (id),
+    payload BYTEA NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS watermarks_client ON watermarks (client_id);
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 

@@ -65,6 +65,14 @@ CREATE TABLE IF NOT EXISTS detector_state (
     created_at REAL NOT NULL,
     PRIMARY KEY (client_id, seq)
 );
+CREATE TABLE IF NOT EXISTS watermarks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ledger_id INTEGER NOT NULL REFERENCES ledger (id),
+    client_id INTEGER NOT NULL REFERENCES clients (id),
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS watermarks_client ON watermarks (client_id);
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
