@@ -321,6 +321,15 @@ def forbid_training(monkeypatch):
     ({"victim": {"dataset": "digits", "epochs": 0}}, ("victim.epochs must be >= 1",)),
     ({"defenses": [{"name": "none", "strengths": [0.5]}]}, ("defenses[0] (none, strength 0.5)", "no strength")),
     ({"defenses": [{"name": "none", "options": {"norm": "l2"}}]}, ("takes no strength or options", "norm")),
+    ({"benign": {"clients": 3}}, ("benign clients", "add a 'detector' section")),
+    ({"detector": {"name": "prada", "tnr": 1.5}}, ("detector.tnr must be in (0, 1)",)),
+    ({"detector": {"name": "pradda"}}, ("detector:", "'pradda'", "prada")),
+    ({"detector": {"name": "prada", "options": {"delt": 0.9}}}, ("detector:", "unknown option delt", "valid:")),
+    ({"detector": {"name": "msp"}}, ("detector 'msp'", "give detector.tnr")),
+    ({"detector": {"name": "prada", "response": "misinform"}}, ("detector.response", "needs a model object")),
+    ({"detector": {"name": "binary", "tnr": 0.95}}, ("outlier set", "detector.outliers")),
+    ({"detector": {"name": "prada"}, "benign": {"clients": 0}}, ("benign.clients must be an integer >= 1",)),
+    ({"detector": {"name": "prada"}, "benign": {"queries": 1000}}, ("benign.queries 1000", "test split", "(359)")),
 ])
 def test_a_bad_sweep_config_is_rejected_before_any_training(change, words, tmp_path, capsys, forbid_training):
     cfg = _write(tmp_path, {**TINY, **change})

@@ -171,7 +171,9 @@ def test_raw_socket_abuse_does_not_hurt_the_server(server):
 def test_http_answers_equal_in_process_answers_exactly(server):
     model, meta = load_checkpoint(server.ckpt)
     x = torch.rand(70, *INPUT_SHAPE, generator=torch.Generator().manual_seed(3))
-    expected = PredictionAPI(model, input_shape=meta["input_shape"]).query(x)
+    api = PredictionAPI(model, input_shape=meta["input_shape"])
+    # the same 32-row batches the client sends: on some CPUs the kernels' results depend on the batch size
+    expected = torch.cat([api.query(xb) for xb in x.split(32)])
     for binary in (True, False):
         with HTTPBlackBox(server.url, server.keys["exact"], batch_size=32, binary=binary) as bb:
             assert bb.input_shape == INPUT_SHAPE and bb.num_classes == NUM_CLASSES

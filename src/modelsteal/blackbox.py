@@ -94,6 +94,10 @@ class QueryCounter:
         """Number of queries (input rows) answered for ``client``."""
         return self._counts[client]
 
+    def clients(self) -> list[str]:
+        """The clients with answered queries, in the order they first queried."""
+        return [c for c, n in self._counts.items() if n]
+
     @property
     def total_queries(self) -> int:
         """Queries answered for all clients together."""
@@ -182,6 +186,9 @@ class PredictionAPI(QueryCounter):
         self.detector, self.response = _detector_and_response(detector, response)
         self.response.bind(input_shape=self.input_shape, num_classes=self.num_classes)
         self._flags: Counter[str] = Counter()
+        self._first_flag: dict[str, int] = {}
+        self._sent = 0  # rows of every client seen by the detector, refused ones included
+        self.first_flag_total: int | None = None  #: the position of the first flagged row among all clients' rows
 
     def _infer_classes(self) -> int:
         with torch.no_grad():
@@ -208,6 +215,17 @@ class PredictionAPI(QueryCounter):
         """Flagged queries of all clients together."""
         return sum(self._flags.values())
 
+    def first_flag(self, client: str = "default") -> int | None:
+        """The 1-based position, in ``client``'s stream of queries, of its first flagged query (``None``: none
+        yet): its "queries to detection", exact whatever the batch size. A refused batch's rows count as sent
+        for this position (the detector has seen them), though they are not counted as queries."""
+        return self._first_flag.get(client)
+
+    @property
+    def flagged_clients(self) -> list[str]:
+        """The clients with a flagged query, in the order they were first flagged."""
+        return list(self._first_flag)
+
     def query(self, x: Tensor, *, client: str = "default") -> Tensor:
         """Answer a batch of queries ``(N, *input_shape) -> (N, K)`` and count ``N`` queries for ``client``.
 
@@ -219,13 +237,16 @@ class PredictionAPI(QueryCounter):
         x = as_batch(x, self.input_shape)
         self.reserve(client, len(x))
         flagged = 0
+        seen = 0  # rows of this batch scored so far
 
         def answer(xb: Tensor) -> Tensor:
-            nonlocal flagged
+            nonlocal flagged, seen
             xb = xb.to(self.device)
             probs = self._softmax(xb)
             flags = None if self.detector is None else self.detector.flag(xb, probs, client=client)
             if flags is not None:
+                self._note_first_flag(client, flags, offset=seen)
+                seen += len(xb)
                 flagged += int(flags.sum())
                 if flagged and self.response.refuses:
                     return self._empty()
@@ -243,6 +264,16 @@ class PredictionAPI(QueryCounter):
         self.record(client, len(x))
         self._flags[client] += flagged
         return out
+
+    def _note_first_flag(self, client: str, flags: Tensor, *, offset: int) -> None:
+        """Remember where ``client``'s (and any client's) first flagged row is: ``flags`` are the rows after the
+        first ``offset`` of the current batch, itself after the client's answered queries."""
+        hit = flags.nonzero().flatten()
+        if len(hit) and client not in self._first_flag:
+            self._first_flag[client] = self.queries(client) + offset + int(hit[0]) + 1
+        if len(hit) and self.first_flag_total is None:
+            self.first_flag_total = self._sent + int(hit[0]) + 1
+        self._sent += len(flags)
 
     def __repr__(self) -> str:
         d = "none" if self.defense is None else repr(self.defense)

@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
         records = collect_sweep(cfg, out_dir=args.out, plots=not args.no_plots)
         print(format_table(records))
+        _print_detection(records)
         print(f"\n{len(records)} finished point(s) of {cfg.name} in {args.out}")
         return 0
     if cfg.deterministic:  # the config's `deterministic: true`, as `modelsteal --deterministic` (idempotent)
@@ -104,8 +105,18 @@ def run(args: argparse.Namespace) -> int:
         shard_of=shard_of,
     )
     print(format_table(records))
+    _print_detection(records)
     out = Path(args.out)
     plots = "plots skipped" if args.no_plots else f"{len(list(out.glob('*.png')))} plot(s) in {out}"
     print(f"\n{len(mine) - cached} point(s) computed, {cached} already cached ({executor.name}); "
           f"wrote {out / 'results.csv'}; {plots}")
     return 0
+
+
+def _print_detection(records: list[dict]) -> None:
+    """With a detector: the detection rates (and benign false positives), as ``detection.csv`` has them."""
+    from modelsteal.experiment.detection import format_detection
+
+    table = format_detection(records)
+    if table:
+        print(f"\n{table}")

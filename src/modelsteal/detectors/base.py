@@ -150,6 +150,9 @@ class Detector(ABC):
     def reset(self, client: str) -> None:  # noqa: B027
         """Forget ``client``'s state; stateless detectors have none."""
 
+    def reset_all(self) -> None:  # noqa: B027
+        """Forget every client's state (a fresh detector with the same fit and threshold)."""
+
     def __repr__(self) -> str:
         t = "uncalibrated" if self.threshold is None else f"threshold={self.threshold:.4g} at tnr={self.tnr}"
         return f"{type(self).__name__}({t})"

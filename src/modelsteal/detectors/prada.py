@@ -20,9 +20,9 @@ Choices where the summary in the issue is silent (stds are population stds, ``dd
   1); a point mass is as far from normal as a distribution gets, so PRADA uses ``W = 0`` there;
 - the score of a query is ``1 − W`` of the client's stream right after that query (0 while the stream holds at
   most ``min_stream`` values), and :meth:`fit` sets the threshold ``1 − delta``, so :meth:`Detector.flag` is
-  ``W < delta`` without calibration. :meth:`Detector.calibrate` still works (per-query quantile of one benign
-  stream), but calibrating ``delta`` for a target false-positive rate over many benign *clients* is not done
-  here.
+  ``W < delta`` without calibration. :meth:`PRADA.calibrate` sets ``delta`` from one benign stream (a per-query
+  quantile); :meth:`PRADA.calibrate_clients` from many benign clients' streams, for a target per-client
+  false-positive rate (the fraction of benign clients ever flagged).
 
 Distances are exact. Each batch's rows are compared with each other by one pairwise :func:`torch.cdist` in
 float64 (without the matrix-multiplication shortcut), and with ``G_c`` by one of two searches (``index=``):
@@ -159,6 +159,7 @@ class _ClientState:
         self.classes: dict[int, _ClassSet] = {}
         self.dim: int | None = None
         self._w: tuple[int, float] | None = None  # cache: (len(D), W) — derived, not part of the state
+        self.low: float | None = None  # the lowest W this process has computed for the stream (derived)
         self.mark: tuple[int, dict[int, tuple[int, int, float]]] = (0, {})  # what the last delta covered
         self._array = np.empty(0)  # D as a capacity-doubling float64 buffer (derived), so the test does not
         self._filled = 0  # convert the whole list on every query
@@ -288,6 +289,56 @@ class PRADA(Detector):
         self.delta = 1.0 - threshold
         return threshold
 
+    def min_w(self, stream: Tensor) -> float:
+        """The lowest ``W`` a client sending ``stream`` (in order) would reach (scored as a fresh client
+        ``"__calibration__"``, reset afterwards); a client is ever flagged iff this is below ``delta``."""
+        if len(stream) <= self.min_stream:
+            raise ValueError(f"prada needs benign streams longer than min_stream={self.min_stream} queries, "
+                             f"got one of {len(stream)}")
+        self.reset("__calibration__")
+        scores = self.score(stream, self.posteriors(stream), client="__calibration__")
+        self.reset("__calibration__")
+        return 1.0 - float(scores.max())
+
+    def calibrate_clients(self, streams: list[Tensor], *, tnr: float = 0.95) -> float:
+        """δ for a per-client false-positive rate: each of ``streams`` is one benign client's queries in order;
+        with ``m`` their lowest ``W`` (:meth:`min_w`) sorted, ``delta = m[⌊(1 − tnr)·n⌋]``, so that at most
+        ``⌊(1 − tnr)·n⌋`` of the ``n`` clients (those with ``W`` strictly below it at some point) are flagged and a
+        fraction of at least ``tnr`` never is. Returns ``delta`` (the threshold is ``1 − delta``)."""
+        tnr = check_rate(tnr)
+        self._require_fitted()
+        if not streams:
+            raise ValueError("prada calibrate_clients needs at least one benign stream")
+        lows = sorted(self.min_w(s) for s in streams)
+        delta = lows[math.floor((1.0 - tnr) * len(lows) + 1e-9)]
+        if not 0.0 < delta < 1.0:
+            raise ValueError(f"prada calibration gave delta={delta} from benign streams' lowest W {lows[:3]}…; "
+                             "the streams are too short or degenerate")
+        self.delta, self.threshold, self.tnr = delta, 1.0 - delta, tnr
+        return delta
+
+    def w_trace(self, client: str, *, points: int = 200) -> list[tuple[int, float]]:
+        """``W`` of ``client``'s stream as it grew: ``(stream length n, W of the first n distances)`` at up to
+        ``points`` lengths from ``min_stream + 1`` to the whole stream (the last always included); empty while the
+        stream is short. What the W-over-queries plots draw (a client's query count is its stream length plus
+        the number of classes it has queried, one query each starting ``G_c``)."""
+        state = self._clients.get(client)
+        if state is None or len(state.distances) <= self.min_stream:
+            return []
+        d = np.asarray(state.distances, dtype=np.float64)
+        lengths = np.unique(np.linspace(self.min_stream + 1, len(d), num=max(2, points)).round().astype(int))
+        return [(int(n), shapiro_w(d[:n])) for n in lengths]
+
+    def lowest_w(self, client: str) -> float | None:
+        """The lowest ``W`` ``client``'s stream has had after any of its queries scored in this process (a
+        client is ever flagged iff it is below ``delta``); ``None`` before the test first ran, or for a state
+        only restored by :meth:`load_state_dict` (not part of the persisted state)."""
+        state = self._clients.get(client)
+        return None if state is None else state.low
+
+    def reset_all(self) -> None:
+        self._clients.clear()
+
     # -- scoring -------------------------------------------------------------------------------------
     def score(self, x: Tensor, probs: Tensor, *, client: str = "default") -> Tensor:
         self._require_fitted()
@@ -355,6 +406,7 @@ class PRADA(Detector):
             return 0.0
         if state._w is None or state._w[0] != n:
             state._w = (n, shapiro_w(state.stream(), ordered=state.ordered()))
+            state.low = state._w[1] if state.low is None else min(state.low, state._w[1])
         return 1.0 - state._w[1]
 
     def statistic(self, client: str) -> float | None:

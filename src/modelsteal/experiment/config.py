@@ -141,6 +141,44 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
+class DetectorConfig:
+    """A detector watching every point's API (:mod:`modelsteal.detectors`): a fresh one per point, fitted on the
+    victim and its data, answering flagged queries with ``response`` (``none``, ``shuffle``, ``refuse``; a list
+    runs every point once per response, e.g. ``[none, shuffle]`` for Atli et al.'s Table 5). ``tnr`` calibrates
+    it on the victim's validation split before any point runs: a stateless detector's threshold lets that
+    fraction of the validation queries pass; a stateful one (PRADA) gets δ so that that fraction of
+    ``calibration_clients`` benign clients, each the validation split in its own random order, is never flagged
+    (a per-client false-positive rate of ``1 − tnr``; ``calibration_queries`` caps each such client's stream,
+    default the whole split). ``tnr: null`` keeps the detector's own setting (PRADA's ``delta`` option; stateless
+    detectors need a ``tnr``). ``outliers`` names the dataset whose training split trains detectors that need an
+    outlier set (Atli et al.'s ``binary``)."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    response: str | list[str] = "none"
+    tnr: float | None = None
+    calibration_clients: int = 20
+    calibration_queries: int | None = None
+    outliers: str | None = None
+
+    @property
+    def responses(self) -> list[str]:
+        return [self.response] if isinstance(self.response, str) else list(self.response)
+
+
+@dataclass(frozen=True)
+class BenignConfig:
+    """Benign clients, a sweep input beside the attacks: client ``i`` (``i < clients``) sends ``queries`` inputs
+    of the victim's ``split`` (default: all of it) in its own random order (seed ``i``), ``batch_size`` per
+    request. Their rows (attack ``benign``) report whether the detector flagged them: the false-positive rate."""
+
+    clients: int = 10
+    queries: int | None = None
+    split: str = "test"
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     victim: VictimConfig
     transfer: TransferConfig
@@ -155,6 +193,10 @@ class SweepConfig:
     #: run with :func:`modelsteal.determinism.enable_determinism` (deterministic kernels, fixed threads);
     #: not part of any cache key, so switching it keeps the finished points
     deterministic: bool = False
+    #: a detector on every point's API (detection rates beside clone accuracy); ``None``: no detector
+    detector: DetectorConfig | None = None
+    #: benign clients per defense operating point (their false-positive rate); needs ``detector``
+    benign: BenignConfig | None = None
 
     def with_budgets(self, budgets: list[int]) -> SweepConfig:
         return replace(self, budgets=list(budgets))
@@ -206,6 +248,7 @@ def parse_config(raw: dict[str, Any]) -> SweepConfig:
         raise ConfigError(f"eval_size must be a positive integer or null, got {rest['eval_size']!r}")
     if not isinstance(rest.get("deterministic", False), bool):
         raise ConfigError(f"deterministic must be true or false, got {rest['deterministic']!r}")
+    detector, benign = _detection(raw)
     return SweepConfig(
         victim=_take(raw.get("victim", {}), VictimConfig, "victim"),
         transfer=_take(raw.get("transfer", {}), TransferConfig, "transfer"),
@@ -213,8 +256,49 @@ def parse_config(raw: dict[str, Any]) -> SweepConfig:
         attacks=attacks,
         budgets=list(budgets),
         seeds=list(seeds),
+        detector=detector,
+        benign=benign,
         **rest,
     )
+
+
+SPLITS = ("train", "val", "test")
+
+
+def _detection(raw: dict[str, Any]) -> tuple[DetectorConfig | None, BenignConfig | None]:
+    """The ``detector`` and ``benign`` sections, their values checked (names are checked by the sweep)."""
+    detector = None if raw.get("detector") is None else _take(raw["detector"], DetectorConfig, "detector")
+    benign = None if raw.get("benign") is None else _take(raw["benign"], BenignConfig, "benign")
+    if detector is not None:
+        r = detector.response
+        if not isinstance(detector.name, str) or not (
+                isinstance(r, str) or (isinstance(r, list) and r and all(isinstance(x, str) for x in r))):
+            raise ConfigError("detector.name must be a string and detector.response a response name or a "
+                              "non-empty list of them")
+        if not isinstance(detector.options, dict):
+            raise ConfigError(f"detector.options must be a mapping, got {detector.options!r}")
+        t = detector.tnr
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < 1):
+            raise ConfigError(f"detector.tnr must be in (0, 1) or null, got {t!r}")
+        q = detector.calibration_queries
+        if q is not None and not (_is_int(q) and q >= 1):
+            raise ConfigError(f"detector.calibration_queries must be an integer >= 1 or null, got {q!r}")
+        if not _is_int(detector.calibration_clients) or detector.calibration_clients < 1:
+            raise ConfigError(f"detector.calibration_clients must be an integer >= 1, got "
+                              f"{detector.calibration_clients!r}")
+    if benign is not None:
+        if detector is None:
+            raise ConfigError("benign clients measure a detector's false positives: add a 'detector' section")
+        for key in ("clients", "batch_size"):
+            value = getattr(benign, key)
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"benign.{key} must be an integer >= 1, got {value!r}")
+        if benign.queries is not None and not (_is_int(benign.queries) and benign.queries >= 1):
+            raise ConfigError(f"benign.queries must be an integer >= 1 or null (the whole split), got "
+                              f"{benign.queries!r}")
+        if benign.split not in SPLITS:
+            raise ConfigError(f"benign.split must be one of {', '.join(SPLITS)}, got {benign.split!r}")
+    return detector, benign
 
 
 def yaml_error_line(path: Path, error: yaml.YAMLError) -> str:

@@ -15,13 +15,15 @@ differ with the defense), whose clones then train together (:mod:`modelsteal.tra
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from typing import Any
 
 from modelsteal.experiment.config import (
     AttackConfig,
+    BenignConfig,
     DefenseConfig,
+    DetectorConfig,
     SweepConfig,
     TransferConfig,
     VictimConfig,
@@ -44,6 +46,9 @@ class Point:
     seed: int
     device: str = "auto"
     deterministic: bool = False
+    #: the detector watching the point's API (``None``: none), and for a benign client's point its settings
+    detector: DetectorConfig | None = None
+    benign: BenignConfig | None = None
 
     @cached_property
     def key(self) -> str:
@@ -56,8 +61,12 @@ class Point:
         d = asdict(self.defense)
         if not legacy:
             d.pop("strengths")
-        return point_key(self.victim.identity(), asdict(self.transfer), self.output, self.eval_size, d,
-                         self.strength, asdict(self.attack), self.budget, self.seed)
+        parts: list[Any] = [self.victim.identity(), asdict(self.transfer), self.output, self.eval_size, d,
+                            self.strength, asdict(self.attack), self.budget, self.seed]
+        if self.detector is not None:  # points without one keep the keys they had before detectors
+            parts.append({"detector": asdict(self.detector),
+                          "benign": None if self.benign is None else asdict(self.benign)})
+        return point_key(*parts)
 
     @cached_property
     def query_key(self) -> str:
@@ -68,8 +77,11 @@ class Point:
 
     def describe(self) -> dict[str, Any]:
         """The row labels of the point's record."""
-        return {"defense": self.defense.display, "strength": self.strength, "attack": self.attack.display,
-                "budget": self.budget, "seed": self.seed}
+        labels = {"defense": self.defense.display, "strength": self.strength, "attack": self.attack.display,
+                  "budget": self.budget, "seed": self.seed}
+        if self.detector is not None:
+            labels["response"] = self.detector.response
+        return labels
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Point) and other.key == self.key
@@ -82,15 +94,30 @@ class Point:
         return f"Point({d['defense']}@{d['strength']}, {d['attack']}, budget={d['budget']}, seed={d['seed']})"
 
 
+#: the attack label of a benign client's points
+BENIGN = "benign"
+
+
 def plan(cfg: SweepConfig) -> list[Point]:
-    """Every point of ``cfg`` in the config's order (defenses, strengths, attacks, budgets, seeds); a strength
-    is kept as the config writes it (``1`` and ``1.0`` hash differently, and earlier caches used the config's)."""
-    return [
-        Point(victim=cfg.victim, transfer=cfg.transfer, output=cfg.output, eval_size=cfg.eval_size, defense=d,
-              strength=s, attack=a, budget=b, seed=seed, device=cfg.device,
-              deterministic=cfg.deterministic)
-        for d in cfg.defenses for s in d.strengths for a in cfg.attacks for b in cfg.budgets for seed in cfg.seeds
-    ]
+    """Every point of ``cfg`` in the config's order (defenses, strengths, the detector's responses, attacks,
+    budgets, seeds, then — with a ``benign`` section — that operating point's benign clients, attack ``benign``,
+    seed = client index, budget = its queries, 0 for the whole split); a strength is kept as the config writes it
+    (``1`` and ``1.0`` hash differently, and earlier caches used the config's)."""
+    detectors = [None] if cfg.detector is None else [replace(cfg.detector, response=r)
+                                                      for r in cfg.detector.responses]
+    points = []
+    for d in cfg.defenses:
+        for s in d.strengths:
+            for det in detectors:
+                common = {"victim": cfg.victim, "transfer": cfg.transfer, "output": cfg.output,
+                          "eval_size": cfg.eval_size, "defense": d, "strength": s, "device": cfg.device,
+                          "deterministic": cfg.deterministic, "detector": det}
+                points += [Point(attack=a, budget=b, seed=seed, **common)
+                           for a in cfg.attacks for b in cfg.budgets for seed in cfg.seeds]
+                if cfg.benign is not None:
+                    points += [Point(attack=AttackConfig(name=BENIGN), budget=cfg.benign.queries or 0, seed=i,
+                                     benign=cfg.benign, **common) for i in range(cfg.benign.clients)]
+    return points
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -124,7 +151,7 @@ def units(points: Iterable[Point], *, stack: int = 1, stackable: Iterable[str] =
     out: list[list[Point]] = []
     open_units: dict[str, list[Point]] = {}
     for p in points:
-        if stack == 1 or p.attack.name.strip().lower() not in names:
+        if stack == 1 or p.benign is not None or p.attack.name.strip().lower() not in names:
             out.append([p])
             continue
         unit = open_units.get(p.query_key)

@@ -48,8 +48,54 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 
 def plot_sweep(records: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """Every plot a sweep's records support: the trade-offs and, with two budgets or more, the budget curves."""
-    return plot_tradeoffs(records, out_dir) + plot_budget_curves(records, out_dir)
+    """Every plot a sweep's records support: the trade-offs and, with two budgets or more, the budget curves
+    (of the records with a clone: benign clients train none), and with a stateful detector the statistic over
+    queries (:func:`plot_detection`)."""
+    clones = [r for r in records if r.get("attacker_accuracy") is not None]
+    paths = plot_tradeoffs(clones, out_dir) + plot_budget_curves(clones, out_dir) if clones else []
+    return paths + plot_detection(records, out_dir)
+
+
+def plot_detection(records: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """``detection-w.png``: PRADA's Shapiro-Wilk ``W`` over each point's stream (its busiest client's), one
+    panel per (defense, strength, attack), one line per seed (benign clients: one per client), the detector's
+    δ dashed; a flagged run is drawn in red, one never flagged in blue. ``[]`` when no record has a trace."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r.get("w_trace"):
+            groups[(r["defense"], r.get("strength"), r.get("response", "none"), r["attack"])].append(r)
+    if not groups:
+        return []
+    plt = load_pyplot()
+    cols = min(4, len(groups))
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False, sharey=True)
+    lows = [w for rs in groups.values() for r in rs for _, w in r["w_trace"]]
+    bottom = max(0.0, min(lows) - 0.02)
+    for ax, ((defense, strength, response, attack), rs) in zip(axes.flat, groups.items(), strict=False):
+        for r in rs:
+            n, w = zip(*r["w_trace"], strict=True)
+            ax.plot(n, w, lw=0.8, alpha=0.7, color="C3" if r.get("detected") else "C0")
+        deltas = {r.get("detector_delta") for r in rs} - {None}
+        for d in deltas:
+            ax.axhline(d, color="k", ls="--", lw=0.8)
+        hit = sum(bool(r.get("detected")) for r in rs)
+        what = "flagged" if attack == "benign" else "detected"
+        where = "" if defense in ("none", "undefended") else f" vs {defense}" + (
+            f" {strength:g}" if strength is not None else "")
+        where += "" if response == "none" else f", {response}"
+        ax.set_title(f"{attack}{where}: {hit}/{len(rs)} {what}", fontsize=9)
+        ax.set_ylim(bottom, 1.0)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(groups):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("distances in the stream (≈ queries)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Shapiro-Wilk W")
+    names = sorted({str(r["dataset"]) for rs in groups.values() for r in rs if r.get("dataset")})
+    fig.suptitle(f"{', '.join(names)}: PRADA's W over each client's stream (dashed: δ)", fontsize=10)
+    return [save_figure(fig, Path(out_dir) / "detection-w.png")]
 
 
 def plot_budget_curves(records: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:

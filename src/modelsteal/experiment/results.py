@@ -27,10 +27,15 @@ COLUMNS = [
 ]
 
 
+#: record fields kept in the points' JSON only (series, not one value per row)
+JSON_ONLY = frozenset({"w_trace"})
+
+
 def write_results(records: Sequence[dict[str, Any]], out_dir: str | Path) -> Path:
-    """Write ``out_dir/results.csv`` atomically: the standard columns first, then any others."""
+    """Write ``out_dir/results.csv`` atomically: the standard columns first, then any others (series such as
+    ``w_trace`` stay in the points' JSON)."""
     out = Path(out_dir)
-    extra = sorted({k for r in records for k in r} - set(COLUMNS))
+    extra = sorted({k for r in records for k in r} - set(COLUMNS) - JSON_ONLY)
     path = out / "results.csv"
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:

@@ -42,6 +42,15 @@ from modelsteal.experiment.config import (
     VictimConfig,
     point_key,
 )
+from modelsteal.experiment.detection import (
+    check_benign_data,
+    check_detector_config,
+    detection_facts,
+    detector_key,
+    fit_point_detector,
+    run_benign_client,
+    write_detection,
+)
 from modelsteal.experiment.environment import environment, file_sha256
 from modelsteal.experiment.executors import Executor, make_executor
 from modelsteal.experiment.plan import Point, plan, shard, units
@@ -147,7 +156,7 @@ def load_or_train_victim(
         config = victim_train_config(v)
         model, history = train_victim(data, arch=v.arch, config=config, recipe=recipe, seed=v.seed, device=device,
                                       progress=progress)
-        meta = recipe_checkpoint_meta(history, recipe)
+        meta = {**recipe_checkpoint_meta(history, recipe), "data_seed": v.seed}  # the split `verify` reloads
         save_checkpoint(
             model,
             path,
@@ -178,7 +187,7 @@ def defended_victim_config(v: VictimConfig, dcfg: DefenseConfig, strength: float
 
 
 #: what :func:`build_attack` hands an attack itself: a config's ``options`` may not set these
-ATTACK_PROVIDED = ("transfer_set", "transfer_labels", "seed_set", "clone", "train", "device")
+ATTACK_PROVIDED = ("transfer_set", "transfer_labels", "seed_set", "natural", "clone", "train", "device")
 
 
 def sweep_victim_paths(cfg: SweepConfig, *, out_dir: Path) -> dict[tuple[str, float | None], Path]:
@@ -227,6 +236,8 @@ def validate_sweep(cfg: SweepConfig) -> None:
                     cls, kwargs = defense_options(d.name, strength=strength, options=d.options,
                                                   hint=_SWEEP_STRENGTH_HINT)
                     cls(**kwargs)
+    if cfg.detector is not None:
+        check_detector_config(cfg.detector)
     for i, a in enumerate(cfg.attacks):
         with _entry(f"attacks[{i}] ({a.name})"):
             cls = attack_class(a.name)
@@ -269,9 +280,11 @@ def _check_datasets(cfg: SweepConfig) -> None:
 
 
 def build_attack(
-    acfg: AttackConfig, *, victim_arch: str, transfer: tuple[Tensor, Tensor | None], seeds: Tensor, device: torch.device
+    acfg: AttackConfig, *, victim_arch: str, transfer: tuple[Tensor, Tensor | None], seeds: Tensor,
+    device: torch.device, natural: Tensor | None = None,
 ) -> Attack:
-    """Instantiate a registered attack, handing it the attacker's data its constructor asks for; its options
+    """Instantiate a registered attack, handing it the attacker's data its constructor asks for (``natural``:
+    natural in-distribution inputs, the victim's test split in sweeps, for attacks that mix them in); its options
     are checked against the constructor first (a one-line ``ValueError`` lists the valid ones)."""
     cls = attack_class(acfg.name)
     if cls.modality != "images":
@@ -290,6 +303,8 @@ def build_attack(
         kwargs["transfer_labels"] = transfer[1]
     if "seed_set" in params:
         kwargs["seed_set"] = seeds
+    if "natural" in params and natural is not None:
+        kwargs["natural"] = natural
     return cls(clone=clone, train=_check_train(acfg.train), device=device, **kwargs)
 
 
@@ -362,10 +377,12 @@ def attack_point(
 
 
 def point_api(victim: nn.Module, dcfg: DefenseConfig, strength: float | None, data: DatasetSplits, *, output: str,
-              fits: dict[str, dict[str, Any]] | None = None) -> PredictionAPI:
-    """The defended prediction API of one point."""
+              fits: dict[str, dict[str, Any]] | None = None, detector: Any = None,
+              response: str = "none") -> PredictionAPI:
+    """The defended prediction API of one point (watched by ``detector``, answering its flags with
+    ``response``)."""
     return PredictionAPI(victim, defense=point_defense(dcfg, strength, victim=victim, data=data, fits=fits),
-                         output=output)
+                         output=output, detector=detector, response=response)
 
 
 def measure_clone(result: StealResult, api: PredictionAPI, data: DatasetSplits, *, attack: Attack, seconds: float,
@@ -405,11 +422,14 @@ class PointCache:
         self._transfer: dict[str, tuple[tuple[Tensor, Tensor | None], Tensor]] = {}
         self._utility: dict[str, dict[str, float]] = {}
         self.fits: dict[str, dict[str, Any]] = {}
+        self.detector_fits: dict[str, dict[str, Any]] = {}  # per detector and victim: calibrated threshold/δ
+        self._detectors: dict[str, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["progress"] = False  # no bars from worker processes
         state.pop("_device", None)
+        state["_detectors"] = {}  # rebuilt per process from detector_fits (no calibration there)
         return state
 
     @property
@@ -449,6 +469,23 @@ class PointCache:
                                    seed_set(p.transfer, victim_data=data))
         return self._transfer[key]
 
+    def detector(self, p: Point) -> Any:
+        """``p``'s detector, fitted on the victim its API serves and calibrated (once per victim: later calls and
+        other processes reuse the learned threshold), with no client state; ``None`` without one."""
+        if p.detector is None:
+            return None
+        vcfg = point_victim_config(p)
+        key = detector_key(p.detector, vcfg.identity())
+        if key not in self._detectors:
+            model = self.victim(vcfg)[0]
+            det, learned = fit_point_detector(p.detector, model, self.data(p.victim),
+                                              fitted=self.detector_fits.get(key))
+            self._detectors[key] = det
+            self.detector_fits[key] = learned
+        det = self._detectors[key]
+        det.reset_all()
+        return det
+
     def utility(self, p: Point, victim: nn.Module) -> dict[str, float]:
         """The defender's accuracy and perturbation sizes at ``p``'s operating point (once per process)."""
         key = point_key(p.victim.identity(), asdict(p.defense), p.strength, p.output, p.eval_size)
@@ -463,8 +500,9 @@ def point_victim_config(p: Point) -> VictimConfig:
     return defended_victim_config(p.victim, p.defense, p.strength) if is_recipe_defense(p.defense) else p.victim
 
 
-def _point_start(p: Point, *, cache: PointCache) -> tuple[dict[str, Any], nn.Module, PredictionAPI, Attack]:
-    """The labels, victim facts and utility of ``p``'s record, its defended API and its attack."""
+def _point_start(p: Point, *, cache: PointCache) -> tuple[dict[str, Any], nn.Module, PredictionAPI, Attack | None]:
+    """The labels, victim facts and utility of ``p``'s record, its defended (and watched) API and its attack
+    (``None`` for a benign client's point)."""
     data = cache.data(p.victim)
     _, _, victim_acc, main_sha = cache.victim(p.victim)
     model, meta, _, sha = cache.victim(point_victim_config(p))
@@ -473,9 +511,13 @@ def _point_start(p: Point, *, cache: PointCache) -> tuple[dict[str, Any], nn.Mod
         facts = {"victim_dp_epsilon": meta["dp"]["epsilon"], "victim_dp_delta": meta["dp"]["delta"]}
     rec = {"dataset": data.name, **p.describe(), "victim_accuracy": victim_acc, **cache.utility(p, model), **facts,
            "victim_sha256": sha}
+    api = point_api(model, p.defense, p.strength, data, output=p.output, fits=cache.fits, detector=cache.detector(p),
+                    response="none" if p.detector is None else p.detector.response)
+    if p.benign is not None:
+        return rec, model, api, None
     transfer, seeds = cache.transfer(p)
-    api = point_api(model, p.defense, p.strength, data, output=p.output, fits=cache.fits)
-    attack = build_attack(p.attack, victim_arch=p.victim.arch, transfer=transfer, seeds=seeds, device=cache.device)
+    attack = build_attack(p.attack, victim_arch=p.victim.arch, transfer=transfer, seeds=seeds, device=cache.device,
+                          natural=data.x_test)
     return rec, model, api, attack
 
 
@@ -484,10 +526,15 @@ def run_point(point: Point, *, cache: PointCache) -> dict[str, Any]:
     rebuilt by their keys): the same record in any process or on any machine with the same inputs."""
     t0 = time.perf_counter()
     rec, _, api, attack = _point_start(point, cache=cache)
-    t1 = time.perf_counter()
-    result = attack(api, budget=point.budget, seed=point.seed)
     data = cache.data(point.victim)
-    rec.update(measure_clone(result, api, data, attack=attack, seconds=time.perf_counter() - t1, device=cache.device))
+    if attack is None:  # a benign client: its queries and whether the detector flagged it
+        rec.update(run_benign_client(api, data, point.benign, seed=point.seed))
+    else:
+        t1 = time.perf_counter()
+        result = attack(api, budget=point.budget, seed=point.seed)
+        rec.update(measure_clone(result, api, data, attack=attack, seconds=time.perf_counter() - t1,
+                                 device=cache.device))
+        rec.update(detection_facts(api))
     rec["wall_seconds"] = round(time.perf_counter() - t0, 3)
     return rec
 
@@ -504,16 +551,18 @@ def run_unit(unit: list[Point], *, cache: PointCache) -> list[dict[str, Any]]:
         rec, _, api, attack = _point_start(p, cache=cache)
         t1 = time.perf_counter()
         jobs.append(attack.begin(api, budget=p.budget, seed=p.seed))
-        starts.append((rec, api, attack))
+        starts.append((rec, api, attack, detection_facts(api)))  # now: the next start resets the shared detector
         collect_seconds.append((t1 - t, time.perf_counter() - t1))
     t_train = time.perf_counter()
     results, stacked = steal_together(jobs)
     shared = (time.perf_counter() - t_train) / len(unit)
     records = []
-    for p, (rec, api, attack), result, (setup, query) in zip(unit, starts, results, collect_seconds, strict=True):
+    for p, (rec, api, attack, facts), result, (setup, query) in zip(unit, starts, results, collect_seconds,
+                                                                  strict=True):
         t = time.perf_counter()
         rec.update(measure_clone(result, api, cache.data(p.victim), attack=attack, seconds=query + shared,
                                  device=cache.device))
+        rec.update(facts)
         if stacked:
             rec["stacked_clones"] = len(unit)
         rec["wall_seconds"] = round(setup + query + shared + time.perf_counter() - t, 3)
@@ -555,6 +604,7 @@ def collect_sweep(cfg: SweepConfig, *, out_dir: str | Path, plots: bool = True) 
                 break
     if records:
         write_results(records, out)
+        write_detection(records, out)
         if plots:
             from modelsteal.experiment.plots import plot_sweep
 
@@ -582,10 +632,12 @@ def prepare_sweep(cfg: SweepConfig, *, out_dir: Path, device: torch.device, prog
     if output.kind == "top-k" and output.k > data.num_classes:
         raise ConfigError(f"output: top-{output.k} asks for more classes than {data.name} has ({data.num_classes})")
     _check_defense_classes(cfg, num_classes=data.num_classes)
+    if cfg.benign is not None:
+        check_benign_data(cfg.benign, data)
     transfer, seeds = build_transfer_set(cfg.transfer, victim_data=data), seed_set(cfg.transfer, victim_data=data)
     for i, acfg in enumerate(cfg.attacks):
         with _entry(f"attacks[{i}] ({acfg.name})"):
-            build_attack(acfg, victim_arch=v.arch, transfer=transfer, seeds=seeds, device=device)
+            build_attack(acfg, victim_arch=v.arch, transfer=transfer, seeds=seeds, device=device, natural=data.x_test)
     victim, _, acc, _ = load_or_train_victim(v, out_dir=out_dir, device=device, progress=progress, data=data)
     return SweepInputs(victim, data, acc, transfer, seeds)
 
@@ -603,8 +655,13 @@ def _check_defense_classes(cfg: SweepConfig, *, num_classes: int) -> None:
 
 def config_hash(cfg: SweepConfig) -> str:
     """The sweep's identity as :func:`point_key` hashes it: every field of the config as run (overrides of
-    budgets, seeds, ``--only`` and the device included)."""
-    return point_key(asdict(cfg))
+    budgets, seeds, ``--only`` and the device included; an absent ``detector`` or ``benign`` section left out, so
+    configs made before them keep their hash)."""
+    d = asdict(cfg)
+    for key in ("detector", "benign"):
+        if d.get(key) is None:
+            d.pop(key, None)
+    return point_key(d)
 
 
 def warn_victim_change(out: Path, path: Path, *, recorded: str | None, now: str) -> bool:
@@ -721,6 +778,7 @@ def run_sweep(
             bar.close()
     records = [done[p.key] for p in points]
     write_results(records, out)
+    write_detection(records, out)
     if plots:
         from modelsteal.experiment.plots import plot_sweep
 
@@ -742,6 +800,7 @@ def _fill_cache(cache: PointCache, cfg: SweepConfig, todo: list[Point], *, input
             _recipe_victim_sha(prov, cache.victim_path(vcfg), out=out)
         cache.transfer(p)
         point_defense(p.defense, p.strength, victim=inputs.victim, data=inputs.data, fits=cache.fits)
+        cache.detector(p)  # calibrated here once per victim; workers reuse the threshold
 
 
 def _store_point(p: Point, rec: dict[str, Any], *, out: Path, prov: dict[str, Any]) -> None:
