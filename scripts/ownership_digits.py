@@ -15,6 +15,10 @@ several verification seeds. Writes one JSON and prints the tables of docs/owners
     OMP_NUM_THREADS=1 python scripts/ownership_digits.py --dataset mnist --out results/ownership/mnist.json
     OMP_NUM_THREADS=1 python scripts/ownership_digits.py --dataset fashion-mnist \
         --out results/ownership/fashion-mnist.json
+    OMP_NUM_THREADS=1 python scripts/ownership_digits.py --config configs/ownership/mnist.yaml   # the same run
+
+``--config`` reads a YAML mapping of the options below (``configs/ownership/*.yaml`` spell out the committed
+runs); options given on the command line override it.
 
 Per-dataset defaults (:data:`PRESETS`; every one can be overridden on the command line): digits keeps the
 original setting (MLP victim on 500 private samples, the two Knockoff clones); MNIST and Fashion-MNIST use a LeNet
@@ -28,11 +32,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -109,6 +114,11 @@ def main() -> None:
     p.add_argument("--mingd-steps", type=int)
     p.add_argument("--mingd-seeds", type=int, help="verification seeds per model for MinGD (default --seeds)")
     p.add_argument("--dawn-budget", type=int, default=100, help="DAWN verifier's queries per verification")
+    p.add_argument("--config", type=Path, help="YAML mapping of these options (e.g. configs/ownership/mnist.yaml); "
+                                                "the command line overrides it")
+    pre, _ = p.parse_known_args()
+    if pre.config is not None:
+        p.set_defaults(**_read_config(p, pre.config))
     args = p.parse_args()
     preset = PRESETS[args.dataset]
     for k, v in preset.items():
@@ -119,7 +129,7 @@ def main() -> None:
     attacks = [a for a in args.attacks.split(",") if a]
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
-        p.error(f"unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
+        _fail(f"unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     data = load_dataset(args.dataset, seed=0)
@@ -209,11 +219,42 @@ def main() -> None:
             print(_line(rows[-n_seeds:]), flush=True)
     total = time.perf_counter() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "models": info,
+    recorded = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    args.out.write_text(json.dumps({"args": recorded, "models": info,
                                     "verifier_fit_seconds": fit_seconds, "total_seconds": total, "rows": rows},
                                    indent=1))
     print(_fp_table(rows))
     print(f"total {total:.0f}s; wrote {args.out}")
+
+
+def _fail(message: str) -> NoReturn:
+    """A user mistake: one line on stderr, exit code 2."""
+    print(f"ownership_digits.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _read_config(p: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
+    """The options of a YAML config, checked against the parser's (one-line errors, exit code 2)."""
+    import yaml
+
+    if not path.is_file():
+        _fail(f"config {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        _fail(f"config {path} is not valid YAML: {str(e).splitlines()[0]}")
+    if not isinstance(raw, dict):
+        _fail(f"config {path} must be a mapping of options, got {type(raw).__name__}")
+    known = ({a.dest for a in p._actions} | set(PRESETS["digits"])) - {"help", "config"}
+    cfg = {str(k).replace("-", "_"): v for k, v in raw.items() if k != "name"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        _fail(f"config {path}: unknown options {unknown}; known: {', '.join(sorted(known))}")
+    if cfg.get("dataset", "digits") not in PRESETS:
+        _fail(f"config {path}: dataset must be one of {', '.join(sorted(PRESETS))}, got {cfg['dataset']!r}")
+    if "out" in cfg:
+        cfg["out"] = Path(cfg["out"])
+    return cfg
 
 
 class _Then(Defense):
