@@ -32,7 +32,7 @@ from modelsteal import PredictionAPI
 from modelsteal.data import load_dataset
 from modelsteal.defenses import make_defense
 from modelsteal.defenses.base import Defense
-from modelsteal.metrics import hellinger_distance
+from modelsteal.metrics import argmax_accuracy, hellinger_distance
 from modelsteal.models import load_checkpoint
 
 VICTIM = Path("results/victims/mnist-lenet-oe-kana-outlier-exposure-88e09b06d744c50b.pt")
@@ -45,7 +45,8 @@ def served(victim: nn.Module, defense: Defense | None, x: Tensor) -> Tensor:
 
 
 def defender_accuracy(victim: nn.Module, defense: Defense | None, x: Tensor, y: Tensor) -> float:
-    return float((served(victim, defense, x).argmax(1) == y).float().mean())
+    """Top-1 accuracy of the served answers on ``(x, y)``."""
+    return argmax_accuracy(served(victim, defense, x), y)
 
 
 def mad_at_accuracy(victim: nn.Module, target: float, x: Tensor, y: Tensor, *, lo: float, hi: float,

@@ -113,6 +113,22 @@ def test_units_stack_only_points_sharing_their_queries_and_only_stackable_attack
     assert not attack_class("jbda").stackable
 
 
+
+def test_only_stackable_attacks_hand_over_their_clones_training():
+    # bugs caught: a non-stackable attack (the confidence filter inherits Knockoff's collect) handing over a
+    # clone job that would train on every answer instead of the kept ones; a stackable attack without collect
+    from modelsteal import PredictionAPI
+    from modelsteal.attacks.base import Attack
+
+    pool = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    api = PredictionAPI(build_model("mlp", input_shape=(1, 8, 8), num_classes=10, seed=0))
+    job = attack_class("knockoff")(transfer_set=pool, clone="mlp").begin(api, budget=12, seed=0)
+    assert len(job.x) == 12
+    with pytest.raises(TypeError, match="'knockoff-filter' is not stackable"):
+        attack_class("knockoff-filter")(transfer_set=pool, clone="mlp").begin(api, budget=12, seed=0)
+    with pytest.raises(TypeError, match="Broken is stackable but defines no collect"):
+        type("Broken", (Attack,), {"stackable": True, "run": lambda self, victim, *, generator: None})
+
 # -- stacked training ----------------------------------------------------------------------------------------------
 def _clones(n, arch="lenet", shape=(1, 8, 8)):
     base = build_model(arch, input_shape=shape, num_classes=10, seed=3)

@@ -16,7 +16,7 @@ from modelsteal import PredictionAPI
 from modelsteal.data import DatasetSplits, load_dataset
 from modelsteal.detectors import Detector, make_detector
 from modelsteal.detectors import prada as prada_module
-from modelsteal.detectors.calibration import benign_streams, calibrate_on_benign
+from modelsteal.detectors.calibration import benign_streams
 from modelsteal.experiment.config import parse_config
 from modelsteal.experiment.detection import summarize_detection
 from modelsteal.experiment.plan import plan
@@ -104,7 +104,7 @@ def test_calibrate_clients_flags_at_most_the_allowed_fraction_of_benign_clients(
     assert delta == pytest.approx(sorted(lows)[2], abs=1e-12)
     assert det.threshold == pytest.approx(1 - delta) and det.tnr == 0.75
     assert sum(w < delta for w in lows) == 2
-    assert calibrate_on_benign(det, data.x_val, tnr=0.75, clients=8, seed=3) == pytest.approx(delta, abs=1e-12)
+    assert det.calibrate_benign(data.x_val, tnr=0.75, clients=8, seed=3) == pytest.approx(delta, abs=1e-12)
     with pytest.raises(ValueError, match="longer than min_stream"):
         det.calibrate_clients([data.x_val[:60]], tnr=0.9)
 

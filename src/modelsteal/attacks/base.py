@@ -130,14 +130,22 @@ class Attack(ABC):
     def run(self, victim: QueryBudget, *, generator: torch.Generator) -> StealResult:
         """The attack itself; ``victim.remaining`` tells how many queries are left."""
 
-    def collect(self, victim: QueryBudget, *, generator: torch.Generator) -> CloneJob:
-        """The attack up to the clone's training (:attr:`stackable` attacks implement it; ``run`` is then
-        ``collect`` followed by training and ``finish``)."""
-        raise NotImplementedError(f"attack {self.name!r} cannot hand over its clone's training (not stackable)")
+    #: ``collect(victim: QueryBudget, *, generator) -> CloneJob``, the attack up to the clone's training; every
+    #: :attr:`stackable` attack defines it (checked when the class is made) and its ``run`` is ``collect``
+    #: followed by training and ``finish``; the others have none
+    collect: Callable[..., CloneJob] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.stackable and cls.collect is None:
+            raise TypeError(f"{cls.__name__} is stackable but defines no collect(victim, *, generator) -> CloneJob")
 
     @final
     def begin(self, victim: BlackBox, *, budget: int, seed: int = 0) -> CloneJob:
-        """:meth:`collect` under the same budget and seeding as :meth:`__call__`."""
+        """:meth:`collect` under the same budget and seeding as :meth:`__call__` (stackable attacks only)."""
+        if not self.stackable or self.collect is None:
+            raise TypeError(f"attack {self.name!r} is not stackable: its clone's training cannot be handed over to a "
+                            "stacked pass (see Attack.stackable); call the attack itself")
         if budget < 1:
             raise ValueError(f"budget must be >= 1, got {budget}")
         budgeted = QueryBudget(victim, budget=budget)

@@ -67,6 +67,12 @@ class Defense(ABC):
         same defense built with them at another strength needs no fit; the default has none."""
         return {}
 
+    def take_new_records(self, client: str) -> dict[str, Any] | None:
+        """What answering ``client`` recorded since the last call, JSON-safe, for the server to store with the
+        request (DAWN: the watermarked queries and their wrong labels); ``None`` when nothing was recorded —
+        always, for a defense that keeps no records (the default)."""
+        return None
+
     def check_classes(self, num_classes: int) -> None:  # noqa: B027
         """A one-line ``ValueError`` when this defense cannot answer for a model with ``num_classes`` classes
         (top-k with ``k`` above it); a sweep asks before it trains the victim. The default accepts any."""

@@ -113,6 +113,14 @@ class Detector(ABC):
         self.tnr = tnr
         return self.threshold
 
+    def calibrate_benign(self, x_benign: Tensor, *, tnr: float = 0.95, clients: int = 20, seed: int = 0,
+                         length: int | None = None) -> float:
+        """Calibrate on benign queries for a true-negative rate ``tnr`` the way this detector decides: per query
+        here (:meth:`calibrate`, returns the threshold); a detector that flags *clients* (PRADA) overrides it to
+        calibrate over ``clients`` benign streams of ``length`` queries of ``x_benign`` (default all) in random
+        orders seeded from ``seed``. What sweeps and ``modelsteal serve`` call."""
+        return self.calibrate(x_benign, tnr=tnr)
+
     def flag(self, x: Tensor, probs: Tensor, *, client: str = "default") -> Tensor:
         """``(N,)`` booleans: which queries score above the calibrated threshold."""
         if self.threshold is None:

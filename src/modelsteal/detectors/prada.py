@@ -317,6 +317,14 @@ class PRADA(Detector):
         self.delta, self.threshold, self.tnr = delta, 1.0 - delta, tnr
         return delta
 
+    def calibrate_benign(self, x_benign: Tensor, *, tnr: float = 0.95, clients: int = 20, seed: int = 0,
+                         length: int | None = None) -> float:
+        """:meth:`calibrate_clients` on ``clients`` benign streams of ``x_benign``
+        (:func:`~modelsteal.detectors.calibration.benign_streams`); returns ``delta``."""
+        from modelsteal.detectors.calibration import benign_streams
+
+        return self.calibrate_clients(benign_streams(x_benign, clients=clients, seed=seed, length=length), tnr=tnr)
+
     def w_trace(self, client: str, *, points: int = 200) -> list[tuple[int, float]]:
         """``W`` of ``client``'s stream as it grew: ``(stream length n, W of the first n distances)`` at up to
         ``points`` lengths from ``min_stream + 1`` to the whole stream (the last always included); empty while the

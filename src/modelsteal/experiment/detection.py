@@ -4,7 +4,7 @@ detection summary (``detection.csv``) beside ``results.csv``.
 A config's ``detector`` section (:class:`~modelsteal.experiment.config.DetectorConfig`) puts one detector behind
 every point's :class:`~modelsteal.PredictionAPI`: fitted on the point's victim and its data, calibrated once per
 victim on the victim's validation split before any point runs
-(:func:`~modelsteal.detectors.calibration.calibrate_on_benign`), and fresh — no client state — at the start of
+(:meth:`~modelsteal.detectors.Detector.calibrate_benign`), and fresh — no client state — at the start of
 each point. Every record then says ``detected``, ``queries_to_detection`` (the position of the first flagged
 query among all the point's queries, exact at any batch size: :meth:`~modelsteal.PredictionAPI.first_flag`),
 ``flagged_queries`` and ``flagged_clients``; a stateful detector with a ``w_trace`` (PRADA) adds the statistic
@@ -33,7 +33,6 @@ from modelsteal._registry import check_options
 from modelsteal.blackbox import PredictionAPI
 from modelsteal.data import DatasetSplits, available_datasets, load_dataset
 from modelsteal.detectors import Detector, available_responses, detector_class, make_detector
-from modelsteal.detectors.calibration import calibrate_on_benign
 from modelsteal.experiment.config import BenignConfig, ConfigError, DetectorConfig, point_key
 
 #: responses a sweep can build from its config (``misinform`` needs a model object)
@@ -94,8 +93,7 @@ def fit_point_detector(d: DetectorConfig, victim: nn.Module, data: DatasetSplits
     if fitted is not None:
         det.threshold, det.tnr = fitted["threshold"], fitted["tnr"]
     elif d.tnr is not None:
-        calibrate_on_benign(det, data.x_val, tnr=d.tnr, clients=d.calibration_clients,
-                            length=d.calibration_queries)
+        det.calibrate_benign(data.x_val, tnr=d.tnr, clients=d.calibration_clients, length=d.calibration_queries)
     learned: dict[str, Any] = {"threshold": det.threshold, "tnr": det.tnr}
     if hasattr(det, "delta"):
         learned["delta"] = det.delta
@@ -116,7 +114,7 @@ def detection_facts(api: PredictionAPI) -> dict[str, Any]:
         return {}
     facts: dict[str, Any] = {
         "detector": det.name, "detector_threshold": det.threshold,
-        "detected": api.total_flags > 0 or api.first_flag_total is not None,
+        "detected": api.first_flag_total is not None,  # set by any flag, a refused batch's too
         "queries_to_detection": api.first_flag_total,
         "flagged_queries": api.total_flags, "flagged_clients": len(api.flagged_clients),
     }

@@ -157,8 +157,7 @@ class _Service:
     def _new_watermarks(self, client: ClientInfo) -> bytes | None:
         """What a watermarking defense (DAWN) recorded for this request, as the store keeps it (call under the
         lock, right after the query)."""
-        take = getattr(self.api.defense, "take_new_records", None)
-        new = None if take is None else take(client.name)
+        new = None if self.api.defense is None else self.api.defense.take_new_records(client.name)
         return None if new is None else json.dumps(new, separators=(",", ":")).encode("utf-8")
 
     def _query(self, x: Any, client: ClientInfo) -> tuple[Any, int]:

@@ -90,7 +90,7 @@ def fit_detector(detector: Detector, model: nn.Module, *, dataset: str | None, t
                  data_dir: str | None = None, seed: int = 0) -> None:
     """Fit ``detector`` on the victim's own dataset (the one its checkpoint names) and calibrate it on that
     dataset's validation split for a true-negative rate ``tnr``
-    (:func:`~modelsteal.detectors.calibration.calibrate_on_benign`: per query for a stateless detector; for
+    (:meth:`~modelsteal.detectors.Detector.calibrate_benign`: per query for a stateless detector; for
     PRADA δ such that that fraction of 20 benign clients, each the validation split in its own random order, is
     never flagged); ``tnr=None`` keeps the threshold that ``fit`` set (PRADA: ``1 − delta``)."""
     from modelsteal.data import load_dataset
@@ -101,9 +101,7 @@ def fit_detector(detector: Detector, model: nn.Module, *, dataset: str | None, t
     data = load_dataset(dataset, data_dir=data_dir, seed=seed)
     detector.fit(model, data, generator=torch.Generator().manual_seed(seed))
     if tnr is not None:
-        from modelsteal.detectors.calibration import calibrate_on_benign
-
-        calibrate_on_benign(detector, data.x_val, tnr=float(tnr), seed=seed)
+        detector.calibrate_benign(data.x_val, tnr=float(tnr), seed=seed)
     elif detector.threshold is None:
         raise ValueError(f"detector {detector.name!r} sets no threshold of its own: calibrate it with "
                          "--detector-tnr RATE")
