@@ -40,12 +40,13 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from modelsteal.blackbox import PredictionAPI, QueryRefusedError
 from modelsteal.serve import require
-from modelsteal.serve.codec import ENCODINGS, APIError, decode_request, encode_tensor
+from modelsteal.serve.codec import ENCODINGS, APIError, check_batch, decode_request, encode_tensor, parse_request
 from modelsteal.serve.config import CONFIG_ENV, ServeConfig, build_api, default_max_body_bytes
 from modelsteal.serve.detector_state import DetectorJournal
 from modelsteal.serve.store import (
@@ -53,6 +54,7 @@ from modelsteal.serve.store import (
     BudgetExhaustedError,
     ClientInfo,
     DetectorStateConflict,
+    LedgerEntry,
     RateLimitedError,
     Store,
     open_store,
@@ -124,14 +126,29 @@ class _Service:
         self.lock = threading.Lock()
         detector = api.detector
         self.journal = DetectorJournal(detector, store) if detector is not None and detector.stateful else None
+        self.prefetch: Callable[[Any], None] | None = getattr(api.model, "prefetch", None)
 
     def answer(self, client: ClientInfo, body: bytes) -> bytes:
-        """Validate, record in the ledger, infer, encode: the whole ``/v1/predict`` path off the event loop."""
-        x, encoding = decode_request(body, input_shape=self.api.input_shape, max_batch=self.max_batch,
-                                     input_range=self.input_range, tolerance=self.tolerance)
+        """The whole ``/v1/predict`` path off the event loop: decode, :meth:`answer_rows`, encode."""
+        arr, encoding = parse_request(body, max_batch=self.max_batch)
+        y, entry, updated = self.answer_rows(client, arr, encode=lambda y: encode_tensor(y, encoding))
+        payload = {"outputs": y, "queries": updated.queries, "remaining": updated.remaining, "ledger_id": entry.id}
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+    def answer_rows(self, client: ClientInfo, x: Any, *, encode: Callable[[Any], Any] | None = None,
+                    ) -> tuple[Any, LedgerEntry, ClientInfo]:
+        """Answer a decoded batch ``x`` (an array or tensor ``(N, *input_shape)``), whatever protocol carried it:
+        validate it (:func:`check_batch`), record its rows in the ledger (budget and rate limit checked there),
+        query the API, and return ``(answer, ledger entry, updated client)``; ``encode`` (optional) turns the
+        ``(N, K)`` answer into what the protocol sends, inside the same release-on-failure guard: a request that
+        fails anywhere before its answer is encoded is taken back out of the ledger."""
+        x = check_batch(x, input_shape=self.api.input_shape, max_batch=self.max_batch,
+                        input_range=self.input_range, tolerance=self.tolerance)
         blob = x.numpy().astype("<f4", copy=False).tobytes() if self.record_inputs else None
         entry, updated = self.store.reserve(client.id, int(x.shape[0]), inputs=blob)
         try:
+            if self.prefetch is not None:  # a gateway (serve/upstream.py) asks its upstream outside the lock
+                self.prefetch(x)
             if self.journal is None:
                 with self.lock:  # defenses may keep per-client state; no inference_mode: MAD needs autograd
                     y, flagged = self._query(x, client)
@@ -143,16 +160,14 @@ class _Service:
                     marks = self._new_watermarks(client)
             if marks is not None:
                 self.store.record_watermarks(entry.id, marks)
-            outputs = encode_tensor(y, encoding)
+            out = encode(y) if encode is not None else y
         except BaseException:
             try:
                 self.store.release(entry.id)
             except Exception:  # noqa: BLE001 - keep the original error; an over-count is the safe side
                 log.exception("could not release ledger entry %s after a failed request", entry.id)
             raise
-        payload = {"outputs": outputs, "queries": updated.queries, "remaining": updated.remaining,
-                   "ledger_id": entry.id}
-        return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        return out, entry, updated
 
     def _new_watermarks(self, client: ClientInfo) -> bytes | None:
         """What a watermarking defense (DAWN) recorded for this request, as the store keeps it (call under the
@@ -201,6 +216,43 @@ def _bearer(request: "Request") -> str:
     if scheme.lower() != "bearer" or not key.strip():
         raise AuthenticationError("malformed Authorization header: expected 'Bearer <key>'", code="missing_key")
     return key.strip()
+
+
+async def admit(service: _Service, request: "Request") -> ClientInfo:
+    """The caller's key, authenticated; an exhausted budget or rate limit refused before the body is read."""
+    from starlette.concurrency import run_in_threadpool
+
+    client = await run_in_threadpool(service.store.authenticate, _bearer(request))
+    now = time.time()
+    if client.budget is not None and client.queries >= client.budget:
+        raise BudgetExhaustedError(f"query budget exhausted: all {client.budget} queries of this key are used")
+    if client.rate_limit is not None and client.available_tokens(now) <= 0:
+        wait = client.retry_after(now)
+        raise RateLimitedError(f"rate limit of {client.rate_limit:g} queries/s exceeded; retry in {wait:.2f} s",
+                               retry_after=wait)
+    return client
+
+
+async def read_body(request: "Request", *, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it exceeds ``limit`` bytes, declared or streamed."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise APIError(400, "bad_request", f"invalid Content-Length {declared!r}") from None
+        if size > limit:
+            raise APIError(413, "body_too_large", f"request body of {size} bytes exceeds the maximum of {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise APIError(413, "body_too_large", f"request body exceeds the maximum of {limit} bytes")
+        chunks.append(chunk)
+    if total == 0:
+        raise APIError(400, "malformed_json", 'empty request body; send {"inputs": [...]}')
+    return b"".join(chunks)
 
 
 def _usage(client: ClientInfo, now: float, *, flagged: int) -> dict[str, Any]:
@@ -308,28 +360,6 @@ def create_app(
     app.add_exception_handler(QueryRefusedError, on_refused)
     app.add_exception_handler(Exception, on_unexpected)
 
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                raise APIError(400, "bad_request", f"invalid Content-Length {declared!r}") from None
-            if size > service.max_body_bytes:
-                raise APIError(413, "body_too_large",
-                               f"request body of {size} bytes exceeds the maximum of {service.max_body_bytes} bytes")
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > service.max_body_bytes:
-                raise APIError(413, "body_too_large",
-                               f"request body exceeds the maximum of {service.max_body_bytes} bytes")
-            chunks.append(chunk)
-        if total == 0:
-            raise APIError(400, "malformed_json", 'empty request body; send {"inputs": [...]}')
-        return b"".join(chunks)
-
     @app.post(
         "/v1/predict",
         summary="Answer a batch of queries",
@@ -338,17 +368,9 @@ def create_app(
     )
     async def predict(request: Request) -> Response:
         """Answer ``{"inputs": X}`` with ``{"outputs": Y}``; every row is counted in the ledger first."""
-        key = _bearer(request)
-        client = await run_in_threadpool(service.store.authenticate, key)
-        now = time.time()
-        if client.budget is not None and client.queries >= client.budget:
-            raise BudgetExhaustedError(f"query budget exhausted: all {client.budget} queries of this key are used")
-        if client.rate_limit is not None and client.available_tokens(now) <= 0:
-            wait = client.retry_after(now)
-            raise RateLimitedError(f"rate limit of {client.rate_limit:g} queries/s exceeded; retry in {wait:.2f} s",
-                                   retry_after=wait)
+        client = await admit(service, request)
         try:
-            body = await read_body(request)
+            body = await read_body(request, limit=service.max_body_bytes)
         except ClientDisconnect:
             return Response(status_code=400)
         payload = await run_in_threadpool(service.answer, client, body)
@@ -380,6 +402,10 @@ def create_app(
                 "response": service.api.response.name or type(service.api.response).__name__},
             **service.info,
         }
+
+    from modelsteal.serve.v2 import v2_router
+
+    app.include_router(v2_router(service))  # the Open Inference Protocol, same keys, ledger and API
 
     @app.get("/healthz", summary="Liveness and store health")
     async def healthz() -> Response:
