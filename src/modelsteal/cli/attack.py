@@ -30,6 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--target", required=True, help="checkpoint path or http(s)://host:port of a modelsteal server")
     p.add_argument("--key", default=None, help="API key for an HTTP target")
+    p.add_argument("--protocol", default="auto", choices=["auto", "v1", "v2"],
+                   help="wire protocol of an HTTP target: v1 (modelsteal's /v1/predict) or v2 (the Open Inference "
+                        "Protocol of Triton, KServe, MLServer, TorchServe); auto: v2 for a /v2/models/NAME URL")
+    p.add_argument("--model-name", default=None, help="model name on a v2 server (or give /v2/models/NAME in --target)")
     p.add_argument(
         "--attack",
         default="knockoff",
@@ -73,11 +77,12 @@ def _blackbox(args: argparse.Namespace, device: object) -> tuple[BlackBox, objec
     if args.target.startswith(("http://", "https://")):
         if args.defense != "none":
             raise ValueError("--defense applies to checkpoint targets; a server chooses its own defense")
-        if not args.key:
-            raise ValueError("an HTTP target needs --key (create one with `modelsteal keys create`)")
-        from modelsteal.serve.client import HTTPBlackBox
+        from modelsteal.serve.client import HTTPBlackBox, split_endpoint
 
-        bb = HTTPBlackBox(args.target, args.key)  # a server that is not there fails here, at once
+        _, protocol, _ = split_endpoint(args.target, protocol=args.protocol, model_name=args.model_name)
+        if not args.key and protocol == "v1":
+            raise ValueError("an HTTP target needs --key (create one with `modelsteal keys create`)")
+        bb = HTTPBlackBox(args.target, args.key, protocol=args.protocol, model_name=args.model_name)  # fails at once
         check_key_budget(bb.usage(), budget=args.budget)  # an invalid key fails here, before any work
         defense = bb.info.get("defense") or {}
         return bb, None, {"dataset": bb.info.get("dataset"), "arch": bb.info.get("arch"),
@@ -147,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
     if not dataset:
         raise ValueError("pass --dataset NAME to say which test split measures the clone")
     data = load_dataset(dataset, data_dir=args.data_dir)
+    if tuple(data.input_shape) != tuple(blackbox.input_shape) and hasattr(blackbox, "view_inputs_as"):
+        blackbox.view_inputs_as(tuple(data.input_shape))  # e.g. a v2 model of 64 features answers (1, 8, 8) digits
     if tuple(data.input_shape) != tuple(blackbox.input_shape):
         raise ValueError(
             f"dataset {dataset} has inputs {data.input_shape}, the target takes {tuple(blackbox.input_shape)}"

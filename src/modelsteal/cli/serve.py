@@ -31,7 +31,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "GET /v1/usage, GET /v1/info, GET /healthz, docs at /docs. Clients need a key from "
                     "`modelsteal keys create`; every answered query is recorded in the store first.",
     )
-    p.add_argument("--model", required=True, help="checkpoint written by `modelsteal train`")
+    p.add_argument("--model", default=None, help="checkpoint written by `modelsteal train` (or --upstream URL)")
     p.add_argument("--defense", default="none", help="defense name, e.g. mad, reverse-sigmoid, top-k (default none)")
     p.add_argument("--strength", type=number, default=None, help="the defense's strength parameter")
     p.add_argument("--defense-option", action="append", default=[], metavar="K=V",
@@ -68,6 +68,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per worker")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    p.add_argument("--model-name", default=None,
+                   help="the model's name on /v2/models/NAME (default: the checkpoint's file stem, or the upstream's)")
+    g = p.add_argument_group("gateway", "answer from an existing model server instead of --model (serve/upstream.py)")
+    g.add_argument("--upstream", default=None, metavar="URL",
+                   help="endpoint to guard: http://host:port/v2/models/NAME (Open Inference Protocol: Triton, KServe, "
+                        "MLServer, TorchServe) or a modelsteal server's root")
+    g.add_argument("--upstream-protocol", default="auto", choices=["auto", "v1", "v2"],
+                   help="the upstream's protocol (auto: v2 for a /v2/models/NAME URL, else v1)")
+    g.add_argument("--upstream-model", default=None, help="model name on a v2 upstream given by its root URL")
+    g.add_argument("--upstream-key", default=os.environ.get("MODELSTEAL_UPSTREAM_KEY"),
+                   help="key sent to the upstream as Bearer (default $MODELSTEAL_UPSTREAM_KEY)")
+    g.add_argument("--upstream-timeout", type=float, default=10.0,
+                   help="seconds to wait for the upstream before answering 504 (default 10)")
+    g.add_argument("--upstream-pool", type=int, default=32, help="most connections to the upstream (default 32)")
+    g.add_argument("--surrogate", default=None, metavar="ARCH",
+                   help="local architecture for MAD's surrogate (random init) and AM's f-hat, e.g. mlp or lenet")
+    g.add_argument("--dataset", default=None,
+                   help="dataset the detector (prada, msp) and AM's f-hat are fitted on, labelled by the upstream")
     return p
 
 
@@ -88,13 +106,20 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
     if args.eval_size < 0:
         raise ValueError(f"--eval-size must be >= 0, got {args.eval_size}")
+    if (args.model is None) == (args.upstream is None):
+        raise ValueError("give one model to serve: --model CHECKPOINT or --upstream URL")
+    if args.model is not None and any(v is not None for v in (args.upstream_model, args.surrogate, args.dataset)):
+        raise ValueError("--upstream-model, --surrogate and --dataset are gateway options: they need --upstream URL")
     if args.response is not None and args.detector.strip().lower() == "none":
         raise ValueError(f"--response {args.response} needs --detector NAME (e.g. prada): without a detector no "
                          "query is flagged")
     config = ServeConfig(
         detector=args.detector, detector_options=parse_options(args.detector_option, flag="--detector-option"),
         response=args.response or "none", detector_tnr=_rate_or_none(args.detector_tnr), data_dir=args.data_dir,
-        checkpoint=args.model, defense=args.defense,
+        checkpoint=args.model or "", defense=args.defense, model_name=args.model_name, upstream=args.upstream,
+        upstream_protocol=args.upstream_protocol, upstream_model=args.upstream_model, upstream_key=args.upstream_key,
+        upstream_timeout=args.upstream_timeout, upstream_pool=args.upstream_pool, surrogate=args.surrogate,
+        dataset=args.dataset,
         defense_options=parse_options(args.defense_option, flag="--defense-option"), strength=args.strength,
         output=args.output, output_options=parse_options(args.output_option, flag="--output-option"),
         store=args.store, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
@@ -122,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     if api.detector is not None:
         print(f"modelsteal serve: detector {api.detector!r} (response {config.response}), fitted and calibrated "
               f"on {info.get('dataset')}", flush=True)
-    print(f"modelsteal serve: {args.model} with defense {info['defense']['description']}, output "
+    served = args.model or f"a gateway to {args.upstream}"
+    print(f"modelsteal serve: {served} with defense {info['defense']['description']}, output "
           f"{api.output.describe()}, store {store.url}; listening on http://{shown}:{port}", flush=True)
     common: dict[str, Any] = {"log_level": args.log_level, "access_log": not args.no_access_log,
                               "timeout_graceful_shutdown": 10}

@@ -65,11 +65,14 @@ def verifier_options(args: argparse.Namespace) -> dict[str, Any]:
 def _suspect(args: argparse.Namespace, meta: dict, device: object) -> Any:
     """The suspect: an ``nn.Module`` for a file (white-box methods may use its gradients), else an HTTP box."""
     if args.suspect.startswith(("http://", "https://")):
-        if not args.api_key:
-            raise ValueError("a suspect URL needs --api-key (a key of that server)")
-        from modelsteal.serve.client import HTTPBlackBox
+        from modelsteal.serve.client import HTTPBlackBox, split_endpoint
 
-        return HTTPBlackBox(args.suspect, args.api_key)  # a server that is not there fails here, at once
+        if not args.api_key and split_endpoint(args.suspect)[1] == "v1":  # a /v2/models/NAME URL may need none
+            raise ValueError("a suspect URL needs --api-key (a key of that server)")
+        box = HTTPBlackBox(args.suspect, args.api_key)  # a server that is not there fails here, at once
+        if meta.get("input_shape") and tuple(meta["input_shape"]) != box.input_shape:
+            box.view_inputs_as(tuple(meta["input_shape"]))  # a v2 model of flat features answers images
+        return box
     from modelsteal.models import load_checkpoint
 
     path = Path(args.suspect)

@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import base64
+import math
 import random
 import time
 from typing import Any
@@ -35,10 +36,15 @@ from torch import Tensor
 
 from modelsteal.blackbox import BudgetExceededError, QueryCounter, QueryRefusedError, answer_in_batches, as_batch
 from modelsteal.serve import require
+from modelsteal.serve.codec_v2 import DATATYPES, HEADER_LENGTH, decode_infer_response, encode_infer_request
 
 
 class ServerError(RuntimeError):
     """The server kept failing (5xx or unreachable) after every retry."""
+
+
+class ServerTimeoutError(ServerError):
+    """The server's last failure was a timeout (the gateway answers 504 for it)."""
 
 
 class ServerUnreachableError(ConnectionError):
@@ -51,7 +57,12 @@ class KeyBudgetExhaustedError(BudgetExceededError):
 
 
 class HTTPBlackBox(QueryCounter):
-    """A :class:`~modelsteal.BlackBox` answered by a ``modelsteal serve`` instance at ``url``.
+    """A :class:`~modelsteal.BlackBox` answered by a ``modelsteal serve`` instance at ``url``, or by any server of
+    the Open Inference Protocol (Triton, KServe, MLServer, TorchServe, ``modelsteal serve``'s ``/v2``): a URL
+    ``http://host:port/v2/models/NAME``, or ``protocol="v2"`` with ``model_name``. Its input and output come from
+    the model metadata (``output_name`` picks the output when there are several; ``logits=True`` applies the
+    softmax to an output of logits; answers of another server must otherwise be probabilities); ``key`` may be
+    ``None`` for a v2 server without keys; ``pool_size`` caps the connection pool.
 
     ``key`` is the API key (sent as ``Authorization: Bearer``); it *is* the client identity, so the
     ``client`` argument of :meth:`query` only names the local count (:meth:`queries`, ``total_queries``: the
@@ -65,7 +76,7 @@ class HTTPBlackBox(QueryCounter):
     def __init__(
         self,
         url: str,
-        key: str,
+        key: str | None,
         *,
         batch_size: int = 256,
         timeout: float = 30.0,
@@ -74,6 +85,11 @@ class HTTPBlackBox(QueryCounter):
         backoff: float = 0.25,
         max_backoff: float = 10.0,
         transport: Any = None,
+        protocol: str = "auto",
+        model_name: str | None = None,
+        output_name: str | None = None,
+        logits: bool = False,
+        pool_size: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -81,20 +97,27 @@ class HTTPBlackBox(QueryCounter):
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"server URL must start with http:// or https://, got {url!r}")
-        if not key:
+        base, self.protocol, self.model_name = split_endpoint(url, protocol=protocol, model_name=model_name)
+        if not key and self.protocol == "v1":
             raise ValueError("an API key is needed (create one with `modelsteal keys create`)")
         httpx = require("httpx")
         self._httpx = httpx
-        self.url = url.rstrip("/")
+        self.url = base
         self.binary = binary
+        self.logits = bool(logits)
         self.max_retries = int(max_retries)
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self._rng = random.Random()
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
-                                  headers={"Authorization": f"Bearer {key}", "Accept": "application/json"})
+        headers = {"Accept": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+        limits = httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size) if pool_size else None
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport, headers=headers,
+                                  **({"limits": limits} if limits is not None else {}))
         try:
-            self.info: dict[str, Any] = self._request("GET", "/v1/info", retry_unreachable=False)
+            if self.protocol == "v2":
+                self.info: dict[str, Any] = self._v2_info(output_name)
+            else:
+                self.info = self._request("GET", "/v1/info", retry_unreachable=False).json()
         except BaseException:
             self._http.close()
             raise
@@ -104,8 +127,45 @@ class HTTPBlackBox(QueryCounter):
         except (KeyError, TypeError, ValueError):
             self._http.close()
             raise ValueError(f"{self.url}/v1/info did not describe a modelsteal API: {self.info!r}") from None
-        self.batch_size = min(int(batch_size), int(self.info.get("max_batch", batch_size)))
+        self._wire_shape = self.input_shape  # what the endpoint takes; input_shape may be a view of it
+        self.batch_size = min(int(batch_size), int(self.info.get("max_batch") or batch_size))
         QueryCounter.__init__(self)  # counts what the server answered; the key's budget is the server's
+
+    def _v2_info(self, output_name: str | None) -> dict[str, Any]:
+        """What ``GET /v2/models/NAME`` says, in the shape of ``/v1/info``: the input tensor's name, shape and
+        datatype, the output to ask for and the number of classes (from its shape)."""
+        meta = self._request("GET", f"/v2/models/{self.model_name}", retry_unreachable=False).json()
+        where = f"{self.url}/v2/models/{self.model_name}"
+        inputs, outputs = meta.get("inputs") or [], meta.get("outputs") or []
+        if len(inputs) != 1:
+            raise ValueError(f"{where} declares {len(inputs)} inputs; a black box has one input tensor")
+        shape = inputs[0].get("shape") or []
+        if len(shape) < 2 or any(int(s) < 1 for s in shape[1:]):
+            raise ValueError(f"{where} does not declare its input shape [-1, ...] (got {shape!r}); declare it in "
+                             "the model's configuration (MLServer: 'inputs' in model-settings.json)")
+        if inputs[0].get("datatype") not in DATATYPES or inputs[0].get("datatype") == "BOOL":
+            raise ValueError(f"{where}: input datatype {inputs[0].get('datatype')!r} is not a number type")
+        out = _pick_output(outputs, output_name, where=where)
+        classes = (out.get("shape") or [])[-1:] if out else []
+        if not classes or int(classes[0]) < 2:
+            raise ValueError(f"{where} does not declare the number of classes (output shape [-1, K], got "
+                             f"{None if not out else out.get('shape')!r})")
+        params = meta.get("parameters") or {}
+        return {"input_shape": [int(s) for s in shape[1:]], "num_classes": int(classes[0]),
+                "max_batch": params.get("max_batch"), "input_name": inputs[0]["name"],
+                "input_datatype": inputs[0]["datatype"], "output_name": out.get("name") if out else None,
+                "model_name": self.model_name, "protocol": "v2", "platform": meta.get("platform"),
+                "dataset": params.get("dataset"), "arch": params.get("arch"),
+                "defense": {"name": params.get("defense") or "unknown"}}
+
+    def view_inputs_as(self, shape: tuple[int, ...]) -> None:
+        """Take inputs of ``shape`` and send them reshaped to the endpoint's (same number of values, row-major):
+        a scikit-learn model served with 64 features answers (1, 8, 8) digits."""
+        shape = tuple(int(s) for s in shape)
+        if math.prod(shape) != math.prod(self._wire_shape):
+            raise ValueError(f"inputs of shape {shape} cannot be sent as {self._wire_shape}: "
+                             f"{math.prod(shape)} values against {math.prod(self._wire_shape)}")
+        self.input_shape = shape
 
     # -- the BlackBox contract -------------------------------------------------------------------------
     def query(self, x: Tensor, *, client: str = "default") -> Tensor:
@@ -124,7 +184,12 @@ class HTTPBlackBox(QueryCounter):
     def usage(self) -> dict[str, Any]:
         """This key's usage from ``GET /v1/usage``: ``queries``, ``budget``, ``remaining``, ``flags``, and
         ``flagged`` (its queries the server's detector flagged)."""
-        return self._request("GET", "/v1/usage")
+        if self.protocol == "v2":  # a modelsteal server answers /v1/usage too; another server has no usage
+            try:
+                return self._request("GET", "/v1/usage", retry_unreachable=False).json()
+            except (ValueError, PermissionError, ServerError, ServerUnreachableError):
+                return {}
+        return self._request("GET", "/v1/usage").json()
 
     def close(self) -> None:
         self._http.close()
@@ -136,11 +201,30 @@ class HTTPBlackBox(QueryCounter):
         self.close()
 
     def __repr__(self) -> str:
+        if self.protocol == "v2":
+            return f"HTTPBlackBox({self.url!r}, protocol='v2', model_name={self.model_name!r})"
         return f"HTTPBlackBox({self.url!r}, defense={self.info.get('defense', {}).get('name')!r})"
 
     # -- transport ---------------------------------------------------------------------------------------
     def _predict(self, xb: Tensor, *, client: str) -> Tensor:
         n = int(xb.shape[0])
+        if self.protocol == "v2":
+            out = self._predict_v2(xb.reshape(n, *self._wire_shape))
+        else:
+            out = self._predict_v1(xb)
+        if out.shape != (n, self.num_classes):
+            raise ServerError(f"server answered shape {tuple(out.shape)} for a batch of {n}; expected ({n}, "
+                              f"{self.num_classes})")
+        if not torch.isfinite(out).all():
+            raise ServerError("server answered NaN or Infinity")
+        if self.logits:
+            out = torch.softmax(out, dim=1)
+        elif self.protocol == "v2":
+            out = _as_probabilities(out)
+        self.record(client, n)
+        return out
+
+    def _predict_v1(self, xb: Tensor) -> Tensor:
         if self.binary:
             blob = xb.numpy().astype("<f4", copy=False).tobytes()
             inputs: Any = {"dtype": "float32", "shape": list(xb.shape),
@@ -148,17 +232,28 @@ class HTTPBlackBox(QueryCounter):
         else:
             inputs = xb.tolist()
         reply = self._request("POST", "/v1/predict", json={"inputs": inputs})
-        out = _decode_outputs(reply.get("outputs"))
-        if out.shape != (n, self.num_classes):
-            raise ServerError(f"server answered shape {tuple(out.shape)} for a batch of {n}; expected ({n}, "
-                              f"{self.num_classes})")
-        self.record(client, n)
-        return out
+        try:
+            return _decode_outputs(reply.json().get("outputs"))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ServerError(f"server answer is malformed: {type(e).__name__}: {e}") from None
 
-    def _request(self, method: str, path: str, *, retry_unreachable: bool = True, **kwargs: Any) -> dict[str, Any]:
-        """One API call with retries; ``retry_unreachable=False`` fails at once when nothing listens."""
+    def _predict_v2(self, xb: Tensor) -> Tensor:
+        body = encode_infer_request(xb, input_name=self.info["input_name"], output_name=self.info["output_name"],
+                                    datatype=self.info["input_datatype"])
+        resp = self._request("POST", f"/v2/models/{self.model_name}/infer", json=body)
+        try:
+            arr = decode_infer_response(resp.content, header_length=resp.headers.get(HEADER_LENGTH),
+                                        output_name=self.info["output_name"])
+        except ValueError as e:
+            raise ServerError(f"{self.url}/v2/models/{self.model_name}/infer: malformed answer: {e}") from None
+        return torch.from_numpy(np.array(arr, dtype=np.float32))
+
+    def _request(self, method: str, path: str, *, retry_unreachable: bool = True, **kwargs: Any) -> Any:
+        """One API call with retries, returning the ``httpx`` response of a success;
+        ``retry_unreachable=False`` fails at once when nothing listens."""
         httpx = self._httpx
         last = ""
+        timed_out = False
         for attempt in range(self.max_retries + 1):
             wait = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + 0.5 * self._rng.random())
             try:
@@ -166,15 +261,16 @@ class HTTPBlackBox(QueryCounter):
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 if not retry_unreachable:
                     reason = _reason(e)
-                    hint = "check the host name" if "name" in reason else "is `modelsteal serve` running there?"
+                    hint = "check the host name" if "name" in reason else "is the server running there?"
                     raise ServerUnreachableError(f"cannot reach {self.url} ({reason}); {hint}") from None
-                last = f"{type(e).__name__}: {e}"
+                last, timed_out = f"{type(e).__name__}: {e}", isinstance(e, httpx.ConnectTimeout)
             except httpx.TransportError as e:  # reset, timed out: the server may be restarting
-                last = f"{type(e).__name__}: {e}"
+                last, timed_out = f"{type(e).__name__}: {e}", isinstance(e, httpx.TimeoutException)
             else:
                 if resp.status_code < 400:
-                    return resp.json()
+                    return resp
                 detail, code = _error_detail(resp)
+                timed_out = resp.status_code == 504
                 if resp.status_code == 429:
                     retry_after = _retry_after(resp.headers.get("retry-after"))
                     wait = max(wait, retry_after) if retry_after is not None else wait
@@ -191,7 +287,58 @@ class HTTPBlackBox(QueryCounter):
                     raise ValueError(f"{self.url} rejected the request ({resp.status_code}): {detail}")
             if attempt < self.max_retries:
                 time.sleep(wait)
-        raise ServerError(f"{method} {self.url}{path} failed after {self.max_retries + 1} attempts; last error: {last}")
+        error = ServerTimeoutError if timed_out else ServerError
+        raise error(f"{method} {self.url}{path} failed after {self.max_retries + 1} attempt(s); last error: {last}")
+
+
+def split_endpoint(url: str, *, protocol: str = "auto", model_name: str | None = None) -> tuple[str, str, str | None]:
+    """``(server root, protocol, model name)`` of an endpoint: ``http://h:p/v2/models/NAME`` is the Open
+    Inference Protocol's model NAME (``protocol="auto"`` or ``"v2"``); any other URL is a server root, speaking
+    ``v1`` unless ``protocol="v2"`` (then ``model_name`` is needed). One-line ``ValueError`` for a mistake."""
+    if protocol not in ("auto", "v1", "v2"):
+        raise ValueError(f"protocol must be auto, v1 or v2, got {protocol!r}")
+    root, sep, rest = url.rstrip("/").partition("/v2/models/")
+    if sep:
+        name = rest.split("/")[0]
+        if protocol == "v1":
+            raise ValueError(f"{url} is an Open Inference Protocol (v2) endpoint; drop --protocol v1")
+        if model_name is not None and model_name != name:
+            raise ValueError(f"the URL names model {name!r}, but the model name given is {model_name!r}")
+        return root, "v2", name
+    if protocol == "v2":
+        if not model_name:
+            raise ValueError(f"a v2 endpoint needs a model name: pass --model-name NAME or the URL "
+                             f"{url.rstrip('/')}/v2/models/NAME")
+        return url.rstrip("/"), "v2", model_name
+    if model_name is not None:
+        raise ValueError("a model name is for the v2 protocol: pass --protocol v2 or a /v2/models/NAME URL")
+    return url.rstrip("/"), "v1", None
+
+
+def _pick_output(outputs: list[Any], name: str | None, *, where: str) -> dict[str, Any] | None:
+    """The output tensor to ask for: ``name``, the only one, or the one whose name says probabilities."""
+    names = [o.get("name") for o in outputs if isinstance(o, dict)]
+    if name is not None:
+        if name not in names:
+            raise ValueError(f"{where} has no output {name!r}; it has {names}")
+        return outputs[names.index(name)]
+    if len(outputs) == 1:
+        return outputs[0]
+    for wanted in ("probabilities", "predict_proba", "probs", "probability", "output"):
+        if wanted in names:
+            return outputs[names.index(wanted)]
+    if not outputs:
+        return None
+    raise ValueError(f"{where} has outputs {names}; say which holds the class probabilities")
+
+
+def _as_probabilities(out: Tensor, *, tol: float = 1e-3) -> Tensor:
+    """Another server's answer, checked to be probabilities (rows on the simplex) and renormalised in float32."""
+    if (out < -tol).any() or ((out.sum(dim=1) - 1).abs() > tol).any():
+        raise ServerError(f"server answered rows that are not probabilities (row sums {out.sum(dim=1)[:3].tolist()}, "
+                          f"min {float(out.min()):.3g}); if the model outputs logits, pass logits=True")
+    out = out.clamp_min(0)
+    return out / out.sum(dim=1, keepdim=True)
 
 
 def _reason(error: Exception) -> str:
@@ -208,7 +355,7 @@ def _error_detail(resp: Any) -> tuple[str, str]:
     except ValueError:
         return resp.text.strip()[:500] or resp.reason_phrase, ""
     if isinstance(body, dict):
-        return str(body.get("detail", body)), str(body.get("code", ""))
+        return str(body.get("detail", body.get("error", body))), str(body.get("code", ""))
     return str(body), ""
 
 

@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ class ServeConfig:
     numbers of about 24 characters each).
     """
 
-    checkpoint: str
+    checkpoint: str = ""
     defense: str = "none"
     defense_options: dict[str, Any] = field(default_factory=dict)
     strength: float | None = None
@@ -48,6 +49,16 @@ class ServeConfig:
     response: str = "none"
     detector_tnr: float | None = 0.95
     data_dir: str | None = None
+    model_name: str | None = None  #: the model's name on /v2 (default: the checkpoint's file stem)
+    # the gateway (serve/upstream.py): answer from this endpoint instead of a checkpoint
+    upstream: str | None = None
+    upstream_protocol: str = "auto"
+    upstream_model: str | None = None
+    upstream_key: str | None = None
+    upstream_timeout: float = 10.0
+    upstream_pool: int = 32
+    surrogate: str | None = None  #: a gateway's local architecture for MAD's surrogate and AM's f-hat
+    dataset: str | None = None  #: the data a gateway's detector and AM are fitted on
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -131,6 +142,10 @@ def build_api(config: ServeConfig) -> tuple[PredictionAPI, dict[str, Any]]:
     from modelsteal.models.checkpoint import load_checkpoint
     from modelsteal.outputs import make_output
 
+    if config.upstream:
+        from modelsteal.serve.upstream import build_gateway_api
+
+        return build_gateway_api(config)
     detector = check_detector(config)  # mistakes here are reported before the checkpoint is loaded
     if config.torch_threads:
         torch.set_num_threads(int(config.torch_threads))
@@ -156,6 +171,7 @@ def build_api(config: ServeConfig) -> tuple[PredictionAPI, dict[str, Any]]:
         },
         "dataset": meta.get("dataset"),
         "arch": meta.get("arch"),
+        "model_name": config.model_name or Path(config.checkpoint).stem,
     }
     if detector is not None:
         info["detector"] = {"name": detector.name, "description": repr(detector), "response": config.response,

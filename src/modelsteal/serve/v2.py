@@ -75,7 +75,9 @@ def model_metadata(service: Any, name: str) -> dict[str, Any]:
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *map(int, api.input_shape)]}],
         "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, int(api.num_classes)]}],
         "parameters": {"output": api.output.describe(), "input_range": list(service.input_range),
-                       "max_batch": service.max_batch},
+                       "max_batch": service.max_batch, "dataset": service.info.get("dataset"),
+                       "arch": service.info.get("arch"),
+                       "defense": "none" if api.defense is None else repr(api.defense)},
     }
 
 
