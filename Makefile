@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modelsteal-installed
 OUT ?= runs/demo
 
-.PHONY: setup demo test test-slow lint bench clean data
+.PHONY: setup demo test test-slow lint bench clean data mlserver
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,19 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Seldon MLServer (the tests start it as a real v2 server) pins fastapi<0.116, older than ours: its own venv.
+MLSERVER_VENV ?= .venv-mlserver
+$(MLSERVER_VENV)/.installed:
+	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install -q mlserver==1.7.1 mlserver-sklearn==1.7.1
+	touch $@
+
+mlserver: $(MLSERVER_VENV)/.installed
+
 demo: setup
 	$(PY) -m modelsteal demo --out $(OUT)
 
-test: setup
+test: setup mlserver
 	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 test-slow: setup
@@ -29,6 +38,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/mad_throughput.py
+	$(PY) bench/serve_throughput.py --upstream
 
 clean:
 	rm -rf runs .pytest_cache
