@@ -7,6 +7,7 @@ It prints requests/s, rows/s, p50 and p99 latency per defense, and the ratios to
 
     python bench/serve_throughput.py                                  # none vs MAD (eps 0.5), LeNet 1x28x28
     python bench/serve_throughput.py --defenses none mad:epsilon=1.0 reverse-sigmoid:beta=0.5 --rows 16
+    python bench/serve_throughput.py --upstream      # the gateway in front of MLServer (upstream_throughput.py)
 
 The model is a randomly initialised classifier (no dataset needed): MAD's cost does not depend on how well
 the victim was trained. Every answered row is checked against the ledger count at the end.
@@ -158,6 +159,12 @@ def run_one(spec: str, *, args: argparse.Namespace, ckpt: Path, work: Path) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--upstream" in argv:  # the gateway in front of MLServer: bench/upstream_throughput.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from upstream_throughput import main as upstream_main
+
+        return upstream_main([a for a in argv if a != "--upstream"])
     args = parse_args(argv)
     shape = tuple(int(s) for s in args.input_shape.split(","))
     torch.set_num_threads(1)

@@ -261,7 +261,8 @@ class HTTPBlackBox(QueryCounter):
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 if not retry_unreachable:
                     reason = _reason(e)
-                    hint = "check the host name" if "name" in reason else "is the server running there?"
+                    server = "`modelsteal serve`" if self.protocol == "v1" else "the model server"
+                    hint = "check the host name" if "name" in reason else f"is {server} running there?"
                     raise ServerUnreachableError(f"cannot reach {self.url} ({reason}); {hint}") from None
                 last, timed_out = f"{type(e).__name__}: {e}", isinstance(e, httpx.ConnectTimeout)
             except httpx.TransportError as e:  # reset, timed out: the server may be restarting
