@@ -9,7 +9,12 @@
 - :mod:`modelsteal.serve.detector_state`: a stateful detector's per-client state (PRADA), journalled in the
   store, loaded before and saved after every request;
 - :mod:`modelsteal.serve.client`: ``HTTPBlackBox(url, key)``, the client side of the
-  :class:`~modelsteal.BlackBox` contract, so any attack runs unchanged against a live server.
+  :class:`~modelsteal.BlackBox` contract, so any attack runs unchanged against a live server — ``modelsteal
+  serve``'s ``/v1``, or any Open Inference Protocol (v2) endpoint such as Triton, KServe or MLServer;
+- :mod:`modelsteal.serve.v2` and :mod:`modelsteal.serve.codec_v2`: the Open Inference Protocol (KServe "v2"
+  REST) routes and wire format, beside ``/v1``;
+- :mod:`modelsteal.serve.upstream`: the gateway, ``serve --upstream URL``: keys, budgets, the ledger and the
+  defenses in front of an existing model server.
 
 FastAPI, uvicorn and httpx are the ``serve`` extra (``pip install 'modelsteal[serve]'``); they are imported
 only by the modules that need them, so importing this package costs nothing.

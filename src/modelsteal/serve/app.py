@@ -12,6 +12,8 @@ Endpoints (all JSON):
   flagged, from the store, so it survives a restart).
 - ``GET /v1/info``: ``input_shape``, ``num_classes``, defense, output format and request limits.
 - ``GET /healthz``; OpenAPI docs at ``/docs`` and ``/openapi.json``.
+- the Open Inference Protocol (``/v2/health/*``, ``/v2/models/{name}[/ready|/infer]``), same keys, ledger and
+  API: :mod:`modelsteal.serve.v2`.
 
 Every request is authenticated against the :class:`~modelsteal.serve.store.Store`; a batch is validated
 (shape, dtype, finiteness, value range, size), then recorded in the ledger — budget and rate limit checked
