@@ -135,3 +135,15 @@ def test_upstream_down_is_502_costs_nothing_and_the_gateway_stays_up(gateway, ml
     assert httpx.get(gateway.url + "/healthz").status_code == 200 and gateway.proc.poll() is None
     lines = [ln for ln in gateway.log().splitlines() if re.search(r"upstream .* failed", ln)]
     assert len(lines) == 2, gateway.log()[-2000:]
+
+
+def test_verify_queries_the_mlserver_model_as_a_suspect(mlserver, tmp_path, capsys):
+    victim = tmp_path / "victim.pt"
+    assert main(["--threads", "1", "train", "--dataset", "digits", "--arch", "mlp", "--epochs", "3",
+                 "--out", str(victim)]) == 0
+    report = tmp_path / "verdict.json"
+    code = main(["--threads", "1", "verify", "--victim", str(victim), "--suspect", mlserver.endpoint,
+                 "--method", "dataset-inference", "--budget", "18000", "--json", str(report)])
+    assert code == 0, capsys.readouterr().err
+    verdict = json.loads(report.read_text())
+    assert 0 < verdict["queries"] <= 18000 and 0.0 <= verdict["p_value"] <= 1.0, verdict
