@@ -165,3 +165,17 @@ def test_a_gateway_detector_is_fitted_on_what_the_upstream_answers(upstream, tmp
         flagged += r.status_code == 403
     assert flagged > 0  # uniform noise is less confident than half of the validation digits
     store.close()
+
+
+def test_prada_in_a_gateway_keeps_each_client_state_in_the_store(upstream, tmp_path):
+    client, api, store, auth = _gateway(upstream, tmp_path, detector="prada", dataset="digits")
+    assert api.detector.stateful and api.detector.threshold is not None
+    for seed in range(3):
+        x = torch.rand(5, *SHAPE, generator=torch.Generator().manual_seed(seed))
+        r = client.post("/v1/predict", headers=auth, json={"inputs": x.tolist()})
+        assert r.status_code == 200
+        assert torch.allclose(torch.tensor(r.json()["outputs"]), upstream.posteriors(x), atol=1e-6)
+    assert store.clients()[0].queries == 15
+    entries = store.detector_entries(store.clients()[0].id)
+    assert len(entries) == 3 and all("prada" in e.detector for e in entries)  # one journalled change per request
+    store.close()
