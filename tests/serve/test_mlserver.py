@@ -121,7 +121,19 @@ def test_cli_refuses_a_gateway_mistake_in_one_line(mlserver, tmp_path, capsys):
         assert code == 2 and words in err and len(err.splitlines()) == 1, (args, err)
 
 
-def test_upstream_down_is_502_costs_nothing_and_the_gateway_stays_up(gateway, mlserver):
+def test_verify_queries_the_mlserver_model_as_a_suspect(mlserver, tmp_path, capsys):
+    victim = tmp_path / "victim.pt"
+    assert main(["--threads", "1", "train", "--dataset", "digits", "--arch", "mlp", "--epochs", "3",
+                 "--out", str(victim)]) == 0
+    report = tmp_path / "verdict.json"
+    code = main(["--threads", "1", "verify", "--victim", str(victim), "--suspect", mlserver.endpoint,
+                 "--method", "dataset-inference", "--budget", "18000", "--json", str(report)])
+    assert code == 0, capsys.readouterr().err
+    verdict = json.loads(report.read_text())
+    assert 0 < verdict["queries"] <= 18000 and 0.0 <= verdict["p_value"] <= 1.0, verdict
+
+
+def test_upstream_down_is_502_costs_nothing_and_the_gateway_stays_up(gateway, mlserver):  # last: stops MLServer
     before = _queries(gateway.store_url, "a")
     mlserver.stop()
     auth = {"Authorization": f"Bearer {gateway.keys['a']}"}
@@ -136,14 +148,3 @@ def test_upstream_down_is_502_costs_nothing_and_the_gateway_stays_up(gateway, ml
     lines = [ln for ln in gateway.log().splitlines() if re.search(r"upstream .* failed", ln)]
     assert len(lines) == 2, gateway.log()[-2000:]
 
-
-def test_verify_queries_the_mlserver_model_as_a_suspect(mlserver, tmp_path, capsys):
-    victim = tmp_path / "victim.pt"
-    assert main(["--threads", "1", "train", "--dataset", "digits", "--arch", "mlp", "--epochs", "3",
-                 "--out", str(victim)]) == 0
-    report = tmp_path / "verdict.json"
-    code = main(["--threads", "1", "verify", "--victim", str(victim), "--suspect", mlserver.endpoint,
-                 "--method", "dataset-inference", "--budget", "18000", "--json", str(report)])
-    assert code == 0, capsys.readouterr().err
-    verdict = json.loads(report.read_text())
-    assert 0 < verdict["queries"] <= 18000 and 0.0 <= verdict["p_value"] <= 1.0, verdict
