@@ -8,7 +8,7 @@ from modelsteal import PredictionAPI
 from modelsteal.attacks import attack_class, available_attacks
 from modelsteal.attacks.base import image_attacks
 from modelsteal.experiment.config import AttackConfig
-from modelsteal.experiment.sweep import build_attack
+from modelsteal.experiment.points import build_attack
 from modelsteal.metrics import attacker_accuracy
 
 IMAGE_ATTACKS = image_attacks()

@@ -16,12 +16,12 @@ import yaml
 from cli_helpers import one_line_error
 from sklearn.linear_model import LogisticRegression
 
-import modelsteal.experiment.sweep as sweep_module
+import modelsteal.experiment.victims as victims_module
 from modelsteal.blackbox import PredictionAPI
 from modelsteal.cli.main import main
 from modelsteal.data.tabular import load_tabular
 from modelsteal.defenses.base import _DEFENSES, Defense
-from modelsteal.experiment.sweep import resolve_device
+from modelsteal.devices import resolve_device
 from modelsteal.models import build_model, save_checkpoint
 
 
@@ -205,7 +205,7 @@ def test_python_only_reads_the_annotation():
 
 
 def test_sweep_and_build_model_share_one_unknown_architecture_message():
-    from modelsteal.experiment.sweep import check_architecture
+    from modelsteal.experiment.validate import check_architecture
 
     with pytest.raises(ValueError) as from_sweep:
         check_architecture("vgg")
@@ -293,7 +293,7 @@ def forbid_training(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a victim was trained before the config was checked")
 
-    monkeypatch.setattr(sweep_module, "train_victim", fail)
+    monkeypatch.setattr(victims_module, "train_victim", fail)
 
 
 @pytest.mark.parametrize(("change", "words"), [

@@ -7,7 +7,8 @@ import pytest
 from modelsteal.attacks import TrainConfig, attack_class
 from modelsteal.defenses import make_defense
 from modelsteal.experiment import load_config
-from modelsteal.experiment.sweep import is_recipe_defense, validate_sweep
+from modelsteal.experiment.validate import validate_sweep
+from modelsteal.experiment.victims import is_recipe_defense
 from modelsteal.models import build_model
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))

@@ -265,7 +265,7 @@ def test_sweep_configs_can_name_the_inner_attack_and_its_options(digits_victim, 
     """``attack: sybil`` in a sweep config, wrapping Knockoff with nquery 2. Bug caught: the wrapper not handing
     the inner attack the transfer set the sweep provides, or dropping ``attack_options``."""
     from modelsteal.experiment.config import AttackConfig
-    from modelsteal.experiment.sweep import build_attack
+    from modelsteal.experiment.points import build_attack
 
     attack = build_attack(
         AttackConfig(name="sybil", clone="mlp", train={"epochs": 2},

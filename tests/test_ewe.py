@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from modelsteal.data import load_dataset
-from modelsteal.experiment.sweep import recipe_checkpoint_meta
+from modelsteal.experiment.victims import recipe_checkpoint_meta
 from modelsteal.models import build_model, save_checkpoint
 from modelsteal.ownership import NotFittedError, make_verifier
 from modelsteal.ownership.watermark import EWEVerifier, binomial_tail, queries_for_confidence

@@ -415,7 +415,7 @@ def test_authors_configs_build(victim_name: str, digits) -> None:
     from pathlib import Path
 
     from modelsteal.experiment import load_config
-    from modelsteal.experiment.sweep import build_attack
+    from modelsteal.experiment.points import build_attack
 
     root = Path(__file__).parent.parent / "configs"
     for suffix in ("-cpu", ""):

@@ -12,7 +12,8 @@ from torch import nn
 from modelsteal import PredictionAPI
 from modelsteal.defenses import AdaptiveMisinformation, make_defense
 from modelsteal.experiment.config import ConfigError, parse_config
-from modelsteal.experiment.sweep import run_sweep, validate_sweep
+from modelsteal.experiment.sweep import run_sweep
+from modelsteal.experiment.validate import validate_sweep
 
 
 class Fixed(nn.Module):

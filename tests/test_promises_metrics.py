@@ -11,10 +11,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import modelsteal.experiment.sweep as sweep
+import modelsteal.experiment.points as points
+import modelsteal.experiment.victims as victims
 from modelsteal import PredictionAPI
 from modelsteal.experiment.config import AttackConfig, DefenseConfig, SweepConfig, TransferConfig, VictimConfig
+from modelsteal.experiment.plan import plan
 from modelsteal.metrics import fidelity
+from modelsteal.models import save_checkpoint
 from modelsteal.training import TrainConfig, available_recipes, make_recipe, predict_logits, recipe_class
 
 
@@ -38,12 +41,12 @@ def test_fidelity_on_known_values():
     assert fidelity(clone, x, torch.eye(3)[[1, 2, 0, 0, 1]]) == 0.0
 
 
-def test_a_sweep_rows_fidelity_is_agreement_with_the_undefended_victim(digits_victim, digits, monkeypatch):
+def test_a_sweep_rows_fidelity_is_agreement_with_the_undefended_victim(digits_victim, digits, monkeypatch, tmp_path):
     """MAD at ε = 2 moves every answer to a vertex, so the clone learns a poisoned labelling: its agreement with
     the clean victim, its test accuracy and its agreement with the defended answers are three different
-    numbers, and the row must report the first."""
+    numbers, and the row that :func:`~modelsteal.experiment.points.run_point` makes must report the first."""
     clones = []
-    real_build = sweep.build_attack
+    real_build = points.build_attack
 
     def keep_clone(*args, **kwargs):
         attack = real_build(*args, **kwargs)
@@ -55,21 +58,22 @@ def test_a_sweep_rows_fidelity_is_agreement_with_the_undefended_victim(digits_vi
 
         return run
 
-    monkeypatch.setattr(sweep, "build_attack", keep_clone)
+    monkeypatch.setattr(points, "build_attack", keep_clone)
+    checkpoint = tmp_path / "victim.pt"
+    save_checkpoint(digits_victim, checkpoint, dataset="digits")
     cfg = SweepConfig(
-        victim=VictimConfig(dataset="digits", arch="mlp"), transfer=TransferConfig(),
+        victim=VictimConfig(dataset="digits", arch="mlp", checkpoint=str(checkpoint)), transfer=TransferConfig(),
         defenses=[DefenseConfig(name="mad", strengths=[2.0])],
         attacks=[AttackConfig(name="knockoff", clone="mlp", train={"epochs": 4, "lr": 0.05, "momentum": 0.9})],
-        budgets=[300],
+        budgets=[300], device="cpu",
     )
-    dcfg, acfg = cfg.defenses[0], cfg.attacks[0]
-    transfer = (digits.x_train, digits.y_train)
-    rec = sweep.attack_point(digits_victim, digits, cfg, dcfg, 2.0, acfg, 300, 0, transfer=transfer,
-                             seeds=digits.x_val[:20], device=torch.device("cpu"))
+    (point,) = plan(cfg)
+    rec = points.run_point(point, cache=points.PointCache(out_dir=tmp_path, device="cpu"))
     (clone,) = clones
     pred = predict_logits(clone, digits.x_test).argmax(1)
     clean = PredictionAPI(digits_victim).posteriors(digits.x_test).argmax(1)
-    defended = PredictionAPI(digits_victim, defense=sweep.point_defense(dcfg, 2.0)).query(digits.x_test).argmax(1)
+    defended = PredictionAPI(digits_victim, defense=points.point_defense(cfg.defenses[0], 2.0)).query(
+        digits.x_test).argmax(1)
     agree_clean = float((pred == clean).float().mean())
     accuracy = float((pred == digits.y_test).float().mean())
     agree_defended = float((pred == defended).float().mean())
@@ -113,7 +117,7 @@ def test_model_selection_never_touches_the_test_split(digits, recipe, noise_outl
     config = TrainConfig(epochs=4, lr=0.05, momentum=0.9)
     runs = []
     for data in (digits, _poisoned(digits)):
-        model, history = sweep.train_victim(data, arch="mlp", config=config, recipe=make(), seed=0, device="cpu",
+        model, history = victims.train_victim(data, arch="mlp", config=config, recipe=make(), seed=0, device="cpu",
                                             progress=False)
         runs.append((model, history))
     (m1, h1), (m2, h2) = runs

@@ -24,7 +24,7 @@ from modelsteal.experiment import sweep as sweep_mod
 from modelsteal.experiment.config import parse_config
 from modelsteal.experiment.executors import PoolExecutor, make_executor
 from modelsteal.experiment.plan import parse_shard, plan, shard, units
-from modelsteal.experiment.sweep import sweep_point_key
+from modelsteal.experiment.points import sweep_point_key
 from modelsteal.models import build_model
 from modelsteal.training import TrainConfig, train
 from modelsteal.training.stacked import can_stack, train_stacked

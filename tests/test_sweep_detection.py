@@ -20,7 +20,8 @@ from modelsteal.detectors.calibration import benign_streams
 from modelsteal.experiment.config import parse_config
 from modelsteal.experiment.detection import summarize_detection
 from modelsteal.experiment.plan import plan
-from modelsteal.experiment.sweep import config_hash, run_sweep
+from modelsteal.experiment.provenance import config_hash
+from modelsteal.experiment.sweep import run_sweep
 from modelsteal.models import load_checkpoint
 
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from modelsteal.attacks.augment import random_crop_flip
 from modelsteal.data import register_dataset
 from modelsteal.data.registry import RawImages
-from modelsteal.experiment.sweep import train_victim
 from modelsteal.experiment.transfer import sample_patches
+from modelsteal.experiment.victims import train_victim
 from modelsteal.models import build_model, load_checkpoint, save_checkpoint
 from modelsteal.training import (
     Callback,
@@ -197,7 +197,7 @@ def test_every_recipe_builds_from_its_example_options_for_the_test_victim(name, 
     """A recipe's example_options are valid for the test victims (outlier exposure refuses the victim's own
     dataset as outliers), built through the sweep's check of a victim's recipe."""
     from modelsteal.experiment.config import VictimConfig
-    from modelsteal.experiment.sweep import victim_recipe
+    from modelsteal.experiment.victims import victim_recipe
 
     options = recipe_class(name).example_options
     recipe = victim_recipe(VictimConfig(dataset=digits.name, recipe={"name": name, **options}))
@@ -332,9 +332,10 @@ def test_sweep_varies_dp_sgd_sigma_as_a_defense_strength_one_cached_victim_each(
 
 def test_sweep_rejects_a_bad_recipe_defense_before_training(tmp_path, monkeypatch) -> None:
     import modelsteal.experiment.sweep as sweep
+    import modelsteal.experiment.victims as victims
     from modelsteal.experiment.config import ConfigError, parse_config
 
-    monkeypatch.setattr(sweep, "train_victim", lambda *a, **k: pytest.fail("trained before validating"))
+    monkeypatch.setattr(victims, "train_victim", lambda *a, **k: pytest.fail("trained before validating"))
     raw = {"victim": {"dataset": "digits", "arch": "mlp", "epochs": 1}, "defenses": [
         {"name": "none"}, {"name": "dp-sgd", "strengths": [0.0]}], "attacks": [{"name": "knockoff"}], "budgets": [10]}
     with pytest.raises(ConfigError, match=r"defenses\[1\] \(dp-sgd, strength 0.0\).*noise_multiplier"):
