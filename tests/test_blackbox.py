@@ -65,7 +65,7 @@ def test_nan_queries_are_an_input_error_and_are_not_counted():
 def test_the_tree_oracle_shares_the_accounting_and_keeps_nan_as_missing():
     from sklearn.tree import DecisionTreeClassifier
 
-    from modelsteal.attacks.tramer.oracles import TreeOracle
+    from modelsteal.tabular import TreeOracle
 
     rng = np.random.default_rng(0)
     xs = rng.random((60, 3))

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from modelsteal import BudgetExceededError, PredictionAPI, QueryBudget
-from modelsteal.attacks.tramer.oracles import (
+from modelsteal.data.tabular import load_tabular
+from modelsteal.tabular import (
     SklearnVictim,
     TabularTree,
     TreeOracle,
@@ -14,7 +15,6 @@ from modelsteal.attacks.tramer.oracles import (
     torch_equivalent,
     victim_kind,
 )
-from modelsteal.data.tabular import load_tabular
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modelsteal.attacks.tramer.oracles.sklearn_victim import (
+from modelsteal.tabular.sklearn_victim import (
     _TINY,
     ACTIVATIONS,
     _affine_map,

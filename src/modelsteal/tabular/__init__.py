@@ -10,7 +10,7 @@
   ``[id, label, confidence]``, accepts incomplete queries).
 """
 
-from modelsteal.attacks.tramer.oracles.sklearn_victim import (
+from modelsteal.tabular.sklearn_victim import (
     ACTIVATIONS,
     VICTIM_KINDS,
     SklearnVictim,
@@ -18,17 +18,17 @@ from modelsteal.attacks.tramer.oracles.sklearn_victim import (
     raw_linear_parameters,
     victim_kind,
 )
-from modelsteal.attacks.tramer.oracles.sklearn_victim import (
+from modelsteal.tabular.sklearn_victim import (
     sklearn_logits as sklearn_logits,  # public before the split, kept importable here
 )
-from modelsteal.attacks.tramer.oracles.tabular import (
+from modelsteal.tabular.tabular import (
     Standardize,
     TabularLinear,
     TabularMLP,
     TabularTree,
     torch_equivalent,
 )
-from modelsteal.attacks.tramer.oracles.tree_oracle import TreeOracle
+from modelsteal.tabular.tree_oracle import TreeOracle
 
 __all__ = [
     "ACTIVATIONS", "VICTIM_KINDS", "SklearnVictim", "Standardize", "TabularLinear", "TabularMLP", "TabularTree",

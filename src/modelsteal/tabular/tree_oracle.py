@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from modelsteal.attacks.tramer.oracles.sklearn_victim import _split_pipeline, victim_kind
-from modelsteal.attacks.tramer.oracles.tabular import TabularTree
 from modelsteal.blackbox import QueryCounter, as_batch
+from modelsteal.tabular.sklearn_victim import _split_pipeline, victim_kind
+from modelsteal.tabular.tabular import TabularTree
 
 
 class TreeOracle(QueryCounter):
