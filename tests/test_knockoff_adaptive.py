@@ -141,3 +141,25 @@ def test_invalid_options(digits) -> None:
         AdaptiveKnockoff(transfer_set=x, transfer_labels=y, reward="entropy")
     with pytest.raises(ValueError, match="cycle"):
         AdaptiveKnockoff(transfer_set=x, transfer_labels=y, hierarchy={0: "a", "a": "a"})
+
+
+def test_a_sweep_record_keeps_where_the_queries_went(tmp_path) -> None:
+    """The record of a ``knockoff-adaptive`` point holds the final policy and the per-class action counts (in the
+    point's JSON; ``results.csv`` keeps one value per column): the counts add up to the queries spent."""
+    import csv
+    import json
+
+    from modelsteal.experiment import run_sweep
+    from modelsteal.experiment.config import parse_config
+
+    raw = {"victim": {"dataset": "digits", "arch": "mlp", "epochs": 2}, "defenses": [{"name": "none"}],
+           "attacks": [{"name": "knockoff-adaptive", "clone": "mlp", "train": {"epochs": 1}}], "budgets": [96],
+           "device": "cpu"}
+    (rec,) = run_sweep(parse_config(raw), out_dir=tmp_path, progress=False, plots=False)
+    assert rec["classes"] == list(range(10))
+    assert len(rec["policy"]) == 10 and abs(sum(rec["policy"]) - 1) < 1e-5
+    assert sum(rec["action_counts"]) == rec["queries"] == 96
+    (point,) = (tmp_path / "points").glob("*.json")
+    assert json.loads(point.read_text())["action_counts"] == rec["action_counts"]
+    header = next(csv.reader(open(tmp_path / "results.csv")))
+    assert not {"classes", "policy", "action_counts"} & set(header)

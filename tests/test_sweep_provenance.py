@@ -11,6 +11,7 @@ import pytest
 import sklearn
 import torch
 
+from modelsteal.experiment import points as points_mod
 from modelsteal.experiment import run_sweep
 from modelsteal.experiment import sweep as sweep_mod
 from modelsteal.experiment.config import parse_config
@@ -132,7 +133,7 @@ def test_rerun_reuses_cached_points_also_those_written_before_provenance(tmp_pat
     cfg = tiny(victim)
     first = run_sweep(cfg, out_dir=out, progress=False, plots=False)
     d, a = cfg.defenses[0], cfg.attacks[0]
-    key = sweep_mod.sweep_point_key(cfg, d, None, a, 100, 0)
+    key = points_mod.sweep_point_key(cfg, d, None, a, 100, 0)
     assert (out / "points" / f"{key}.json").exists()
     old_style = out / "points" / f"{key}.json"  # as a point cached before provenance existed
     rec = json.loads(old_style.read_text())
@@ -142,7 +143,7 @@ def test_rerun_reuses_cached_points_also_those_written_before_provenance(tmp_pat
     def no_compute(*args, **kwargs):
         raise AssertionError("a cached point was recomputed")
 
-    monkeypatch.setattr(sweep_mod, "run_point", no_compute)
+    monkeypatch.setattr(points_mod, "run_point", no_compute)
     again = run_sweep(cfg, out_dir=out, progress=False, plots=False)
     assert {p: p.stat().st_mtime_ns for p in (out / "points").glob("*.json")} == stamps
     assert [r["attacker_accuracy"] for r in again] == [r["attacker_accuracy"] for r in first]
@@ -162,16 +163,14 @@ def test_cpu_model_and_isa_parsers(tmp_path):
 
 def test_merged_results_keep_every_runs_points_and_a_config_only_when_all_agree(tmp_path):
     # two runs of one config into two directories (different budgets: the config hashes differ), then merged
-    import sys
+    from modelsteal.cli.main import main
 
     victim = tmp_path / "victim.pt"
     run_sweep(tiny(victim, budgets=(100,)), out_dir=tmp_path / "a", progress=False, plots=False)
     run_sweep(tiny(victim, budgets=(150,)), out_dir=tmp_path / "b", progress=False, plots=False)
     a, b = (json.loads((tmp_path / d / PROVENANCE_FILE).read_text()) for d in "ab")
-    script = sweep_mod.Path(__file__).resolve().parents[1] / "scripts" / "merge_results.py"
     out = tmp_path / "merged"
-    subprocess.run([sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)],
-                   check=True, capture_output=True)
+    assert main(["results", "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--no-plots"]) == 0
     merged = json.loads((out / PROVENANCE_FILE).read_text())
     assert set(merged["points"]) == set(a["points"]) | set(b["points"]) and len(merged["points"]) == 4
     assert merged["points_timed"] == 4
@@ -183,8 +182,7 @@ def test_merged_results_keep_every_runs_points_and_a_config_only_when_all_agree(
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert sorted(int(r["budget"]) for r in rows) == [100, 100, 150, 150]
     # the same directory twice: one config, kept
-    subprocess.run([sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(out)],
-                   check=True, capture_output=True)
+    assert main(["results", "merge", str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(out), "--no-plots"]) == 0
     assert json.loads((out / PROVENANCE_FILE).read_text())["config_hash"] == a["config_hash"]
 
 
