@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modelsteal-installed
 OUT ?= runs/demo
 
-.PHONY: setup demo test test-slow lint bench clean data
+.PHONY: setup demo test test-slow lint layout bench clean data
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test-slow: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench scripts
+
+# lower floors never import higher ones (data, models, training < defenses, detectors, metrics < blackbox, tabular
+# < attacks, ownership, serve, interop < experiment, audit < cli): scripts/check_layout.py
+layout:
+	$(PYTHON) scripts/check_layout.py
 
 bench: setup
 	$(PY) bench/mad_throughput.py
