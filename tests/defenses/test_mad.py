@@ -428,3 +428,31 @@ def test_chunks_shrink_to_the_memory_budget(monkeypatch):
     small, p = lw(x)
     assert lw._budget_chunk is not None and lw._budget_chunk < 10
     assert torch.allclose(small, full, atol=1e-12) and p.shape == (10, 4)
+
+
+def test_mad_argmax_greedy_search_ends_at_a_local_optimum():
+    """Above ``max_exact_classes`` the greedy ascent adds classes to ``S`` while one addition raises Eq. 4:
+    at its answer ``y_S`` no single further class ``j ∉ S`` scores higher (a local optimum), and it took more
+    than one step on some rows (else stopping after one step would pass too)."""
+    k, n = 16, 24
+    model = build_model("mlp", input_shape=(5,), num_classes=k, seed=5).to(DT).eval()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(n, 5, generator=gen, dtype=DT)
+    y = torch.softmax(1.5 * torch.randn(n, k, generator=gen, dtype=DT), dim=1)
+    greedy = MADArgmax(surrogate=model, epsilon=0.5, jacobian="all", max_exact_classes=12)
+    m = greedy.gram(x)
+    y_star = greedy.target(x, y)
+    in_s = y_star > 0
+    assert torch.allclose(y_star, in_s.to(DT) / in_s.sum(1, keepdim=True))  # a vertex y_S of Δ_c
+    assert in_s[torch.arange(n), y.argmax(1)].all()
+    sizes = in_s.sum(1)
+    assert int(sizes.max()) >= 3, f"the search never took two steps on these rows: sizes {sizes.tolist()}"
+    current = mad_scores(m, y, y_star.unsqueeze(1))[:, 0]
+    eye = torch.eye(k, dtype=torch.bool)
+    neighbours = (in_s.unsqueeze(1) | eye).to(DT)  # row j: S ∪ {j}
+    neighbours = neighbours / neighbours.sum(-1, keepdim=True)
+    scores = mad_scores(m, y, neighbours).masked_fill(in_s, float("-inf"))
+    assert (scores <= current[:, None] + 1e-12).all(), (scores.max(1).values - current).max()
+    # and it is a real ascent: at least as good as the start e_c, strictly better on some rows
+    start = mad_scores(m, y, torch.nn.functional.one_hot(y.argmax(1), k).to(DT).unsqueeze(1))[:, 0]
+    assert (current >= start - 1e-12).all() and (current > start + 1e-6).any()

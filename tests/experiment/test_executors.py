@@ -1,9 +1,6 @@
-"""Sweeps as a plan run by executors (issue 13): stable plan keys, shards that partition a plan, units that stack
-only what shares its queries, stacked clone training equal to one-at-a-time training, serial = pool = Ray
-records, `modelsteal results merge` of shards equal to one run, and a pool sweep that survives a worker's
-``kill -9``."""
+"""Sweeps run by executors: a stacked sweep agrees with one clone at a time, serial = pool = Ray records,
+`modelsteal results merge` of shards equal to one run, and a pool sweep that survives a worker's ``kill -9``."""
 
-import copy
 import csv
 import json
 import os
@@ -11,23 +8,15 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
-from modelsteal.attacks import attack_class
 from modelsteal.cli.main import main
 from modelsteal.experiment import run_sweep
 from modelsteal.experiment import sweep as sweep_mod
 from modelsteal.experiment.config import parse_config
 from modelsteal.experiment.executors import PoolExecutor, make_executor
-from modelsteal.experiment.plan import parse_shard, plan, shard, units
-from modelsteal.experiment.points import sweep_point_key
-from modelsteal.models import build_model
-from modelsteal.training import TrainConfig, train
-from modelsteal.training.stacked import can_stack, train_stacked
 
 TIMING = ("wall_seconds", "attack_seconds")
 
@@ -54,135 +43,6 @@ def no_timing(records):
 def csv_rows(path):
     with open(path, newline="") as f:
         return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
-
-
-# -- the plan ------------------------------------------------------------------------------------------------------
-def test_plan_keys_are_the_cache_keys_and_stable_across_processes(tmp_path):
-    # bugs caught: a key built with Python's salted hash() (differs per process), a key that leaves out a field
-    # (two points share it), a key that differs from the cache's sweep_point_key (every cached point recomputed)
-    cfg = tiny()
-    points = plan(cfg)
-    assert len(points) == 3 * 2 and len({p.key for p in points}) == 6
-    assert [p.key for p in points] == [sweep_point_key(cfg, p.defense, p.strength, p.attack, p.budget, p.seed)
-                                       for p in points]
-    code = ("import json, sys; from modelsteal.experiment.config import parse_config; "
-            "from modelsteal.experiment.plan import plan; "
-            "print(json.dumps([p.key for p in plan(parse_config(json.load(sys.stdin)))]))")
-    raw = json.dumps({"victim": {"dataset": "digits", "arch": "mlp", "epochs": 2, "lr": 0.05, "momentum": 0.9},
-                      "transfer": {"source": "dataset", "classes": [5, 6, 7, 8, 9]},
-                      "defenses": [{"name": "none"},
-                                   {"name": "reverse-sigmoid", "strengths": [0.2, 1], "options": {"gamma": 0.2}}],
-                      "attacks": [{"name": "knockoff", "clone": "mlp",
-                                   "train": {"epochs": 2, "lr": 0.05, "momentum": 0.9}}],
-                      "budgets": [120], "seeds": [0, 1], "device": "cpu", "name": "tiny-scaleout"})
-    env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    out = subprocess.run([sys.executable, "-c", code], input=raw, capture_output=True, text=True, env=env, check=True)
-    assert json.loads(out.stdout) == [p.key for p in points]
-    # a point equals its copy (hashable by key) and differs when its seed does
-    assert points[0] == copy.deepcopy(points[0]) and len({*points, *points}) == 6
-    assert points[0] != replace(points[0], seed=7)
-
-
-def test_shards_partition_the_plan_and_keep_query_groups_whole():
-    # bugs caught: a point in two shards or in none (off-by-one in the round robin), a query group split across
-    # shards (its clones could no longer stack)
-    points = plan(tiny(seeds=[0, 1, 2], budgets=[100, 200]))
-    parts = [shard(points, i, 3) for i in range(3)]
-    assert sorted(p.key for part in parts for p in part) == sorted(p.key for p in points)
-    assert all(part for part in parts)
-    owner = {p.query_key: i for i, part in enumerate(parts) for p in part}
-    assert all(owner[p.query_key] == i for i, part in enumerate(parts) for p in part)
-    assert parse_shard("1/4") == (1, 4)
-    for bad in ("4/4", "-1/2", "1", "a/b", "0/0"):
-        with pytest.raises(ValueError, match="--shard"):
-            parse_shard(bad)
-
-
-def test_units_stack_only_points_sharing_their_queries_and_only_stackable_attacks():
-    # bugs caught: stacking points of different seeds or budgets (other queries), a unit larger than --stack-clones,
-    # stacking an attack whose queries depend on the answers (JBDA, the confidence filter)
-    points = plan(tiny(defenses=[{"name": "none"}, {"name": "reverse-sigmoid", "strengths": [0.1, 0.2, 0.3, 0.4],
-                                                      "options": {"gamma": 0.2}}], seeds=[0, 1]))
-    got = units(points, stack=3, stackable=["knockoff"])
-    assert sorted(len(u) for u in got) == [2, 2, 3, 3]
-    assert all(len({p.query_key for p in u}) == 1 for u in got)
-    assert sorted(p.key for u in got for p in u) == sorted(p.key for p in points)
-    assert [len(u) for u in units(points, stack=1, stackable=["knockoff"])] == [1] * 10
-    assert [len(u) for u in units(points, stack=8, stackable=["jbda"])] == [1] * 10
-    assert attack_class("knockoff").stackable and not attack_class("knockoff-filter").stackable
-    assert not attack_class("jbda").stackable
-
-
-
-def test_only_stackable_attacks_hand_over_their_clones_training():
-    # bugs caught: a non-stackable attack (the confidence filter inherits Knockoff's collect) handing over a
-    # clone job that would train on every answer instead of the kept ones; a stackable attack without collect
-    from modelsteal import PredictionAPI
-    from modelsteal.attacks.base import Attack
-
-    pool = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    api = PredictionAPI(build_model("mlp", input_shape=(1, 8, 8), num_classes=10, seed=0))
-    job = attack_class("knockoff")(transfer_set=pool, clone="mlp").begin(api, budget=12, seed=0)
-    assert len(job.x) == 12
-    with pytest.raises(TypeError, match="'knockoff-filter' is not stackable"):
-        attack_class("knockoff-filter")(transfer_set=pool, clone="mlp").begin(api, budget=12, seed=0)
-    with pytest.raises(TypeError, match="Broken is stackable but defines no collect"):
-        type("Broken", (Attack,), {"stackable": True, "run": lambda self, victim, *, generator: None})
-
-# -- stacked training ----------------------------------------------------------------------------------------------
-def _clones(n, arch="lenet", shape=(1, 8, 8)):
-    base = build_model(arch, input_shape=shape, num_classes=10, seed=3)
-    return [copy.deepcopy(base) for _ in range(n)]
-
-
-@pytest.mark.parametrize("kind", ["soft", "hard"])
-def test_stacked_training_equals_one_clone_at_a_time(kind):
-    # bugs caught: the clones' losses averaged instead of summed (every gradient scaled by 1/C), another batch
-    # order than train() draws, labels of one clone leaking into another, momentum or weight decay not applied
-    torch.manual_seed(0)
-    x = torch.rand(150, 1, 8, 8)
-    ys = [torch.softmax(3 * torch.randn(150, 10), 1) for _ in range(3)]
-    if kind == "hard":
-        ys = [y.argmax(1) for y in ys]
-    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, momentum=0.9, weight_decay=1e-3)
-    alone, stacked = _clones(3), _clones(3)
-    for m, y in zip(alone, ys, strict=True):
-        train(m, x, y, config=cfg, generator=torch.Generator().manual_seed(5))
-    histories = train_stacked(stacked, x, ys, config=cfg, generator=torch.Generator().manual_seed(5))
-    for a, s in zip(alone, stacked, strict=True):
-        for (name, pa), ps in zip(a.state_dict().items(), s.state_dict().values(), strict=True):
-            assert torch.allclose(pa, ps, atol=1e-3), (name, (pa - ps).abs().max())
-    moved = max((p - q).abs().max() for p, q in zip(stacked[0].parameters(), stacked[1].parameters(), strict=True))
-    assert moved > 1e-3  # different labels gave different clones
-    assert len(histories) == 3 and all(len(h.loss) == 2 for h in histories)
-
-
-def test_stacked_training_keeps_each_clones_own_best_validation_epoch():
-    # bug caught: one best epoch chosen for all clones (e.g. by the mean accuracy), or the last epoch kept
-    torch.manual_seed(1)
-    x, x_val = torch.rand(120, 1, 8, 8), torch.rand(60, 1, 8, 8)
-    y_val = torch.randint(0, 10, (60,))
-    ys = [torch.randint(0, 10, (120,)) for _ in range(3)]
-    cfg = TrainConfig(epochs=6, batch_size=16, lr=0.2, momentum=0.9)
-    alone, stacked = _clones(3, arch="mlp", shape=(1, 8, 8)), _clones(3, arch="mlp", shape=(1, 8, 8))
-    want = [train(m, x, y, config=cfg, generator=torch.Generator().manual_seed(2), val=(x_val, y_val))
-            for m, y in zip(alone, ys, strict=True)]
-    got = train_stacked(stacked, x, ys, config=cfg, generator=torch.Generator().manual_seed(2), val=(x_val, y_val))
-    assert [h.best_epoch for h in got] == [h.best_epoch for h in want]
-    assert len({h.best_epoch for h in got}) > 1  # the clones' best epochs differ here, so a shared choice fails
-    for g, w in zip(got, want, strict=True):
-        assert g.val_accuracy == pytest.approx(w.val_accuracy, abs=1e-6)
-    for a, s in zip(alone, stacked, strict=True):
-        for pa, ps in zip(a.state_dict().values(), s.state_dict().values(), strict=True):
-            assert torch.allclose(pa, ps, atol=2e-5)
-
-
-def test_models_with_batch_norm_are_not_stacked():
-    # bug caught: stacking a ResNet, whose running statistics vmap cannot update in place
-    resnets = [build_model("resnet18", input_shape=(3, 8, 8), num_classes=10, seed=0) for _ in range(2)]
-    assert not can_stack(resnets) and not can_stack(_clones(1)) and can_stack(_clones(2))
-    with pytest.raises(ValueError, match="batch norm"):
-        train_stacked(resnets, torch.rand(4, 3, 8, 8), [torch.zeros(4, dtype=torch.long)] * 2)
 
 
 def test_a_stacked_sweep_agrees_with_one_clone_at_a_time(tmp_path):

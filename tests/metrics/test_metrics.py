@@ -1,8 +1,17 @@
 import math
 
+import pytest
 import torch
+from torch import Tensor, nn
 
-from modelsteal.metrics import detection_rates, hellinger_distance, l1_distance, l2_distance, perturbation_summary
+from modelsteal.metrics import (
+    detection_rates,
+    fidelity,
+    hellinger_distance,
+    l1_distance,
+    l2_distance,
+    perturbation_summary,
+)
 
 
 def test_distances_on_known_values():
@@ -70,3 +79,23 @@ def test_defense_cost_on_known_values():
     assert math.isclose(cost["l1_std"], math.sqrt(0.32), rel_tol=1e-6)
     assert math.isclose(cost["l2_mean"], math.sqrt(0.32) / 2, rel_tol=1e-6)
     assert api.clients == [EVALUATION_CLIENT]  # measured as its own client, never as an attacker's
+
+
+class _Fixed(nn.Module):
+    """A 'clone' answering fixed logits, one row per input (the input holds the row index)."""
+
+    def __init__(self, logits: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("logits", logits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.logits[x[:, 0].long()]
+
+
+def test_fidelity_on_known_values():
+    clone = _Fixed(torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [0, 0, 5.0], [5.0, 0, 0]]))
+    x = torch.arange(5, dtype=torch.float32)[:, None]
+    reference = torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8], [0.1, 0.5, 0.4]])
+    assert fidelity(clone, x, reference) == pytest.approx(3 / 5)  # rows 0, 1, 3 agree
+    assert fidelity(clone, x, torch.eye(3)[[0, 1, 2, 2, 0]]) == 1.0
+    assert fidelity(clone, x, torch.eye(3)[[1, 2, 0, 0, 1]]) == 0.0

@@ -13,7 +13,6 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from cli_helpers import one_line_error  # noqa: E402
-from serve.test_detector import _blackbox  # noqa: E402
 
 from modelsteal import PredictionAPI  # noqa: E402
 from modelsteal.cli.main import main  # noqa: E402
@@ -21,6 +20,7 @@ from modelsteal.defenses.dawn import DAWN, load_records  # noqa: E402
 from modelsteal.serve.app import create_app  # noqa: E402
 from modelsteal.serve.store import open_store  # noqa: E402
 from modelsteal.serve.watermarks import export_records  # noqa: E402
+from serve.test_detector import _blackbox  # noqa: E402
 
 
 def _grid(n: int, *, seed: int) -> torch.Tensor:

@@ -7,16 +7,17 @@ Off by default, like ``tests/serve/test_postgres.py`` (whose throwaway-cluster f
 from __future__ import annotations
 
 import pytest
+
 from serve.test_postgres import pg_url  # noqa: F401  (module-level skip when PostgreSQL tests are off)
 
 pytestmark = pytest.mark.postgres
 
 import httpx  # noqa: E402
-from serve.test_detector import _blackbox, _transport  # noqa: E402
-from serve.test_detector_state import _app, _reference, _stored_state, _streams  # noqa: E402
 
 from modelsteal.serve.detector_state import DetectorJournal  # noqa: E402
 from modelsteal.serve.store import DetectorStateConflict, open_store  # noqa: E402
+from serve.test_detector import _blackbox, _transport  # noqa: E402
+from serve.test_detector_state import _app, _reference, _stored_state, _streams  # noqa: E402
 
 
 def test_postgres_workers_keep_one_prada_state_per_client(pg_url, digits, digits_victim, monkeypatch):  # noqa: F811

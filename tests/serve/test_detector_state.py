@@ -12,14 +12,13 @@ import torch
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from serve.test_detector import _blackbox, _transport  # noqa: E402
-
 from modelsteal import PredictionAPI, QueryRefusedError  # noqa: E402
 from modelsteal.cli.main import main  # noqa: E402
 from modelsteal.detectors import make_detector  # noqa: E402
 from modelsteal.serve.app import create_app  # noqa: E402
 from modelsteal.serve.detector_state import DetectorJournal, replay  # noqa: E402
 from modelsteal.serve.store import open_store  # noqa: E402
+from serve.test_detector import _blackbox, _transport  # noqa: E402
 
 MIN_STREAM = 20
 
