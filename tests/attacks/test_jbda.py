@@ -417,7 +417,7 @@ def test_authors_configs_build(victim_name: str, digits) -> None:
     from modelsteal.experiment import load_config
     from modelsteal.experiment.points import build_attack
 
-    root = Path(__file__).parents[2] / "configs"
+    root = Path(__file__).parents[2] / "configs" / "prediction-poisoning"
     for suffix in ("-cpu", ""):
         cfg = load_config(root / f"pp-table1-authors-{victim_name}{suffix}.yaml")
         ours = load_config(root / f"pp-table1-{victim_name}{suffix}.yaml")

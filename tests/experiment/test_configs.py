@@ -11,7 +11,8 @@ from modelsteal.experiment.validate import validate_sweep
 from modelsteal.experiment.victims import is_recipe_defense
 from modelsteal.models import build_model
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+#: every sweep config, in its paper's folder (configs/ownership/ holds the ownership runner's options, not sweeps)
+CONFIGS = sorted(p for p in (Path(__file__).parents[2] / "configs").rglob("*.yaml") if p.parent.name != "ownership")
 
 
 def test_configs_are_shipped() -> None:

@@ -185,7 +185,8 @@ def test_every_committed_pp_result_records_committed_victims_and_its_config(out)
     for path, sha in prov["victims"].items():
         assert file_sha256(ROOT / path) == sha, path
     # the config it names is the committed file of that name (the -b50000 runs: with --budget 50000)
-    source = yaml.safe_load((ROOT / "configs" / f"{prov['config_name']}.yaml").read_text())
+    (path,) = (ROOT / "configs").rglob(f"{prov['config_name']}.yaml")  # configs/<paper>/<name>.yaml
+    source = yaml.safe_load(path.read_text())
     assert {k: prov["config"]["victim"][k] for k in source["victim"]} == source["victim"]
     if not (out / "results.csv").exists():  # a `modelsteal angles` directory (Fig. 6): one row per epsilon
         summary = list(csv.DictReader(open(out / "angles-summary.csv")))
