@@ -1,4 +1,4 @@
-"""Issue 11's reliability test: a real ``modelsteal serve --detector prada`` process answers N queries per client,
+"""Reliability: a real ``modelsteal serve --detector prada`` process answers N queries per client,
 is killed with ``kill -9``, restarts on the same store and answers M more; each client's PRADA state (and its
 flag count) then equals that of an uninterrupted in-process PRADA fed the same N + M queries, and the two
 clients' states are each their own."""

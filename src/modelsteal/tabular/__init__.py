@@ -19,7 +19,7 @@ from modelsteal.tabular.sklearn_victim import (
     victim_kind,
 )
 from modelsteal.tabular.sklearn_victim import (
-    sklearn_logits as sklearn_logits,  # public before the split, kept importable here
+    sklearn_logits as sklearn_logits,  # public here too
 )
 from modelsteal.tabular.tabular import (
     Standardize,

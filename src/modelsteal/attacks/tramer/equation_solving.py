@@ -18,7 +18,7 @@ unknown parameters. Two ways of solving them:
   halving its distance until the answer is interior (the log-ratios are linear along the segment, so a
   few halvings suffice). With more than two classes a class boundary can still saturate a third class;
   if no interior answer is found the attack says so. The probes are spent from the budget and counted
-  in ``StealResult.queries``; where no answer saturates exactly ``d + 1`` queries are spent, as before.
+  in ``StealResult.queries``; where no answer saturates exactly ``d + 1`` queries are spent.
   Every answer received (probes included) must then agree with the solved model, which catches rounded
   answers.
 - ``method="optimize"`` (all models, the paper's Sec. 4.1.2). Minimise the cross-entropy between the
