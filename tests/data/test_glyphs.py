@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from modelsteal.data import DatasetNotFoundError, glyphs, load_dataset
+from modelsteal.data.glyphs import dataset as gset
 from modelsteal.models import build_model
 
 KMNIST_ORDER = ("お", "き", "す", "つ", "な", "は", "ま", "や", "れ", "を")
@@ -35,8 +36,8 @@ def small_letters(monkeypatch, tmp_path):
     """`letters` at 20 + 5 images per class, from four DejaVu fonts, cached under tmp_path."""
     monkeypatch.setenv("MODELSTEAL_DATA", str(tmp_path))
     fonts = _dejavu("DejaVuSans", "DejaVuSans-Bold", "DejaVuSerif", "DejaVuSansMono", "DejaVuSerif-Italic")
-    monkeypatch.setattr(glyphs, "system_font_files", lambda: fonts)
-    monkeypatch.setattr(glyphs, "LETTERS", dataclasses.replace(glyphs.LETTERS, train_per_class=20, test_per_class=5))
+    monkeypatch.setattr(gset, "system_font_files", lambda: fonts)
+    monkeypatch.setattr(gset, "LETTERS", dataclasses.replace(glyphs.LETTERS, train_per_class=20, test_per_class=5))
     return tmp_path
 
 
@@ -107,7 +108,7 @@ def test_letters_dataset_classes_cache_and_held_out_test_fonts(small_letters, mo
     def no_rendering(*args, **kwargs):
         raise AssertionError("a cache hit must not render")
 
-    monkeypatch.setattr(glyphs, "render_glyphs", no_rendering)
+    monkeypatch.setattr(gset, "render_glyphs", no_rendering)
     raw1 = glyphs.load_letters(data_dir=None)
     raw2 = glyphs.load_letters(data_dir=None)
     assert np.array_equal(raw1.x_train, raw2.x_train) and np.array_equal(raw1.y_test, raw2.y_test)
@@ -120,7 +121,7 @@ def test_data_dir_takes_the_cache_and_settings_change_the_key(small_letters, tmp
     own = tmp_path_factory.mktemp("own")
     raw = glyphs.load_letters(data_dir=own)
     assert len(list(own.glob("letters-*.npz"))) == 1 and not (small_letters / "glyphs").exists()
-    monkeypatch.setattr(glyphs, "LETTERS", dataclasses.replace(glyphs.LETTERS, train_per_class=21))
+    monkeypatch.setattr(gset, "LETTERS", dataclasses.replace(glyphs.LETTERS, train_per_class=21))
     bigger = glyphs.load_letters(data_dir=own)
     assert len(bigger.y_train) == 26 * 21 and len(raw.y_train) == 26 * 20
     assert len(list(own.glob("letters-*.npz"))) == 2
@@ -130,8 +131,8 @@ def test_kana_classes_in_kmnist_order(monkeypatch, tmp_path):
     fonts = _japanese_fonts()
     if not fonts:
         pytest.skip("no Japanese fonts installed (make data)")
-    monkeypatch.setattr(glyphs, "system_font_files", lambda: fonts)
-    monkeypatch.setattr(glyphs, "KANA", dataclasses.replace(glyphs.KANA, train_per_class=20, test_per_class=5))
+    monkeypatch.setattr(gset, "system_font_files", lambda: fonts)
+    monkeypatch.setattr(gset, "KANA", dataclasses.replace(glyphs.KANA, train_per_class=20, test_per_class=5))
     d = load_dataset("kana", data_dir=tmp_path)
     assert d.classes == KMNIST_ORDER and d.num_classes == 10
     assert len(d.x_test) == 50 and len(d.x_train) + len(d.x_val) == 200
@@ -142,7 +143,7 @@ def test_kana_classes_in_kmnist_order(monkeypatch, tmp_path):
 
 
 def test_missing_japanese_fonts_is_a_one_line_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(glyphs, "system_font_files", lambda: [])
+    monkeypatch.setattr(gset, "system_font_files", lambda: [])
     with pytest.raises(DatasetNotFoundError) as err:
         load_dataset("kana", data_dir=tmp_path)
     msg = str(err.value)
@@ -151,9 +152,9 @@ def test_missing_japanese_fonts_is_a_one_line_error(monkeypatch, tmp_path):
 
 
 def test_letters_fall_back_to_matplotlib_fonts_with_one_warning(monkeypatch, tmp_path):
-    monkeypatch.setattr(glyphs, "system_font_files", lambda: [])
-    monkeypatch.setattr(glyphs, "_WARNED", set())
-    monkeypatch.setattr(glyphs, "LETTERS", dataclasses.replace(glyphs.LETTERS, train_per_class=2, test_per_class=1))
+    monkeypatch.setattr(gset, "system_font_files", lambda: [])
+    monkeypatch.setattr(gset, "_WARNED", set())
+    monkeypatch.setattr(gset, "LETTERS", dataclasses.replace(glyphs.LETTERS, train_per_class=2, test_per_class=1))
     with pytest.warns(UserWarning, match="matplotlib's DejaVu"):
         raw = glyphs.load_letters(data_dir=tmp_path)
     with warnings.catch_warnings():
