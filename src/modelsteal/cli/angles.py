@@ -30,11 +30,13 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict, replace
 
     from modelsteal.attacks import TrainConfig
+    from modelsteal.devices import resolve_device
     from modelsteal.experiment import load_config
     from modelsteal.experiment.angles import online_angles, plot_angles, write_angles
     from modelsteal.experiment.config import victim_key
-    from modelsteal.experiment.sweep import prepare_victim, resolve_device, validate_sweep
     from modelsteal.experiment.transfer import build_transfer_set
+    from modelsteal.experiment.validate import validate_sweep
+    from modelsteal.experiment.victims import load_or_train_victim
 
     cfg = load_config(args.config)
     validate_sweep(cfg)
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     dev = resolve_device(None if args.device == "auto" else args.device)
     if dev.type != "cpu":
         raise ValueError("angles runs on the CPU (batch-size-1 online training gains nothing from a GPU)")
-    victim, data, acc = prepare_victim(cfg, out_dir=out, device=dev)
+    victim, data, acc, _ = load_or_train_victim(cfg.victim, out_dir=out, device=dev)
     pool, _ = build_transfer_set(cfg.transfer, victim_data=data)
     train = TrainConfig(**acfg.train)
     n = min(args.eval_size, len(data.x_test))
@@ -88,8 +90,9 @@ def record_angles_provenance(cfg, *, out: Path, device, seconds: dict[str, float
     """``out/provenance.json`` for an angles run, as a sweep records it: the victim's SHA-256, the config as
     run, the environment, and each epsilon's wall time (under ``points``, keyed ``epsilon=E``)."""
     from modelsteal.experiment.config import point_key
+    from modelsteal.experiment.provenance import start_provenance
     from modelsteal.experiment.results import write_provenance
-    from modelsteal.experiment.sweep import start_provenance, victim_checkpoint_path
+    from modelsteal.experiment.victims import victim_checkpoint_path
 
     path = victim_checkpoint_path(cfg.victim, out_dir=out, key=point_key(cfg.victim.identity()))
     prov = start_provenance(cfg, out=out, device=device, victim_path=path)

@@ -13,9 +13,11 @@ from modelsteal.cli._common import add_device, number, parse_options
 from modelsteal.data import load_dataset
 from modelsteal.defenses import make_defense
 from modelsteal.defenses.base import fit_defense
+from modelsteal.devices import resolve_device
 from modelsteal.experiment.config import AttackConfig, TransferConfig
-from modelsteal.experiment.sweep import ATTACK_PROVIDED, build_attack, resolve_device
+from modelsteal.experiment.points import build_attack
 from modelsteal.experiment.transfer import build_transfer_set, seed_set
+from modelsteal.experiment.validate import ATTACK_PROVIDED
 from modelsteal.metrics import attacker_accuracy, defense_cost, fidelity
 from modelsteal.models import load_checkpoint
 

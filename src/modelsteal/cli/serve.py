@@ -90,7 +90,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modelsteal.experiment.sweep import resolve_device
+    from modelsteal.devices import resolve_device
     from modelsteal.serve import require
     from modelsteal.serve.app import CONFIG_ENV, ServeConfig, build_api, create_app
     from modelsteal.serve.config import check_detector

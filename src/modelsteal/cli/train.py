@@ -6,7 +6,8 @@ import argparse
 
 from modelsteal.cli._common import add_device, parse_options
 from modelsteal.data import available_datasets, load_dataset
-from modelsteal.experiment.sweep import recipe_checkpoint_meta, resolve_device, train_victim
+from modelsteal.devices import resolve_device
+from modelsteal.experiment.victims import recipe_checkpoint_meta, train_victim
 from modelsteal.models import ARCHITECTURES, save_checkpoint
 from modelsteal.training import TrainConfig, accuracy, available_recipes, make_recipe
 

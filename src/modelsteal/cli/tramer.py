@@ -16,22 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from modelsteal.cli._common import add_device
 
-ATTACKS = ("equation-solving", "path-finding", "lowd-meek", "retraining")
-LINEAR = ("binary-lr", "softmax-lr", "ovr-lr")
-
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from modelsteal.attacks.tramer.oracles import VICTIM_KINDS
+    from modelsteal.attacks.tramer.runner import tabular_attacks
+    from modelsteal.tabular import VICTIM_KINDS
 
     p = sub.add_parser(
         "tramer",
@@ -46,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--fit-victim", choices=VICTIM_KINDS, default=None,
                    help="train a victim of this kind on the dataset's training split and save it to --victim")
     p.add_argument("--hidden", type=int, default=20, help="hidden units of a fitted MLP victim")
-    p.add_argument("--attack", choices=ATTACKS, default=None)
+    p.add_argument("--attack", choices=tabular_attacks(), default=None)
     p.add_argument("--strategy", choices=("uniform", "line-search", "adaptive"), default="adaptive",
                    help="query selection of --attack retraining")
     p.add_argument("--budget", type=int, default=None,
@@ -138,9 +134,10 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from modelsteal.attacks.tramer.runner import TramerSettings, run_tramer
     from modelsteal.blackbox import BudgetExceededError
     from modelsteal.data.tabular import load_tabular
-    from modelsteal.experiment.sweep import resolve_device
+    from modelsteal.devices import resolve_device
 
     check_args(args)
     resolve_device(args.device)
@@ -150,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fit_victim is not None:
         import joblib
 
-        from modelsteal.attacks.tramer.oracles import fit_victim
+        from modelsteal.tabular import fit_victim
 
         est = fit_victim(args.fit_victim, data.x_train, data.y_train, seed=args.seed, hidden=args.hidden)
         Path(args.victim).parent.mkdir(parents=True, exist_ok=True)
@@ -160,8 +157,14 @@ def run(args: argparse.Namespace) -> int:
         if args.attack is None:
             return 0
     est = _load_victim(args.victim)
+    settings = TramerSettings(
+        attack=args.attack, seed=args.seed, budget=args.budget, output=args.output, method=args.method,
+        design=args.design, regularization=args.regularization, max_iter=args.max_iter, restarts=args.restarts,
+        epsilon=args.epsilon, incomplete=args.incomplete, snap=not args.no_snap, identity=args.identity,
+        strategy=args.strategy, rounds=args.rounds, epochs=args.epochs, lr=args.lr, unif=args.unif,
+        device=args.device)
     try:
-        record = attack_estimator(est, data, args)
+        record = run_tramer(est, data, settings)
     except BudgetExceededError as e:
         given = f"--budget {args.budget}" if args.budget else "the default budget"
         raise ValueError(f"{given} is too small for {args.attack}: {e}; pass a larger --budget") from None
@@ -176,145 +179,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.attack} on {record['victim']} ({args.dataset}): {record['queries']} queries, "
           f"1-R_test {1 - record['r_test']:.4%}, 1-R_unif {1 - record['r_unif']:.4%} -> {args.out}")
     return 0
-
-
-def check_budget(attack: Any, budget: int | None) -> None:
-    """A ``ValueError`` before any query when ``budget`` is below what the attack needs (``d + 1`` for exact
-    equation solving)."""
-    if budget is None or not hasattr(attack, "min_queries") or budget >= attack.min_queries():
-        return
-    if attack.method == "exact":
-        d = attack.space.dim
-        raise ValueError(f"--method exact needs at least d + 1 = {d + 1} queries ({d} features), got --budget {budget}")
-    raise ValueError(f"--method {attack.method} needs at least {attack.min_queries()} queries, got --budget {budget}")
-
-
-def attack_estimator(est: Any, data: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``args.attack`` on a fitted estimator and return the result record (the JSON's content)."""
-    from modelsteal.attacks.tramer.oracles import SklearnVictim, raw_linear_parameters, victim_kind
-    from modelsteal.blackbox import PredictionAPI
-    from modelsteal.experiment.sweep import resolve_device
-    from modelsteal.metrics.extraction import r_test, r_unif
-
-    kind = victim_kind(est)
-    d = data.space.dim
-    n_in = getattr(est, "n_features_in_", None)
-    if n_in is not None and int(n_in) != d:
-        raise ValueError(f"the victim takes {n_in} features but dataset {data.name!r} has {d} columns")
-    device = resolve_device(args.device)
-    final = est.steps[-1][1] if hasattr(est, "steps") else est
-    record: dict[str, Any] = {"attack": args.attack, "dataset": data.name, "victim": type(final).__name__,
-                              "pipeline": hasattr(est, "steps"), "victim_kind": kind, "seed": args.seed}
-    x_test = torch.from_numpy(data.x_test)
-
-    if args.attack == "path-finding":
-        from modelsteal.attacks.tramer.oracles import TreeOracle
-        from modelsteal.attacks.tramer.path_finding import PathFinding
-
-        if kind != "tree":
-            raise ValueError(f"path finding needs a DecisionTreeClassifier victim, got {type(final).__name__}")
-        oracle = TreeOracle(est, identity=args.identity, incomplete=args.incomplete)
-        attack = PathFinding(space=data.space, epsilon=args.epsilon or 1e-3, incomplete=args.incomplete,
-                             snap=not args.no_snap, device=device)
-        start = time.perf_counter()
-        result = attack(oracle, budget=args.budget or 10**7, seed=args.seed)
-        elapsed = time.perf_counter() - start
-        clone = result.clone
-        record.update(output="leaf-id", distance="0-1", time_s=elapsed, leaves=oracle.n_leaves,
-                      unique_ids=oracle.unique_leaf_ids, depth=oracle.depth, leaves_found=result.info["leaves"],
-                      complete=result.info["complete"], epsilon=attack.epsilon, incomplete=args.incomplete,
-                      identity=args.identity, snap=attack.snap)
-        rt = r_test(oracle.predict, clone.predict, x_test, labels=True)
-        ru = r_unif(oracle.predict, clone.predict, sampler=data.space.sample, n=args.unif, seed=args.seed, labels=True)
-        record.update(queries=result.queries, r_test=rt, r_unif=ru)
-        return record
-
-    victim = SklearnVictim(est)
-    output = args.output or ("probs" if args.attack == "equation-solving" else "label")
-    api = PredictionAPI(victim, output=output)
-    k = api.num_classes
-    linear_unknowns = d + 1 if k == 2 else k * (d + 1)
-    start = time.perf_counter()
-    if args.attack == "equation-solving":
-        from modelsteal.attacks.tramer.equation_solving import EquationSolving
-
-        if kind not in (*LINEAR, "mlp"):
-            raise ValueError(f"equation solving needs a logistic regression or MLP victim, got {type(final).__name__}")
-        model = {"binary-lr": "logistic", "softmax-lr": "logistic", "ovr-lr": "ovr", "mlp": "mlp"}[kind]
-        options: dict[str, Any] = {}
-        if model == "mlp":
-            sizes = final.hidden_layer_sizes
-            options.update(hidden=tuple(sizes) if np.iterable(sizes) else (int(sizes),), activation=final.activation)
-        if args.regularization is not None:
-            options["regularization"] = args.regularization
-        attack = EquationSolving(space=data.space, model=model, method=args.method, design=args.design,
-                                 max_iter=args.max_iter, restarts=args.restarts, device=device, **options)
-        if attack.method == "exact" and api.output.kind == "label":
-            raise ValueError("exact equation solving needs probabilities, not labels: use --output probs, or "
-                             "--attack retraining / lowd-meek for label-only APIs")
-        check_budget(attack, args.budget)
-        budget = args.budget or (d + 1 if attack.method == "exact" else attack.unknowns(k))
-        result = attack(api, budget=budget, seed=args.seed)
-        record.update(method=attack.method, unknowns=result.info["unknowns"], solver_time_s=result.info["time_s"],
-                      saturated=result.info.get("saturated", 0), probes=result.info.get("probes", 0))
-        labels_only = output == "label"
-    elif args.attack == "lowd-meek":
-        from modelsteal.attacks.tramer.lowd_meek import LowdMeek
-
-        if kind != "binary-lr":
-            raise ValueError(f"Lowd-Meek needs a binary linear victim, got {type(final).__name__} ({kind})")
-        attack = LowdMeek(space=data.space, epsilon=args.epsilon or 1e-10, device=device)
-        result = attack(api, budget=args.budget or 10**7, seed=args.seed)
-        record.update(unknowns=d + 1, epsilon=attack.epsilon, scale="unit-norm: labels do not reveal |w|")
-        labels_only = True
-    else:
-        from modelsteal.attacks.tramer.equation_solving import mlp_unknowns
-        from modelsteal.attacks.tramer.retraining import DEFAULT_TRAIN, Retraining
-        from modelsteal.training import TrainConfig
-
-        model = "linear" if kind in LINEAR else "mlp"
-        hidden = (20,)
-        if kind == "mlp":
-            sizes = final.hidden_layer_sizes
-            hidden = tuple(sizes) if np.iterable(sizes) else (int(sizes),)
-        train = TrainConfig(epochs=args.epochs, batch_size=DEFAULT_TRAIN.batch_size, lr=args.lr,
-                            optimizer=DEFAULT_TRAIN.optimizer)
-        attack = Retraining(space=data.space, strategy=args.strategy, model=model, hidden=hidden,
-                            rounds=args.rounds, train=train, device=device)
-        unknowns = linear_unknowns if model == "linear" else mlp_unknowns(d, k, hidden)
-        result = attack(api, budget=args.budget or 10 * unknowns, seed=args.seed)
-        record.update(strategy=args.strategy, unknowns=unknowns, clone_model=model)
-        labels_only = True
-    elapsed = time.perf_counter() - start
-
-    clone = result.clone.cpu().eval()
-
-    def truth(x: Tensor) -> Tensor:
-        return api.posteriors(x).cpu()
-
-    def pred(x: Tensor) -> Tensor:
-        with torch.no_grad():
-            return torch.softmax(clone(x), dim=1).cpu()
-
-    record.update(output=output, distance="0-1" if labels_only else "total-variation", time_s=elapsed,
-                  queries=result.queries,
-                  r_test=r_test(truth, pred, x_test, labels=labels_only),
-                  r_unif=r_unif(truth, pred, sampler=data.space.sample, n=args.unif, seed=args.seed,
-                                labels=labels_only),
-                  r_test_labels=r_test(truth, pred, x_test, labels=True))
-    if "weights" in result.info:
-        w, b = result.info["weights"], result.info["bias"]
-        record.update(weights=w, bias=b, weights_layout="coef_ (1, d) for binary, (K, d) otherwise; intercept_",
-                      weights_space=("raw input: the pipeline's preprocessing is folded in, so x @ weights.T + "
-                                     "bias is the final estimator's decision function" if record["pipeline"]
-                                     else "input (the estimator's own coef_ and intercept_)"))
-        if kind in LINEAR:
-            true_w, true_b = raw_linear_parameters(est)
-            if args.attack == "lowd-meek":
-                norm = float(np.linalg.norm(true_w))
-                true_w, true_b = true_w / norm, true_b / norm
-            if true_w.shape == tuple(w.shape):
-                record.update(weight_error=float(np.abs(w.numpy() - true_w).max()),
-                              bias_error=float(np.abs(b.numpy() - true_b).max()))
-    return record
-

@@ -116,7 +116,7 @@ def _clone_from_state(state: dict, meta: dict, *, arch: str, device: object, pat
 
 
 def run(args: argparse.Namespace) -> int:
-    from modelsteal.experiment.sweep import resolve_device
+    from modelsteal.devices import resolve_device
     from modelsteal.models import load_checkpoint
     from modelsteal.ownership import verifier_class
     from modelsteal.ownership.base import check_alpha

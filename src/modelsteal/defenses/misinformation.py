@@ -21,7 +21,7 @@ Sec. 4. Three parts:
 security down (Sec. 4.3, "Security vs Accuracy Trade-off"); τ → 0 is the undefended victim, τ = 1 misinforms
 every query whose MSP is below 1. The cost is one extra forward pass of ``f̂`` per batch.
 
-Ablations (the paper's Appendix A study is not part of the copy in ``shared/papers``; the issue names these):
+Ablations (of the components this module implements; not the paper's own appendix study):
 
 - ``gate="hard"``: a hard switch at τ instead of the sigmoid, ``α = 1`` when ``y_max ≤ τ`` (Eq. 5's OOD side),
   else ``α = 0``;

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from modelsteal.blackbox import answer_in_batches
+from modelsteal.batching import answer_in_batches
 from modelsteal.models.builders import last_linear, model_device
 
 FeatureMap = Callable[[Tensor], Tensor]
@@ -62,7 +62,7 @@ def feature_map(victim: nn.Module, features: nn.Module | Callable[[Tensor], Tens
 
 def batched(fn: Callable[[Tensor], Tensor], x: Tensor, *, batch_size: int, device: torch.device) -> Tensor:
     """``fn`` applied to ``x`` in chunks of ``batch_size`` rows moved to ``device``, results concatenated (the
-    API's own slicing, :func:`~modelsteal.blackbox.answer_in_batches`; an empty ``x`` is passed through ``fn``
+    API's own slicing, :func:`~modelsteal.batching.answer_in_batches`; an empty ``x`` is passed through ``fn``
     once so the result keeps ``fn``'s trailing shape)."""
     return answer_in_batches(x, batch_size, lambda xb: fn(xb.to(device)), empty=lambda: fn(x.to(device)))
 

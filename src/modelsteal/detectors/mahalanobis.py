@@ -20,8 +20,7 @@ then scores ``−M(x̂)``; ``epsilon=0`` (the default) skips it. Only the penult
 feature ensemble over several layers, weighted by a logistic regression trained on outliers, is not
 implemented). ``Σ̂⁻¹`` is the pseudo-inverse of ``Σ̂ + ridge·I``, computed in float64 from its
 eigendecomposition (``ridge=0`` by default: the pseudo-inverse alone is what the authors' code uses, through
-scikit-learn's ``EmpiricalCovariance``), so dead ReLU units (zero variance) do not blow the distances up. (The
-equation numbers follow the paper as we recall it; it is not among ``shared/papers``.)
+scikit-learn's ``EmpiricalCovariance``), so dead ReLU units (zero variance) do not blow the distances up.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ the mean of ``D`` are dropped and the Shapiro-Wilk statistic ``W`` of the rest i
 (:func:`scipy.stats.shapiro`); the client is flagged when ``W < delta``. Benign clients' distances look normal;
 synthetic queries (JBDA: small ``±λ·sign`` steps from a few seeds) give a spiky, non-normal ``D``.
 
-Choices where the summary in the issue is silent (stds are population stds, ``ddof=0``):
+Choices the algorithm above leaves open (stds are population stds, ``ddof=0``):
 
 - a stream whose (outlier-free) distances are all equal has no Shapiro-Wilk statistic (SciPy warns and returns
   1); a point mass is as far from normal as a distribution gets, so PRADA uses ``W = 0`` there;

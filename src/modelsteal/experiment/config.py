@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,16 @@ from modelsteal._registry import check_options
 
 class ConfigError(ValueError):
     """A sweep configuration is invalid; the message names the key."""
+
+
+@contextmanager
+def config_entry(label: str) -> Iterator[None]:
+    """A ``ValueError`` (or an inner ``ConfigError``) raised inside becomes a ``ConfigError`` led by ``label``,
+    the config entry it is about."""
+    try:
+        yield
+    except ValueError as e:  # ConfigError is a ValueError
+        raise ConfigError(f"{label}: {e}") from None
 
 
 def _take(d: dict[str, Any], cls: type, where: str) -> Any:

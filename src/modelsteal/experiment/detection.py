@@ -29,51 +29,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modelsteal._registry import check_options
 from modelsteal.blackbox import PredictionAPI
-from modelsteal.data import DatasetSplits, available_datasets, load_dataset
-from modelsteal.detectors import Detector, available_responses, detector_class, make_detector
-from modelsteal.experiment.config import BenignConfig, ConfigError, DetectorConfig, point_key
+from modelsteal.data import DatasetSplits, load_dataset
+from modelsteal.detectors import Detector, make_detector
+from modelsteal.experiment.config import BenignConfig, DetectorConfig, point_key
 
-#: responses a sweep can build from its config (``misinform`` needs a model object)
-SWEEP_RESPONSES = ("none", "shuffle", "refuse")
 #: columns of ``detection.csv``
 SUMMARY_COLUMNS = ["defense", "strength", "response", "attack", "budget", "runs", "detected", "detection_rate",
                    "queries_to_detection_median", "queries_to_detection_min", "queries_to_detection_max",
                    "queries_mean", "min_w_median", "attacker_accuracy_mean", "attacker_accuracy_std"]
-
-
-def check_detector_config(d: DetectorConfig) -> None:
-    """The detector's name, options, response, outlier set and calibration, checked before any work; a
-    ``ConfigError`` naming the key otherwise."""
-    try:
-        cls = detector_class(d.name)
-        check_options(cls, d.options, kind="detector")
-        make_detector(d.name, **d.options)
-    except ValueError as e:
-        raise ConfigError(f"detector: {e}") from None
-    for response in d.responses:
-        if response not in SWEEP_RESPONSES:
-            extra = (" (misinform needs a model object: use PredictionAPI from Python)" if response == "misinform"
-                     else "")
-            known = ", ".join(r for r in available_responses() if r in SWEEP_RESPONSES)
-            raise ConfigError(f"detector.response: {response!r} is not a sweep response; use one of {known}{extra}")
-    if cls.needs_outliers and d.outliers is None:
-        raise ConfigError(f"detector {d.name!r} is trained against an outlier set: give detector.outliers: DATASET")
-    if d.outliers is not None and d.outliers.strip().lower().replace("_", "-") not in available_datasets():
-        known = ", ".join(available_datasets())
-        raise ConfigError(f"detector.outliers: unknown dataset {d.outliers!r}; known: {known}")
-    if d.tnr is None and not cls.stateful:
-        raise ConfigError(f"detector {d.name!r} has no threshold of its own: give detector.tnr (e.g. 0.95), the "
-                          "true-negative rate it is calibrated for on the victim's validation split")
-
-
-def check_benign_data(b: BenignConfig, data: DatasetSplits) -> None:
-    """The benign clients' split holds at least ``queries`` inputs."""
-    x = split_inputs(data, b.split)
-    if b.queries is not None and b.queries > len(x):
-        raise ConfigError(f"benign.queries {b.queries} is more than the {b.split} split of {data.name} holds "
-                          f"({len(x)}); use at most {len(x)} or null for all of it")
 
 
 def split_inputs(data: DatasetSplits, split: str) -> Tensor:

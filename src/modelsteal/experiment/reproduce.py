@@ -175,7 +175,9 @@ def record_reconstructed(out_dir: Path, cfg: SweepConfig, comparisons: Sequence[
     victim files' SHA-256 (also filled into ``results.csv``'s ``victim_sha256``), this machine's environment,
     and a ``reconstructed`` entry naming the points checked.
     The environment is the one of the check, not of the original run: the note says so."""
-    from modelsteal.experiment.sweep import resolve_device, start_provenance, sweep_victim_paths
+    from modelsteal.devices import resolve_device
+    from modelsteal.experiment.provenance import start_provenance
+    from modelsteal.experiment.victims import sweep_victim_paths
 
     failed = [c.point for c in comparisons if not c.within or c.changed()]
     if failed or not comparisons:

@@ -28,7 +28,7 @@ COLUMNS = [
 
 
 #: record fields kept in the points' JSON only (series, not one value per row)
-JSON_ONLY = frozenset({"w_trace"})
+JSON_ONLY = frozenset({"w_trace", "classes", "policy", "action_counts"})
 
 
 def write_results(records: Sequence[dict[str, Any]], out_dir: str | Path) -> Path:

@@ -9,8 +9,9 @@ Extraction attacks on tabular models behind a :class:`~modelsteal.BlackBox`, one
 - :mod:`.lowd_meek` — :class:`LowdMeek` (Sec. 5.1): label-only line search for linear binary models;
 - :mod:`.retraining` — :class:`Retraining` (Sec. 5.2): uniform, line-search and adaptive query selection;
 - :mod:`.rounding` — :func:`rounding_study` (Sec. 7, Fig. 7);
-- :mod:`.oracles` — the victims: scikit-learn estimators as modules, their PyTorch equivalents and the
-  tree oracle.
+- :mod:`.runner` — :func:`run_tramer`, one attack on a fitted scikit-learn model measured with ``R_test`` and
+  ``R_unif`` (what ``modelsteal tramer`` runs). The victims (scikit-learn estimators as modules, their PyTorch
+  equivalents and the tree oracle) live in :mod:`modelsteal.tabular`.
 
 Importing this package registers the four attacks (``equation-solving``, ``path-finding``, ``lowd-meek``,
 ``retraining``).
@@ -18,7 +19,10 @@ Importing this package registers the four attacks (``equation-solving``, ``path-
 
 from modelsteal.attacks.tramer.equation_solving import EquationSolving
 from modelsteal.attacks.tramer.lowd_meek import LowdMeek, bisect_segments
-from modelsteal.attacks.tramer.oracles import (
+from modelsteal.attacks.tramer.path_finding import ExtractedTree, PathFinding
+from modelsteal.attacks.tramer.retraining import Retraining
+from modelsteal.attacks.tramer.rounding import rounding_study
+from modelsteal.tabular import (
     SklearnVictim,
     TabularLinear,
     TabularMLP,
@@ -29,9 +33,6 @@ from modelsteal.attacks.tramer.oracles import (
     torch_equivalent,
     victim_kind,
 )
-from modelsteal.attacks.tramer.path_finding import ExtractedTree, PathFinding
-from modelsteal.attacks.tramer.retraining import Retraining
-from modelsteal.attacks.tramer.rounding import rounding_study
 
 __all__ = [
     "EquationSolving", "ExtractedTree", "LowdMeek", "PathFinding", "Retraining", "SklearnVictim", "TabularLinear",

@@ -18,7 +18,7 @@ unknown parameters. Two ways of solving them:
   halving its distance until the answer is interior (the log-ratios are linear along the segment, so a
   few halvings suffice). With more than two classes a class boundary can still saturate a third class;
   if no interior answer is found the attack says so. The probes are spent from the budget and counted
-  in ``StealResult.queries``; where no answer saturates exactly ``d + 1`` queries are spent, as before.
+  in ``StealResult.queries``; where no answer saturates exactly ``d + 1`` queries are spent.
   Every answer received (probes included) must then agree with the solved model, which catches rounded
   answers.
 - ``method="optimize"`` (all models, the paper's Sec. 4.1.2). Minimise the cross-entropy between the
@@ -26,8 +26,8 @@ unknown parameters. Two ways of solving them:
   the softmax and one-vs-rest problems strongly convex (so L-BFGS finds the global minimum); for a
   multilayer perceptron the problem is not convex and ``restarts`` random initialisations are tried.
 
-The clone is a PyTorch equivalent of the victim (:class:`~modelsteal.attacks.tramer.oracles.TabularLinear`
-or :class:`~modelsteal.attacks.tramer.oracles.TabularMLP`) with raw-unit inputs. ``info`` reports the
+The clone is a PyTorch equivalent of the victim (:class:`~modelsteal.tabular.TabularLinear`
+or :class:`~modelsteal.tabular.TabularMLP`) with raw-unit inputs. ``info`` reports the
 paper's Table 4 columns: ``unknowns``, the queries (``StealResult.queries``) and the solver's ``time_s``,
 plus ``weights``/``bias`` (linear models, in the raw input space, scikit-learn's layout); ``exact`` adds
 ``saturated`` (design queries that had to be moved) and ``probes`` (the extra queries that moved them).
@@ -51,10 +51,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modelsteal.attacks.base import Attack, StealResult, register_attack
-from modelsteal.attacks.tramer.oracles import TabularLinear, TabularMLP
 from modelsteal.blackbox import QueryBudget
 from modelsteal.data.tabular import FeatureSpace
 from modelsteal.models import build_seeded
+from modelsteal.tabular import TabularLinear, TabularMLP
 from modelsteal.training import soft_cross_entropy
 
 __all__ = ["EquationSolving", "logistic_unknowns", "mlp_unknowns"]

@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 
 from modelsteal.attacks.base import Attack, StealResult, register_attack
-from modelsteal.attacks.tramer.oracles.tabular import TabularLinear
 from modelsteal.blackbox import BudgetExceededError, QueryBudget
 from modelsteal.data.tabular import FeatureSpace
+from modelsteal.tabular.tabular import TabularLinear
 
 __all__ = ["LowdMeek", "bisect_segments"]
 

@@ -1,6 +1,6 @@
 """Decision-tree path finding (Tramèr et al., USENIX Security 2016, Sec. 4.2, Algorithm 1).
 
-The victim is a leaf-identity oracle (:class:`~modelsteal.attacks.tramer.oracles.TreeOracle`): every query
+The victim is a leaf-identity oracle (:class:`~modelsteal.tabular.TreeOracle`): every query
 returns the identifier of the leaf it reaches, with that leaf's label and confidence. A leaf of a decision
 tree is an axis-aligned box, so along any line parallel to a feature axis the leaf identifier is piecewise
 constant and every leaf occupies one interval (boxes are convex). The attack:

@@ -31,10 +31,10 @@ from torch import Tensor, nn
 from modelsteal import training
 from modelsteal.attacks.base import Attack, StealResult, register_attack
 from modelsteal.attacks.tramer.lowd_meek import bisect_segments
-from modelsteal.attacks.tramer.oracles.tabular import TabularLinear, TabularMLP
 from modelsteal.blackbox import QueryBudget
 from modelsteal.data.tabular import FeatureSpace
 from modelsteal.models import build_seeded
+from modelsteal.tabular.tabular import TabularLinear, TabularMLP
 from modelsteal.training import TrainConfig
 
 __all__ = ["Retraining", "STRATEGIES"]

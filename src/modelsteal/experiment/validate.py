@@ -1,0 +1,156 @@
+"""One place where every config is checked before any data is loaded or model trained: a sweep's names,
+options and strengths (:func:`validate_sweep`), its detector and benign clients, and what only the loaded dataset
+can tell (:func:`validate_data`: top-k against the number of classes, the benign split's size). A wrong entry is a
+:class:`~modelsteal.experiment.config.ConfigError` whose message names the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelsteal._registry import check_options
+from modelsteal.attacks import attack_class
+from modelsteal.data import DatasetSplits, available_datasets
+from modelsteal.defenses import make_defense
+from modelsteal.defenses.base import defense_options
+from modelsteal.detectors import available_responses, detector_class, make_detector
+from modelsteal.devices import resolve_device
+from modelsteal.experiment.config import (
+    BenignConfig,
+    ConfigError,
+    DetectorConfig,
+    SweepConfig,
+    config_entry,
+)
+from modelsteal.experiment.detection import split_inputs
+from modelsteal.experiment.victims import (
+    defended_victim_config,
+    is_recipe_defense,
+    victim_recipe,
+    victim_train_config,
+)
+from modelsteal.models import architecture_key
+from modelsteal.outputs import make_output
+from modelsteal.training import TrainConfig
+
+#: what :func:`build_attack` hands an attack itself: a config's ``options`` may not set these
+ATTACK_PROVIDED = ("transfer_set", "transfer_labels", "seed_set", "natural", "clone", "train", "device")
+
+def check_train(train: dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a mapping of training options, keys and value types checked first."""
+    check_options(TrainConfig, train, kind="training", label="the training settings")
+    return TrainConfig(**train)
+
+
+def validate_sweep(cfg: SweepConfig) -> None:
+    """Check everything a sweep will build before any data is loaded or model trained: the device, the
+    datasets' names, the output format, the victim's recipe, every defense (or recipe defense) at every
+    strength with its options, every attack's options and training options; a ``ConfigError`` names the entry."""
+    with config_entry("device"):
+        resolve_device(cfg.device)
+    _check_datasets(cfg)
+    with config_entry("victim.arch"):
+        check_architecture(cfg.victim.arch)
+    with config_entry("output"):
+        make_output(cfg.output)
+    victim_recipe(cfg.victim)
+    victim_train_config(cfg.victim)
+    for i, d in enumerate(cfg.defenses):
+        for strength in d.strengths:
+            with config_entry(f"defenses[{i}] ({d.name}, strength {strength})"):
+                if is_recipe_defense(d):
+                    victim_recipe(defended_victim_config(cfg.victim, d, strength))
+                elif d.name.strip().lower() in ("none", "undefended"):
+                    make_defense(d.name, strength=strength, **d.options)  # refuses a strength or options
+                else:  # cheap: defenses train in bind() or fit(), never in the constructor
+                    cls, kwargs = defense_options(d.name, strength=strength, options=d.options,
+                                                  hint=_SWEEP_STRENGTH_HINT)
+                    cls(**kwargs)
+    if cfg.detector is not None:
+        check_detector_config(cfg.detector)
+    for i, a in enumerate(cfg.attacks):
+        with config_entry(f"attacks[{i}] ({a.name})"):
+            cls = attack_class(a.name)
+            if cls.modality != "images":
+                raise ValueError(f"attack {a.name!r} extracts tabular models; run it with `modelsteal tramer`")
+            check_options(cls, a.options, kind="attack", provided=ATTACK_PROVIDED)
+            if a.clone is not None:
+                check_architecture(a.clone)
+        with config_entry(f"attacks[{i}].train"):
+            check_train(a.train)
+
+_SWEEP_STRENGTH_HINT = "give it as the defense's strengths: [...]"
+
+
+def check_architecture(name: Any) -> None:
+    """A ``ValueError`` naming the known architectures unless ``name`` is one (the models registry's message,
+    :func:`~modelsteal.models.architecture_key`, as :func:`build_model` reads the name)."""
+    architecture_key(name)
+
+
+def _check_datasets(cfg: SweepConfig) -> None:
+    known = available_datasets()
+    named = [("victim.dataset", cfg.victim.dataset)]
+    t = cfg.transfer.dataset
+    named += [("transfer.dataset", n) for n in ([] if t is None else [t] if isinstance(t, str) else t)]
+    for where, name in named:
+        if not isinstance(name, str) or name.strip().lower().replace("_", "-") not in known:
+            raise ConfigError(f"{where}: unknown dataset {name!r}; known: {', '.join(known)}")
+
+#: responses a sweep can build from its config (``misinform`` needs a model object)
+SWEEP_RESPONSES = ("none", "shuffle", "refuse")
+
+
+def check_detector_config(d: DetectorConfig) -> None:
+    """The detector's name, options, response, outlier set and calibration, checked before any work; a
+    ``ConfigError`` naming the key otherwise."""
+    try:
+        cls = detector_class(d.name)
+        check_options(cls, d.options, kind="detector")
+        make_detector(d.name, **d.options)
+    except ValueError as e:
+        raise ConfigError(f"detector: {e}") from None
+    for response in d.responses:
+        if response not in SWEEP_RESPONSES:
+            extra = (" (misinform needs a model object: use PredictionAPI from Python)" if response == "misinform"
+                     else "")
+            known = ", ".join(r for r in available_responses() if r in SWEEP_RESPONSES)
+            raise ConfigError(f"detector.response: {response!r} is not a sweep response; use one of {known}{extra}")
+    if cls.needs_outliers and d.outliers is None:
+        raise ConfigError(f"detector {d.name!r} is trained against an outlier set: give detector.outliers: DATASET")
+    if d.outliers is not None and d.outliers.strip().lower().replace("_", "-") not in available_datasets():
+        known = ", ".join(available_datasets())
+        raise ConfigError(f"detector.outliers: unknown dataset {d.outliers!r}; known: {known}")
+    if d.tnr is None and not cls.stateful:
+        raise ConfigError(f"detector {d.name!r} has no threshold of its own: give detector.tnr (e.g. 0.95), the "
+                          "true-negative rate it is calibrated for on the victim's validation split")
+
+
+def check_benign_data(b: BenignConfig, data: DatasetSplits) -> None:
+    """The benign clients' split holds at least ``queries`` inputs."""
+    x = split_inputs(data, b.split)
+    if b.queries is not None and b.queries > len(x):
+        raise ConfigError(f"benign.queries {b.queries} is more than the {b.split} split of {data.name} holds "
+                          f"({len(x)}); use at most {len(x)} or null for all of it")
+
+
+def validate_data(cfg: SweepConfig, data: DatasetSplits) -> None:
+    """The checks that need the victim's loaded dataset: the output format and every defense at every strength
+    against its number of classes (top-k's ``k``), and the benign clients' split against their queries."""
+    output = make_output(cfg.output)
+    if output.kind == "top-k" and output.k > data.num_classes:
+        raise ConfigError(f"output: top-{output.k} asks for more classes than {data.name} has ({data.num_classes})")
+    _check_defense_classes(cfg, num_classes=data.num_classes)
+    if cfg.benign is not None:
+        check_benign_data(cfg.benign, data)
+
+
+def _check_defense_classes(cfg: SweepConfig, *, num_classes: int) -> None:
+    """Every defense at every strength accepts a model with ``num_classes`` classes (top-k's ``k``), before any
+    victim is trained; a ``ConfigError`` names the entry."""
+    for i, d in enumerate(cfg.defenses):
+        for strength in d.strengths:
+            defense = None if is_recipe_defense(d) else make_defense(d.name, strength=strength, **d.options)
+            with config_entry(f"defenses[{i}] ({d.name}, strength {strength})"):
+                if defense is not None:
+                    defense.check_classes(num_classes)
