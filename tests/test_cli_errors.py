@@ -171,7 +171,7 @@ def test_attack_option_that_duplicates_a_flag_names_the_flag(ckpt, capsys, monke
     def no_work(*a, **k):
         raise AssertionError("the target was opened before the attack options were checked")
 
-    monkeypatch.setattr(attack_cli, "load_checkpoint", no_work)
+    monkeypatch.setattr(attack_cli, "load_model_arg", no_work)
     one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--attack-option", option],
                    f"--attack-option {option} duplicates {flag.split()[0]}", f"pass {flag} instead")
 

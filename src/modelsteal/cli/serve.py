@@ -16,7 +16,7 @@ import socket
 import sys
 from typing import Any
 
-from modelsteal.cli._common import number, parse_options
+from modelsteal.cli._common import add_model_flags, model_spec, number, parse_options
 
 # Below this fraction of test answers keeping the undefended top-1 label, serve warns that the setting
 # flips most labels (the API is then of little use to honest clients).
@@ -31,7 +31,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "GET /v1/usage, GET /v1/info, GET /healthz, docs at /docs. Clients need a key from "
                     "`modelsteal keys create`; every answered query is recorded in the store first.",
     )
-    p.add_argument("--model", required=True, help="checkpoint written by `modelsteal train`")
+    p.add_argument("--model", required=True, help="model file: a checkpoint written by `modelsteal train`, ONNX, "
+                   "TorchScript, .pt2, scikit-learn or python:module:factory (see --format)")
     p.add_argument("--defense", default="none", help="defense name, e.g. mad, reverse-sigmoid, top-k (default none)")
     p.add_argument("--strength", type=number, default=None, help="the defense's strength parameter")
     p.add_argument("--defense-option", action="append", default=[], metavar="K=V",
@@ -68,6 +69,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads per worker")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    add_model_flags(p, dataset=True)
     return p
 
 
@@ -99,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         output=args.output, output_options=parse_options(args.output_option, flag="--output-option"),
         store=args.store, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
         record_inputs=args.record_inputs, device=str(resolve_device(args.device)), torch_threads=args.threads,
+        model_format=args.format, model_weights=args.weights, model_spec_file=args.spec,
+        model_spec=model_spec(args).to_dict(),
     )
     # Build everything once here so that a bad checkpoint, defense or store is a one-line error, not a
     # traceback from inside a worker.
