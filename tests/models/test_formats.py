@@ -20,6 +20,7 @@ from modelsteal.models import load_checkpoint
 from modelsteal.models.formats import ModelSpec, load_model, sniff_format
 
 pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")  # torch.onnx.export needs it
 
 TOL = 1e-5
 

@@ -17,6 +17,7 @@ from modelsteal.cli.main import main
 from modelsteal.models import load_checkpoint
 
 pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")  # torch.onnx.export needs it
 
 SHAPE = ["--input-shape", "1,8,8"]  # TorchScript does not record its input shape
 EXTRA = {"onnx": [], "torchscript": SHAPE}

@@ -208,6 +208,8 @@ class MAD(Defense):
         if surrogate is not None and not isinstance(surrogate, nn.Module | str):
             raise ValueError(f"surrogate must be an nn.Module, an architecture name, a model file or None, got "
                              f"{type(surrogate).__name__}")
+        if isinstance(surrogate, str):
+            check_surrogate_name(surrogate)
         if int(max_exact_classes) < 1:
             raise ValueError(f"max_exact_classes must be >= 1, got {max_exact_classes}")
         self.epsilon = epsilon
@@ -458,6 +460,21 @@ def default_surrogate_arch(input_shape: Sequence[int]) -> str:
     return "lenet" if max(shape[1:]) <= 64 else "resnet18"
 
 
+def check_surrogate_name(spec: str) -> str:
+    """``spec`` normalised when it names an architecture, as given when it is a model file (or
+    ``python:module:factory``); a one-line ``ValueError`` otherwise, raised when MAD is built (before a sweep
+    trains anything)."""
+    from modelsteal.models import ARCHITECTURES
+
+    key = spec.strip().lower().replace("_", "").replace("-", "")
+    if key in ARCHITECTURES:
+        return key
+    if not spec.startswith("python:") and not Path(spec).is_file():
+        raise ValueError(f"MAD surrogate {spec!r} is neither an architecture ({', '.join(ARCHITECTURES)}) nor a "
+                         "model file")
+    return spec
+
+
 def named_surrogate(spec: str, *, input_shape: Sequence[int], num_classes: int, seed: int,
                     device: torch.device) -> nn.Module:
     """MAD's surrogate from a string: a registered architecture (randomly initialised from ``seed ^ "mad"``, inputs
@@ -466,16 +483,13 @@ def named_surrogate(spec: str, *, input_shape: Sequence[int], num_classes: int, 
     from modelsteal.models import ARCHITECTURES, build_model
     from modelsteal.models.formats import ModelSpec, load_model
 
-    key = spec.strip().lower().replace("_", "").replace("-", "")
+    key = check_surrogate_name(spec)
     if key in ARCHITECTURES:
         shape = tuple(int(s) for s in input_shape)
         half = [0.5] * shape[0] if len(shape) == 3 else None
         model = build_model(key, input_shape=shape, num_classes=num_classes, mean=half, std=half,
                             seed=int(seed) ^ _SURROGATE_SALT)
         return model.to(device).eval().requires_grad_(False)
-    if not spec.startswith("python:") and not Path(spec).is_file():
-        raise ValueError(f"MAD surrogate {spec!r} is neither an architecture ({', '.join(ARCHITECTURES)}) nor a "
-                         "model file")
     loaded = load_model(spec, spec=ModelSpec(input_shape=tuple(input_shape)), device=device)
     if not (model_gradients(loaded.model) and model_features(loaded.model)):
         raise ValueError(f"MAD surrogate {spec} is {describe_model(loaded.model)}; MAD's Jacobian needs a torch "
