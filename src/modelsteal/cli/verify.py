@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "from the file)")
     p.add_argument("--suspect-spec", default=None, metavar="YAML",
                    help="the suspect file's spec (default: SUSPECT.yaml or model.yaml beside it; the victim's input "
-                        "shape and classes otherwise)")
+                        "shape otherwise)")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(available_verifiers())}")
     p.add_argument("--key", default=None, help="dawn: the defense's secret key (checks the records were made with it)")
     p.add_argument("--records", default=None, help="dawn: the records file the dawn defense wrote (records=PATH)")
@@ -91,11 +91,9 @@ def _suspect(args: argparse.Namespace, meta: dict, device: object) -> Any:
         if not arch:
             raise ValueError(f"suspect {path} is a bare state dict: pass --suspect-arch (the --clone the attack used)")
         return _clone_from_state(state, meta, arch=arch, device=device, path=path)
-    shape = tuple(meta["input_shape"])
-    classes = meta.get("classes") or [str(k) for k in range(int(meta["num_classes"]))]
     loaded = load_model(args.suspect, format=args.suspect_format, spec_file=args.suspect_spec, device=device,
-                        defaults=ModelSpec(input_shape=shape, classes=tuple(classes)))
-    return loaded.model
+                        defaults=ModelSpec(input_shape=tuple(meta["input_shape"])))
+    return loaded.model  # its classes are checked against the victim's by the verifier
 
 
 def _state_dict(path: Path) -> dict | None:

@@ -307,6 +307,8 @@ def load_model(
     if spec_.input_shape is None:
         raise ValueError(f"{source} ({cls.description}) does not record its input shape: pass --input-shape C,H,W "
                          f"(or input_shape in a spec file beside it)")
+    if spec_.layout == "nhwc" and len(spec_.input_shape) != 3:
+        raise ValueError(f"layout nhwc reorders image inputs (C, H, W); {source} takes {tuple(spec_.input_shape)}")
     num_classes, spec_ = _dummy_forward(loaded.module, spec_, source=source, name=name, device=device)
     model = SpecModel(loaded.module, spec=spec_, num_classes=num_classes, model_format=name, gradients=cls.gradients,
                       features=bool(loaded.meta.pop("features", cls.features))).to(device).eval()

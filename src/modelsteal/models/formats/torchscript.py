@@ -7,6 +7,8 @@ model of their own. The archive does not record an input shape: the spec must gi
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from modelsteal.models.formats.base import FileFacts, Loaded, ModelFormat, first_line, register_format
@@ -27,7 +29,9 @@ class TorchScriptFormat(ModelFormat):
 
     def load(self, source: str, spec: ModelSpec, *, device: torch.device) -> Loaded:
         try:
-            module = torch.jit.load(source, map_location=device)
+            with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; its archives still load
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(source, map_location=device)
         except Exception as e:  # noqa: BLE001 - whatever torch.jit.load raises, the file is not usable
             raise ValueError(f"{source} is not a loadable TorchScript archive ({first_line(e)})") from None
         return Loaded(module=module.eval(), spec=spec, meta={}, native=module)
