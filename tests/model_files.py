@@ -32,7 +32,10 @@ def export_onnx(module: nn.Module, example: Tensor, path: Path, *, dynamic_batch
 
 
 def export_torchscript(module: nn.Module, example: Tensor, path: Path) -> Path:
-    torch.jit.save(torch.jit.trace(module, example), str(path))
+    """``torch.jit.trace`` + ``torch.jit.save`` (deprecated in torch 2.13, still what many teams ship)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.trace(module, example), str(path))
     return path
 
 
