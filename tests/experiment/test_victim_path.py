@@ -59,12 +59,17 @@ def test_an_onnx_victim_gives_its_checkpoints_results(tmp_path, digits, monkeypa
     assert 0.3 < float(mad["l1_mean"]) <= 0.5 + 1e-6  # MAD spends its budget on the ONNX victim
 
 
-def test_a_path_victim_is_not_retrained_by_a_recipe(tmp_path, capsys):
+@pytest.mark.parametrize("change", [{"victim_recipe": "outlier-exposure"},
+                                    {"defenses": [{"name": "none"}, {"name": "dp-sgd", "strengths": [1.0]}]}])
+def test_a_path_victim_is_not_retrained_by_a_recipe(tmp_path, capsys, change):
     ckpt = save_checkpoint(build_model("mlp", input_shape=(1, 8, 8), num_classes=10, seed=0), tmp_path / "v.pt",
                            dataset="digits")
+    victim = {"dataset": "digits", "path": str(ckpt)}
+    if "victim_recipe" in change:
+        victim["recipe"] = change.pop("victim_recipe")
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text(yaml.safe_dump({**SWEEP, "defenses": [{"name": "none"}],
-                                   "victim": {"dataset": "digits", "path": str(ckpt), "recipe": "outlier-exposure"}}))
+    cfg.write_text(yaml.safe_dump({**SWEEP, "defenses": [{"name": "none"}], **change, "victim": victim}))
     assert main(["sweep", str(cfg), "--out", str(tmp_path / "o"), "--quiet", "--no-plots"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "victim.path loads a trained model" in err[0]
+    assert len(err) == 1 and "victim.path loads a trained model" in err[0], err
+    assert not (tmp_path / "o").exists()  # refused before anything ran
