@@ -159,7 +159,7 @@ class MAD(Defense):
             copied so (an ONNX, scikit-learn, TorchScript or torch.export file: no torch layers to re-initialise)
             gets a randomly initialised architecture instead (:func:`default_surrogate_arch`), and a one-line
             note says so. A string names that architecture (``"lenet"``, randomly initialised from ``seed``:
-            the random surrogate the paper found best, Sec. 5.2.2) or a torch model file (any format
+            the random surrogate the paper found best, Sec. 4, "Estimating G") or a torch model file (any format
             :func:`~modelsteal.models.formats.load_model` reads that has gradients and an ``nn.Linear`` head). A
             given module is used as is (its mode, device and layout are not changed; inputs are moved to it).
         epsilon: utility budget ``ε`` of Eq. 7, ``||ỹ − y||_p ≤ ε`` (at most 2 in L1, √2 in L2).

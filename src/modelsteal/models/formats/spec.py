@@ -168,9 +168,4 @@ def read_spec(path: str | Path) -> ModelSpec:
     return ModelSpec.from_mapping(data, where=f"model spec {p}")
 
 
-def empty_spec() -> ModelSpec:
-    """A spec with nothing given."""
-    return ModelSpec()
-
-
-__all__ = ["DTYPES", "LAYOUTS", "OUTPUTS", "ModelSpec", "empty_spec", "read_spec", "spec_path_beside"]
+__all__ = ["DTYPES", "LAYOUTS", "OUTPUTS", "ModelSpec", "read_spec", "spec_path_beside"]
