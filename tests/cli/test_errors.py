@@ -171,20 +171,28 @@ def test_attack_option_that_duplicates_a_flag_names_the_flag(ckpt, capsys, monke
     def no_work(*a, **k):
         raise AssertionError("the target was opened before the attack options were checked")
 
-    monkeypatch.setattr(attack_cli, "load_checkpoint", no_work)
+    monkeypatch.setattr(attack_cli, "load_model_arg", no_work)
     one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--attack-option", option],
                    f"--attack-option {option} duplicates {flag.split()[0]}", f"pass {flag} instead")
 
 
 @pytest.mark.parametrize("value", ["lenet", "none"])
 def test_a_python_object_option_is_neither_listed_nor_taken_from_text(ckpt, capsys, value):
-    line = one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--defense", "mad", "--strength",
-                                   "0.5", "--defense-option", f"surrogate={value}"],
-                          "option surrogate of defense 'mad' takes a Python object (a Module)", "valid: epsilon")
-    assert "surrogate" not in line.split("valid:")[1]
-    line = one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--defense", "mad", "--strength",
-                                   "0.5", "--defense-option", "epsilonn=0.1"], "unknown option epsilonn")
-    assert "surrogate" not in line.split("valid:")[1] and "max_exact_classes" in line.split("valid:")[1]
+    line = one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--defense", "am", "--strength",
+                                   "0.5", "--defense-option", f"misinformation={value}"],
+                          "option misinformation of defense 'am' takes a Python object (a Module)", "valid: tau")
+    assert "misinformation," not in line.split("valid:")[1]
+    line = one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--defense", "am", "--strength",
+                                   "0.5", "--defense-option", "tauu=0.1"], "unknown option tauu")
+    assert "misinformation," not in line.split("valid:")[1] and "misinformation_kind" in line.split("valid:")[1]
+
+
+def test_mad_surrogate_from_text_is_an_architecture_or_a_model_file(ckpt, capsys):
+    """MAD's surrogate takes text since victims may be model files without torch layers (issue 28): an
+    architecture name or a model file; anything else is one line naming the architectures."""
+    one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "5", "--defense", "mad", "--strength", "0.5",
+                            "--defense-option", "surrogate=lenett"], "surrogate 'lenett' is neither an architecture",
+                   "lenet")
 
 
 def test_a_python_caller_still_passes_python_objects():
@@ -304,8 +312,8 @@ def forbid_training(monkeypatch):
     ({"defenses": [{"name": "mad"}]}, ("defense 'mad' needs epsilon", "strengths")),
     ({"defenses": [{"name": "dp-sgd", "strengths": [1.0], "options": {"sigma": 1}}]}, ("unknown option sigma",)),
     ({"defenses": [{"name": "top-k", "strengths": [2, 20]}]}, ("defenses[0] (top-k, strength 20)", "k=20", "(10)")),
-    ({"defenses": [{"name": "mad", "strengths": [0.5], "options": {"surrogate": "lenet"}}]},
-     ("defenses[0] (mad, strength 0.5)", "surrogate", "Python object")),
+    ({"defenses": [{"name": "mad", "strengths": [0.5], "options": {"surrogate": "lenett"}}]},
+     ("defenses[0] (mad, strength 0.5)", "surrogate 'lenett' is neither an architecture")),
     ({"attacks": [{"name": "knockoff", "options": {"querie_per_image": 2}}]}, ("attacks[0]", "valid: queries_per")),
     ({"attacks": [{"name": "knockoff", "options": {"queries_per_image": "two"}}]}, ("queries_per_image='two'",)),
     ({"attacks": [{"name": "knockoff", "options": {"queries_per_image": 0}}]}, ("queries_per_image must be >= 1",)),

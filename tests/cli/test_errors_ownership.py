@@ -61,7 +61,7 @@ def test_bad_flags_are_one_line(capsys, files, monkeypatch, extra, words):
 @pytest.mark.parametrize(("suspect", "extra", "words"), [
     ("five.pt", [], ["suspect answers 5 classes", "victim has 10 classes"]),
     ("nothing.pt", [], ["suspect", "nothing.pt does not exist"]),
-    ("junk.txt", [], ["is not a modelsteal checkpoint"]),
+    ("junk.txt", [], ["cannot tell the format", "junk.txt"]),
     ("clone_state.pt", ["--suspect-arch", "lenet"], ["does not fit architecture 'lenet'", "--suspect-arch"]),
     ("http://127.0.0.1:9", [], ["needs --api-key"]),
 ])

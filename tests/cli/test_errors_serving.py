@@ -64,11 +64,9 @@ def not_checkpoints(tmp_path_factory):
 
 @pytest.mark.parametrize("command", ["attack", "serve"])
 @pytest.mark.parametrize("name, words", [
-    ("model.joblib", ("scikit-learn", "modelsteal tramer")),
-    ("compressed.joblib", ("scikit-learn", "modelsteal tramer")),
-    ("passwd", ("not a modelsteal checkpoint", "modelsteal train")),
+    ("passwd", ("cannot tell the format", "--format")),
     ("module.pt", ("torch file", "not a modelsteal checkpoint")),
-    ("weights.pt", ("torch file", "not a modelsteal checkpoint")),
+    ("weights.pt", ("torch file", "not a modelsteal checkpoint", "--weights")),
 ])
 def test_a_file_that_is_not_a_checkpoint_says_what_it_is(capsys, not_checkpoints, command, name, words):
     path = str(not_checkpoints / name)
@@ -80,6 +78,13 @@ def test_a_file_that_is_not_a_checkpoint_says_what_it_is(capsys, not_checkpoints
         argv = ["serve", "--model", path, "--store", str(not_checkpoints / "ledger.db"), "--port", "0"]
     line = one_line_error(capsys, argv, *words)
     assert "weights_only" not in line and "index out of range" not in line
+
+
+@pytest.mark.parametrize("name", ["model.joblib", "compressed.joblib"])
+def test_a_scikit_learn_model_for_another_task_is_one_line(capsys, not_checkpoints, name):
+    """A scikit-learn pickle is a model file (issue 28); fitted on 3 features, it cannot answer digits."""
+    one_line_error(capsys, ["attack", "--target", not_checkpoints / name, "--dataset", "digits", *ATTACK_FAST],
+                   "dataset digits has inputs (1, 8, 8), the target takes (3,)")
 
 
 # -- keys: only `create` makes a store -------------------------------------------------------------------

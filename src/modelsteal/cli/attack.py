@@ -9,7 +9,7 @@ from pathlib import Path
 from modelsteal._registry import check_options
 from modelsteal.attacks.base import Attack, StealResult, attack_class, image_attacks
 from modelsteal.blackbox import BlackBox, PredictionAPI
-from modelsteal.cli._common import add_device, number, parse_options
+from modelsteal.cli._common import add_device, add_model_flags, load_model_arg, model_flags_given, number, parse_options
 from modelsteal.data import load_dataset
 from modelsteal.defenses import make_defense
 from modelsteal.defenses.base import fit_defense
@@ -19,18 +19,18 @@ from modelsteal.experiment.points import build_attack
 from modelsteal.experiment.transfer import build_transfer_set, seed_set
 from modelsteal.experiment.validate import ATTACK_PROVIDED
 from modelsteal.metrics import attacker_accuracy, defense_cost, fidelity
-from modelsteal.models import load_checkpoint
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "attack",
         help="steal a model behind a checkpoint or an HTTP prediction API",
-        description="Aim an attack at a black box: a checkpoint path (served in-process, optionally "
-        "behind --defense) or an http(s):// URL of `modelsteal serve` (with --key). The attack cannot "
-        "tell the two apart.",
+        description="Aim an attack at a black box: a model file (a checkpoint, ONNX, TorchScript, .pt2, "
+        "scikit-learn or python:module:factory, served in-process, optionally behind --defense) or an http(s):// "
+        "URL of `modelsteal serve` (with --key). The attack cannot tell the two apart.",
     )
-    p.add_argument("--target", required=True, help="checkpoint path or http(s)://host:port of a modelsteal server")
+    p.add_argument("--target", required=True,
+                   help="model file (see --format) or http(s)://host:port of a modelsteal server")
     p.add_argument("--key", default=None, help="API key for an HTTP target")
     p.add_argument("--protocol", default="auto", choices=["auto", "v1", "v2"],
                    help="wire protocol of an HTTP target: v1 (modelsteal's /v1/predict) or v2 (the Open Inference "
@@ -71,6 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--save-clone", default=None, help="write the clone's state_dict here")
     p.add_argument("--json", default=None, help="write the result as JSON here")
     add_device(p)
+    add_model_flags(p)
     return p
 
 
@@ -79,6 +80,8 @@ def _blackbox(args: argparse.Namespace, device: object) -> tuple[BlackBox, objec
     if args.target.startswith(("http://", "https://")):
         if args.defense != "none":
             raise ValueError("--defense applies to checkpoint targets; a server chooses its own defense")
+        if model_flags_given(args):
+            raise ValueError(f"{model_flags_given(args)[0]} applies to model files; a server describes its own model")
         from modelsteal.serve.client import HTTPBlackBox, split_endpoint
 
         _, protocol, _ = split_endpoint(args.target, protocol=args.protocol, model_name=args.model_name)
@@ -89,7 +92,8 @@ def _blackbox(args: argparse.Namespace, device: object) -> tuple[BlackBox, objec
         defense = bb.info.get("defense") or {}
         return bb, None, {"dataset": bb.info.get("dataset"), "arch": bb.info.get("arch"),
                           "defense": defense.get("description") or defense.get("name") or "unknown"}
-    model, meta = load_checkpoint(args.target, device=device)
+    loaded = load_model_arg(args.target, args, device=device)
+    model, meta = loaded.model, loaded.meta
     defense = make_defense(args.defense, strength=args.strength, **parse_options(args.defense_option))
     fit_defense(defense, model, dataset=meta.get("dataset"))
     api = PredictionAPI(model, defense=defense, output=args.output, device=device)
@@ -178,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     )
     attack = build_attack(
         acfg,
-        victim_arch=meta.get("arch") or "lenet",
+        victim_arch=meta.get("arch") or ("lenet" if len(data.input_shape) == 3 else "mlp"),
         transfer=transfer,
         seeds=seed_set(tcfg, victim_data=data, seed=args.seed),
         device=device,

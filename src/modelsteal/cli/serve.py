@@ -16,7 +16,7 @@ import socket
 import sys
 from typing import Any
 
-from modelsteal.cli._common import number, parse_options
+from modelsteal.cli._common import add_model_flags, model_spec, number, parse_options
 
 # Below this fraction of test answers keeping the undefended top-1 label, serve warns that the setting
 # flips most labels (the API is then of little use to honest clients).
@@ -31,7 +31,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "GET /v1/usage, GET /v1/info, GET /healthz, docs at /docs. Clients need a key from "
                     "`modelsteal keys create`; every answered query is recorded in the store first.",
     )
-    p.add_argument("--model", default=None, help="checkpoint written by `modelsteal train` (or --upstream URL)")
+    p.add_argument("--model", default=None, help="model file: a checkpoint written by `modelsteal train`, ONNX, "
+                   "TorchScript, .pt2, scikit-learn or python:module:factory (see --format); or --upstream URL")
     p.add_argument("--defense", default="none", help="defense name, e.g. mad, reverse-sigmoid, top-k (default none)")
     p.add_argument("--strength", type=number, default=None, help="the defense's strength parameter")
     p.add_argument("--defense-option", action="append", default=[], metavar="K=V",
@@ -84,8 +85,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--upstream-pool", type=int, default=32, help="most connections to the upstream (default 32)")
     g.add_argument("--surrogate", default=None, metavar="ARCH",
                    help="local architecture for MAD's surrogate (random init) and AM's f-hat, e.g. mlp or lenet")
-    g.add_argument("--dataset", default=None,
-                   help="dataset the detector (prada, msp) and AM's f-hat are fitted on, labelled by the upstream")
+    add_model_flags(p, dataset=True)
     return p
 
 
@@ -108,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--eval-size must be >= 0, got {args.eval_size}")
     if (args.model is None) == (args.upstream is None):
         raise ValueError("give one model to serve: --model CHECKPOINT or --upstream URL")
-    if args.model is not None and any(v is not None for v in (args.upstream_model, args.surrogate, args.dataset)):
-        raise ValueError("--upstream-model, --surrogate and --dataset are gateway options: they need --upstream URL")
+    if args.model is not None and any(v is not None for v in (args.upstream_model, args.surrogate)):
+        raise ValueError("--upstream-model and --surrogate are gateway options: they need --upstream URL")
     if args.response is not None and args.detector.strip().lower() == "none":
         raise ValueError(f"--response {args.response} needs --detector NAME (e.g. prada): without a detector no "
                          "query is flagged")
@@ -119,11 +119,13 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.model or "", defense=args.defense, model_name=args.model_name, upstream=args.upstream,
         upstream_protocol=args.upstream_protocol, upstream_model=args.upstream_model, upstream_key=args.upstream_key,
         upstream_timeout=args.upstream_timeout, upstream_pool=args.upstream_pool, surrogate=args.surrogate,
-        dataset=args.dataset,
+        dataset=args.dataset if args.upstream else None,
         defense_options=parse_options(args.defense_option, flag="--defense-option"), strength=args.strength,
         output=args.output, output_options=parse_options(args.output_option, flag="--output-option"),
         store=args.store, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
         record_inputs=args.record_inputs, device=str(resolve_device(args.device)), torch_threads=args.threads,
+        model_format=args.format, model_weights=args.weights, model_spec_file=args.spec,
+        model_spec=model_spec(args).to_dict(),
     )
     # Build everything once here so that a bad checkpoint, defense or store is a one-line error, not a
     # traceback from inside a worker.

@@ -88,25 +88,24 @@ def _jsonable(value: Any) -> Any:
 
 
 def _load_victim(path: str) -> Any:
-    """The scikit-learn estimator saved at ``path``; a ``ValueError`` says what the file is when it is not one."""
-    import joblib
+    """The scikit-learn estimator saved at ``path``, read by the model-format registry's scikit-learn reader; a
+    ``ValueError`` says what the file is when it is not one (another format the registry tells, or a file that
+    does not unpickle)."""
+    from modelsteal.models.formats import format_class, sniff_format
+    from modelsteal.models.formats.sklearn import read_estimator
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"victim file {path} does not exist (write one with --fit-victim KIND)")
-    with p.open("rb") as f:
-        head = f.read(4)
-    if head.startswith(b"PK\x03\x04"):  # a zip archive: what torch.save writes
-        raise ValueError(f"{path} is a torch checkpoint, not a scikit-learn model; tramer attacks scikit-learn "
-                         "models saved with joblib (image models: modelsteal attack --target CHECKPOINT)")
     try:
-        est = joblib.load(p)
-    except Exception as e:  # noqa: BLE001 - whatever unpickling a user's file raises, the file is not a model
-        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        raise ValueError(f"{path} is not a scikit-learn model saved with joblib (loading it failed: {why})") from None
-    if not hasattr(est, "predict"):
-        raise ValueError(f"{path} holds a {type(est).__name__}, not a fitted scikit-learn estimator")
-    return est
+        fmt = sniff_format(path)
+    except ValueError:
+        fmt = None  # not told: unpickling it says why it is not a model
+    if fmt is not None and fmt != "sklearn":
+        what = "a torch checkpoint" if fmt == "checkpoint" else format_class(fmt).description
+        raise ValueError(f"{path} is {what}, not a scikit-learn model; tramer attacks scikit-learn models saved "
+                         f"with joblib (image models: modelsteal attack --target {path})")
+    return read_estimator(path)
 
 
 #: library option spellings in the attacks' messages → the flags of this command

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelsteal.cli._common import add_device, parse_options
+from modelsteal.cli._common import add_device, add_model_flags, load_model_arg, parse_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,8 +29,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Ownership verification: query a suspect (checkpoint, clone state dict or http(s):// URL) "
         "and test the null hypothesis that it is independent of the victim.",
     )
-    p.add_argument("--victim", required=True, help="the victim's checkpoint (modelsteal train)")
-    p.add_argument("--suspect", required=True, help="checkpoint, clone state dict, or http(s)://host:port")
+    p.add_argument("--victim", required=True,
+                   help="the victim's model file: a checkpoint (modelsteal train), ONNX, TorchScript, .pt2, "
+                        "scikit-learn or python:module:factory (the model flags below describe it)")
+    p.add_argument("--suspect", required=True,
+                   help="model file (as --victim), clone state dict, or http(s)://host:port")
+    p.add_argument("--suspect-format", default=None, metavar="NAME", help="the suspect file's format (default: told "
+                   "from the file)")
+    p.add_argument("--suspect-spec", default=None, metavar="YAML",
+                   help="the suspect file's spec (default: SUSPECT.yaml or model.yaml beside it; the victim's input "
+                        "shape otherwise)")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(available_verifiers())}")
     p.add_argument("--key", default=None, help="dawn: the defense's secret key (checks the records were made with it)")
     p.add_argument("--records", default=None, help="dawn: the records file the dawn defense wrote (records=PATH)")
@@ -45,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="dataset-inference: the seed that split the victim's data (default: the checkpoint's, else 0)")
     p.add_argument("--json", default=None, help="write the verdict as JSON here")
     add_device(p)
+    add_model_flags(p, dataset=True)
     return p
 
 
@@ -73,20 +82,21 @@ def _suspect(args: argparse.Namespace, meta: dict, device: object) -> Any:
         if meta.get("input_shape") and tuple(meta["input_shape"]) != box.input_shape:
             box.view_inputs_as(tuple(meta["input_shape"]))  # a v2 model of flat features answers images
         return box
-    from modelsteal.models import load_checkpoint
+    from modelsteal.models.formats import ModelSpec, load_model
 
     path = Path(args.suspect)
-    if not path.is_file():
-        raise FileNotFoundError(f"suspect {path} does not exist (a checkpoint, a clone from `modelsteal attack "
+    if not args.suspect.startswith("python:") and not path.is_file():
+        raise FileNotFoundError(f"suspect {path} does not exist (a model file, a clone from `modelsteal attack "
                                 "--save-clone`, or an http(s):// URL)")
-    try:
-        model, _ = load_checkpoint(path, device=device)
-        return model
-    except ValueError:
-        state = _state_dict(path)
-        if state is None:
-            raise
-    return _clone_from_state(state, meta, arch=args.suspect_arch or meta["arch"], device=device, path=path)
+    state = None if args.suspect.startswith("python:") or args.suspect_format else _state_dict(path)
+    if state is not None:
+        arch = args.suspect_arch or meta.get("arch")
+        if not arch:
+            raise ValueError(f"suspect {path} is a bare state dict: pass --suspect-arch (the --clone the attack used)")
+        return _clone_from_state(state, meta, arch=arch, device=device, path=path)
+    loaded = load_model(args.suspect, format=args.suspect_format, spec_file=args.suspect_spec, device=device,
+                        defaults=ModelSpec(input_shape=tuple(meta["input_shape"])))
+    return loaded.model  # its classes are checked against the victim's by the verifier
 
 
 def _state_dict(path: Path) -> dict | None:
@@ -117,7 +127,6 @@ def _clone_from_state(state: dict, meta: dict, *, arch: str, device: object, pat
 
 def run(args: argparse.Namespace) -> int:
     from modelsteal.devices import resolve_device
-    from modelsteal.models import load_checkpoint
     from modelsteal.ownership import verifier_class
     from modelsteal.ownership.base import check_alpha
 
@@ -127,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--budget must be a positive integer, got {args.budget}")
     opts = verifier_options(args)
     device = resolve_device(args.device)
-    victim, meta = load_checkpoint(args.victim, device=device)
+    loaded = load_model_arg(args.victim, args, device=device)
+    victim, meta = loaded.model, loaded.meta
     if cls.name == "dawn" and not opts.get("records"):
         raise ValueError("--method dawn needs --records PATH: the watermarked queries the dawn defense recorded "
                          "(modelsteal attack --defense dawn --defense-option records=PATH)")

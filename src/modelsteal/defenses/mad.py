@@ -33,7 +33,9 @@ Example::
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -42,6 +44,7 @@ from torch import Tensor, nn
 from modelsteal.defenses.base import Defense, as_float, register_defense
 from modelsteal.models import model_device, seeded
 from modelsteal.models.builders import cpu_fast_layout
+from modelsteal.models.formats import describe_model, model_features, model_gradients
 from modelsteal.models.gram import LayerwiseGram, last_layer_gram, model_dtype
 
 Norm = Literal["l1", "l2"]
@@ -152,8 +155,13 @@ class MAD(Defense):
             :func:`random_surrogate` (``copy.deepcopy`` of the victim, every submodule with
             ``reset_parameters`` re-initialised from ``seed`` without touching the global RNG, buffers such
             as :class:`~modelsteal.models.Normalize` kept; eval mode, on the victim's device; on CPU, models
-            with 2-d convolutions are stored channels-last, which oneDNN runs faster). A given module is used
-            as is (its mode, device and layout are not changed; inputs are moved to it).
+            with 2-d convolutions are stored channels-last, which oneDNN runs faster). A victim that cannot be
+            copied so (an ONNX, scikit-learn, TorchScript or torch.export file: no torch layers to re-initialise)
+            gets a randomly initialised architecture instead (:func:`default_surrogate_arch`), and a one-line
+            note says so. A string names that architecture (``"lenet"``, randomly initialised from ``seed``:
+            the random surrogate the paper found best, Sec. 4, "Estimating G") or a torch model file (any format
+            :func:`~modelsteal.models.formats.load_model` reads that has gradients and an ``nn.Linear`` head). A
+            given module is used as is (its mode, device and layout are not changed; inputs are moved to it).
         epsilon: utility budget ``ε`` of Eq. 7, ``||ỹ − y||_p ≤ ε`` (at most 2 in L1, √2 in L2).
         norm: ``"l1"`` or ``"l2"``, the ``p`` of Eq. 7 and of ``OptStep``.
         preserve_argmax: MAD-argmax: search the extremes of ``Δ_c^K`` so that ``argmax ỹ = argmax y``.
@@ -176,7 +184,7 @@ class MAD(Defense):
     def __init__(
         self,
         *,
-        surrogate: nn.Module | None = None,
+        surrogate: nn.Module | str | None = None,
         epsilon: float,
         norm: Norm = "l1",
         preserve_argmax: bool = False,
@@ -197,8 +205,11 @@ class MAD(Defense):
         objective = str(objective).lower()  # type: ignore[assignment]
         if objective not in ("mad", "identity", "random"):
             raise ValueError(f"objective must be 'mad', 'identity' or 'random', got {objective!r}")
-        if surrogate is not None and not isinstance(surrogate, nn.Module):
-            raise ValueError(f"surrogate must be an nn.Module or None, got {type(surrogate).__name__}")
+        if surrogate is not None and not isinstance(surrogate, nn.Module | str):
+            raise ValueError(f"surrogate must be an nn.Module, an architecture name, a model file or None, got "
+                             f"{type(surrogate).__name__}")
+        if isinstance(surrogate, str):
+            check_surrogate_name(surrogate)
         if int(max_exact_classes) < 1:
             raise ValueError(f"max_exact_classes must be >= 1, got {max_exact_classes}")
         self.epsilon = epsilon
@@ -210,7 +221,8 @@ class MAD(Defense):
         self.objective: Objective = objective
         self.seed = int(seed)
         self.max_exact_classes = int(max_exact_classes)
-        self.surrogate: nn.Module | None = surrogate
+        self.surrogate_spec = surrogate if isinstance(surrogate, str) else None  #: the name or file given
+        self.surrogate: nn.Module | None = surrogate if isinstance(surrogate, nn.Module) else None
         self._layerwise: LayerwiseGram | None = None
         self._generator: torch.Generator | None = None
         self._vertex_cache: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
@@ -231,10 +243,18 @@ class MAD(Defense):
 
     # -- surrogate ------------------------------------------------------------------------------------
     def bind(self, model: nn.Module, *, input_shape: Sequence[int], num_classes: int) -> None:
-        """Build the default surrogate: a fixed random re-initialisation of a copy of ``model``."""
+        """Build the surrogate: a fixed random re-initialisation of a copy of ``model``; a named architecture or a
+        model file when given; a random :func:`default_surrogate_arch` for a victim without torch layers."""
         if self.objective != "mad" or self.surrogate is not None:
             return
-        self.surrogate = cpu_fast_layout(random_surrogate(model, seed=self.seed))  # a private copy: layout only
+        if self.surrogate_spec is not None:
+            self.surrogate = named_surrogate(self.surrogate_spec, input_shape=input_shape, num_classes=num_classes,
+                                             seed=self.seed, device=model_device(model))
+        else:
+            self.surrogate = random_copy_or_arch(model, input_shape=input_shape, num_classes=num_classes,
+                                                 seed=self.seed, who="MAD's Jacobian is taken on",
+                                                 option="--defense-option surrogate=ARCH or surrogate=FILE")
+        self.surrogate = cpu_fast_layout(self.surrogate)  # a private copy: layout only
         self._layerwise = None
 
     def _require_surrogate(self) -> nn.Module:
@@ -358,7 +378,7 @@ class MADArgmax(MAD):
     def __init__(
         self,
         *,
-        surrogate: nn.Module | None = None,
+        surrogate: nn.Module | str | None = None,
         epsilon: float,
         norm: Norm = "l1",
         jacobian: Jacobian = "last_layer",
@@ -416,6 +436,69 @@ def random_surrogate(model: nn.Module, *, seed: int = 0) -> nn.Module:
     return sur.eval().requires_grad_(False)
 
 
+def random_copy_or_arch(model: nn.Module, *, input_shape: Sequence[int], num_classes: int, seed: int, who: str,
+                        option: str) -> nn.Module:
+    """:func:`random_surrogate` of ``model`` when it has torch layers to re-initialise; otherwise (an ONNX,
+    scikit-learn, TorchScript or torch.export victim) a randomly initialised :func:`default_surrogate_arch`,
+    announced in one line on the ``modelsteal`` logger (``who`` uses it, ``option`` chooses another)."""
+    if model_features(model) and model_gradients(model):
+        return random_surrogate(model, seed=seed)
+    arch = default_surrogate_arch(input_shape)
+    logging.getLogger("modelsteal").warning(
+        f"the victim ({describe_model(model)}) has no torch layers to copy, so {who} a randomly initialised {arch}; "
+        f"choose another with {option}")
+    return named_surrogate(arch, input_shape=input_shape, num_classes=num_classes, seed=seed,
+                           device=model_device(model))
+
+
+def default_surrogate_arch(input_shape: Sequence[int]) -> str:
+    """The architecture of MAD's surrogate for a victim without torch layers: ``lenet`` for images up to 64×64,
+    ``resnet18`` above (it pools globally), ``mlp`` for flat inputs."""
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3:
+        return "mlp"
+    return "lenet" if max(shape[1:]) <= 64 else "resnet18"
+
+
+def check_surrogate_name(spec: str) -> str:
+    """``spec`` normalised when it names an architecture, as given when it is a model file (or
+    ``python:module:factory``); a one-line ``ValueError`` otherwise, raised when MAD is built (before a sweep
+    trains anything)."""
+    from modelsteal.models import ARCHITECTURES
+
+    key = spec.strip().lower().replace("_", "").replace("-", "")
+    if key in ARCHITECTURES:
+        return key
+    if not spec.startswith("python:") and not Path(spec).is_file():
+        raise ValueError(f"MAD surrogate {spec!r} is neither an architecture ({', '.join(ARCHITECTURES)}) nor a "
+                         "model file")
+    return spec
+
+
+def named_surrogate(spec: str, *, input_shape: Sequence[int], num_classes: int, seed: int,
+                    device: torch.device) -> nn.Module:
+    """MAD's surrogate from a string: a registered architecture (randomly initialised from ``seed ^ "mad"``, inputs
+    normalised with mean = std = 0.5 per channel) or a torch model file (loaded as it is). One-line
+    ``ValueError`` for anything else, or for a file without gradients or an ``nn.Linear`` head."""
+    from modelsteal.models import ARCHITECTURES, build_model
+    from modelsteal.models.formats import ModelSpec, load_model
+
+    key = check_surrogate_name(spec)
+    if key in ARCHITECTURES:
+        shape = tuple(int(s) for s in input_shape)
+        half = [0.5] * shape[0] if len(shape) == 3 else None
+        model = build_model(key, input_shape=shape, num_classes=num_classes, mean=half, std=half,
+                            seed=int(seed) ^ _SURROGATE_SALT)
+        return model.to(device).eval().requires_grad_(False)
+    loaded = load_model(spec, spec=ModelSpec(input_shape=tuple(input_shape)), device=device)
+    if not (model_gradients(loaded.model) and model_features(loaded.model)):
+        raise ValueError(f"MAD surrogate {spec} is {describe_model(loaded.model)}; MAD's Jacobian needs a torch "
+                         "model ending in an nn.Linear (a modelsteal checkpoint or python:module:factory)")
+    if loaded.meta["num_classes"] != num_classes:
+        raise ValueError(f"MAD surrogate {spec} answers {loaded.meta['num_classes']} classes, the victim {num_classes}")
+    return loaded.model.eval().requires_grad_(False)
+
+
 def _channels_last(model: nn.Module) -> bool:
     """Whether the model's *first* 4-d weight is strictly channels-last (then inputs are given that layout
     too). A first convolution with one input channel reads as not channels-last, so MNIST LeNets get
@@ -429,6 +512,6 @@ def _channels_last(model: nn.Module) -> bool:
 
 
 __all__ = [
-    "MAD", "MADArgmax", "MADIdentity", "MADRandom", "argmax_region_vertices", "keep_argmax", "mad_scores",
-    "opt_step", "random_surrogate",
+    "MAD", "MADArgmax", "MADIdentity", "MADRandom", "argmax_region_vertices", "default_surrogate_arch", "keep_argmax",
+    "mad_scores", "named_surrogate", "opt_step", "random_surrogate",
 ]

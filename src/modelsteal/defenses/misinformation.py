@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from modelsteal._registry import check_options
 from modelsteal.data.registry import DatasetSplits
 from modelsteal.defenses.base import Defense, as_float, register_defense
-from modelsteal.defenses.mad import random_surrogate
+from modelsteal.defenses.mad import random_copy_or_arch
 from modelsteal.models import model_device
 from modelsteal.models.builders import cpu_fast_layout, is_channels_last
 from modelsteal.models.gram import model_dtype
@@ -164,7 +164,9 @@ class AdaptiveMisinformation(Defense):
     def bind(self, model: nn.Module, *, input_shape: Sequence[int], num_classes: int) -> None:
         """The ``untrained`` ablation's ``f̂``: a fixed random re-initialisation of a copy of the victim."""
         if self.misinformation_kind == "untrained":
-            self.misinformation = cpu_fast_layout(random_surrogate(model, seed=self.seed))
+            self.misinformation = cpu_fast_layout(random_copy_or_arch(
+                model, input_shape=input_shape, num_classes=num_classes, seed=self.seed,
+                who="AM's untrained misinformation model is", option="--defense-option misinformation_kind=uniform"))
 
     def fit(self, victim: nn.Module, data: DatasetSplits, *, generator: torch.Generator | None = None) -> None:
         """Train ``f̂`` with Eq. 7 on ``data``'s training split: a random copy of ``victim``'s architecture
@@ -175,7 +177,9 @@ class AdaptiveMisinformation(Defense):
             return
         if data.y_train.ndim != 1:
             raise ValueError("am: the misinformation model is trained on class labels; data.y_train is not (N,)")
-        net = random_surrogate(victim, seed=self.seed).requires_grad_(True)
+        net = random_copy_or_arch(victim, input_shape=data.input_shape, num_classes=int(data.num_classes),
+                                  seed=self.seed, who="AM's misinformation model f-hat is trained from",
+                                  option="a torch victim").requires_grad_(True)
         gen = generator if generator is not None else torch.Generator().manual_seed(self.seed)
         self.history = train(net, data.x_train, data.y_train, config=self.train_config, loss=ReverseCrossEntropy(),
                              generator=gen, device=model_device(victim))

@@ -44,13 +44,39 @@ def penultimate_map(model: nn.Module) -> FeatureMap:
     return hooked
 
 
-def feature_map(victim: nn.Module, features: nn.Module | Callable[[Tensor], Tensor] | None) -> FeatureMap:
+def require_features(victim: nn.Module, features: object, *, detector: str) -> None:
+    """A one-line ``ValueError`` when ``detector`` would read the victim's penultimate features (``features`` not
+    given) and the victim has none to read (an ONNX, scikit-learn, TorchScript or torch.export model)."""
+    from modelsteal.models.formats import describe_model, model_features
+
+    if features is None and not model_features(victim):
+        raise ValueError(f"detector {detector!r} reads the victim's penultimate features, which "
+                         f"{describe_model(victim)} does not give: pass a torch feature model, --detector-option "
+                         "features=FILE (TorchScript, .pt2 or python:module:factory mapping inputs to (N, d) features)")
+
+
+def load_feature_model(path: str, *, input_shape: tuple[int, ...], device: torch.device) -> nn.Module:
+    """A torch feature model from a file (TorchScript, ``torch.export``, ``python:module:factory``, checkpoint):
+    raw ``[0, 1]`` inputs of ``input_shape`` in, ``(N, d)`` features out; it must be differentiable in its input."""
+    from modelsteal.models.formats import ModelSpec, describe_model, load_model, model_gradients
+
+    loaded = load_model(path, spec=ModelSpec(input_shape=tuple(input_shape), outputs="logits"), device=device)
+    if not model_gradients(loaded.model):
+        raise ValueError(f"features={path} is {describe_model(loaded.model)}; a feature model must be a torch "
+                         "model (TorchScript, .pt2 or python:module:factory)")
+    return loaded.model
+
+
+def feature_map(victim: nn.Module, features: nn.Module | Callable[[Tensor], Tensor] | str | None) -> FeatureMap:
     """The feature map a detector uses: the victim's penultimate features (``features=None``), a user's
     ``nn.Module`` (switched to eval mode and run on its own device, outputs flattened to ``(N, d)`` and moved to
-    the victim's device), or any callable ``x ↦ (N, ...)`` features."""
+    the victim's device), a torch model file's path (:func:`load_feature_model`), or any callable
+    ``x ↦ (N, ...)`` features."""
     if features is None:
         return penultimate_map(victim)
     out_device = model_device(victim)
+    if isinstance(features, str):
+        features = load_feature_model(features, input_shape=tuple(victim.input_shape), device=out_device)
     if isinstance(features, nn.Module):
         module = features.eval()
         in_device = model_device(module)

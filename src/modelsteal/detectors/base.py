@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from modelsteal._registry import Registry
 from modelsteal.data.registry import DatasetSplits
+from modelsteal.models.builders import model_device
 
 
 class NotFittedError(ValueError):
@@ -68,6 +69,7 @@ class Detector(ABC):
         set, for detectors with ``needs_outliers``); returns ``self``."""
         if self.needs_outliers and outliers is None:
             raise ValueError(f"detector {self.name!r} is trained against an outlier set: pass outliers=")
+        self.check_victim(victim)  # a victim that cannot give what the detector reads: one line, before any work
         self.victim = victim.eval()
         try:
             self._fit(victim, data, outliers=outliers, generator=generator)
@@ -79,6 +81,10 @@ class Detector(ABC):
     def _fit(self, victim: nn.Module, data: DatasetSplits, *, outliers: Tensor | None,  # noqa: B027
              generator: torch.Generator | None) -> None:
         """What the subclass learns; the default learns nothing (MSP needs only the victim)."""
+
+    def check_victim(self, victim: nn.Module) -> None:  # noqa: B027
+        """A one-line ``ValueError`` when ``victim`` cannot give what this detector reads (input gradients, penultimate
+        features: an ONNX or scikit-learn victim gives neither); the default reads only posteriors."""
 
     @property
     def fitted(self) -> bool:
@@ -93,7 +99,7 @@ class Detector(ABC):
     def posteriors(self, x: Tensor) -> Tensor:
         """The victim's undefended posteriors for ``x`` (what :meth:`score` sees as ``probs`` in an API)."""
         victim = self._require_fitted()
-        device = next(victim.parameters()).device
+        device = model_device(victim)
         with torch.no_grad():
             return torch.softmax(victim(x.to(device)), dim=1)
 

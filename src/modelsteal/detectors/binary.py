@@ -29,7 +29,14 @@ import torch
 from torch import Tensor, nn
 
 from modelsteal.data.registry import DatasetSplits
-from modelsteal.detectors._features import FeatureMap, batched, check_batch_size, feature_map, subsample
+from modelsteal.detectors._features import (
+    FeatureMap,
+    batched,
+    check_batch_size,
+    feature_map,
+    require_features,
+    subsample,
+)
 from modelsteal.detectors.base import Detector, register_detector
 from modelsteal.models.builders import model_device
 
@@ -90,7 +97,7 @@ class BinaryClassifier(Detector):
     def __init__(
         self,
         *,
-        features: nn.Module | Callable[[Tensor], Tensor] | None = None,
+        features: nn.Module | Callable[[Tensor], Tensor] | str | None = None,
         Cs: int | Sequence[float] = 10,  # noqa: N803 - scikit-learn's name
         folds: int = 10,
         class_weight: str | None = None,
@@ -128,6 +135,9 @@ class BinaryClassifier(Detector):
         self._std: Tensor | None = None
 
     # -- fitting -------------------------------------------------------------------------------------
+    def check_victim(self, victim: nn.Module) -> None:
+        require_features(victim, self.features, detector=self.name or 'binary')
+
     def _fit(self, victim: nn.Module, data: DatasetSplits, *, outliers: Tensor | None,
              generator: torch.Generator | None) -> None:
         assert outliers is not None  # Detector.fit checks needs_outliers

@@ -31,7 +31,14 @@ import torch
 from torch import Tensor, nn
 
 from modelsteal.data.registry import DatasetSplits
-from modelsteal.detectors._features import FeatureMap, batched, check_batch_size, feature_map, input_gradient
+from modelsteal.detectors._features import (
+    FeatureMap,
+    batched,
+    check_batch_size,
+    feature_map,
+    input_gradient,
+    require_features,
+)
 from modelsteal.detectors.base import Detector, register_detector
 from modelsteal.models.builders import model_device
 
@@ -90,7 +97,7 @@ class Mahalanobis(Detector):
         *,
         epsilon: float = 0.0,
         ridge: float = 0.0,
-        features: nn.Module | Callable[[Tensor], Tensor] | None = None,
+        features: nn.Module | Callable[[Tensor], Tensor] | str | None = None,
         batch_size: int = 256,
     ) -> None:
         super().__init__()
@@ -107,6 +114,9 @@ class Mahalanobis(Detector):
         self._w: Tensor | None = None
         self._means_w: Tensor | None = None
         self._map: FeatureMap | None = None
+
+    def check_victim(self, victim: nn.Module) -> None:
+        require_features(victim, self.features, detector=self.name or 'mahalanobis')
 
     def _fit(self, victim: nn.Module, data: DatasetSplits, *, outliers: Tensor | None,
              generator: torch.Generator | None) -> None:

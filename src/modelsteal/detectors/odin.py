@@ -107,6 +107,16 @@ class ODIN(Detector):
         self.selection: dict[tuple[float, float], float] = {}
 
     # -- fitting -------------------------------------------------------------------------------------
+    def check_victim(self, victim: nn.Module) -> None:
+        """ODIN's input pre-processing (``ε > 0``: Eq. 2) differentiates the victim in its input."""
+        from modelsteal.models.formats import describe_model, model_gradients
+
+        steps = (self.epsilon,) if self.epsilon is not None else (*self.epsilons, DEFAULT_EPSILON)
+        if any(e > 0 for e in steps) and not model_gradients(victim):
+            raise ValueError(f"detector 'odin' pre-processes inputs with the victim's input gradient (epsilon > 0), "
+                             f"which {describe_model(victim)} does not give: serve a torch version of the victim "
+                             "(TorchScript, .pt2 or python:module:factory), or pass --detector-option epsilon=0")
+
     def _fit(self, victim: nn.Module, data: DatasetSplits, *, outliers: Tensor | None,
              generator: torch.Generator | None) -> None:
         self.selection = {}

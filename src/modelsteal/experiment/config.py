@@ -61,7 +61,9 @@ def _take(d: dict[str, Any], cls: type, where: str) -> Any:
 
 @dataclass(frozen=True)
 class VictimConfig:
-    """How to obtain the victim: train ``arch`` on ``dataset`` (or load ``checkpoint`` when it exists)."""
+    """How to obtain the victim: train ``arch`` on ``dataset`` (or load ``checkpoint`` when it exists), or load the
+    model file ``path`` (ONNX, TorchScript, .pt2, scikit-learn, python:module:factory or a checkpoint; ``spec``: its
+    model spec keys, see :mod:`modelsteal.models.formats.spec`; never trained)."""
 
     dataset: str = "digits"
     arch: str = "lenet"
@@ -74,6 +76,8 @@ class VictimConfig:
     seed: int = 0
     data_dir: str | None = None
     checkpoint: str | None = None
+    path: str | None = None
+    spec: dict[str, Any] | None = None
     #: the training recipe: a name (``plain``, ``outlier-exposure``, ``dp-sgd``) or a mapping ``{name: …,
     #: option: value, …}`` (see :mod:`modelsteal.training.recipes`); stored as the mapping
     recipe: str | dict[str, Any] = "plain"

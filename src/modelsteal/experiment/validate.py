@@ -55,9 +55,14 @@ def validate_sweep(cfg: SweepConfig) -> None:
         make_output(cfg.output)
     victim_recipe(cfg.victim)
     victim_train_config(cfg.victim)
+    if cfg.victim.path and not cfg.victim.is_plain:
+        raise ConfigError(f"victim.path loads a trained model ({cfg.victim.path}); victim.recipe "
+                          f"{cfg.victim.recipe_name!r} would need to train it")
     for i, d in enumerate(cfg.defenses):
         for strength in d.strengths:
             with config_entry(f"defenses[{i}] ({d.name}, strength {strength})"):
+                if is_recipe_defense(d) and cfg.victim.path:
+                    raise ConfigError(f"recipe {d.name!r} trains the victim, but victim.path loads a trained model")
                 if is_recipe_defense(d):
                     victim_recipe(defended_victim_config(cfg.victim, d, strength))
                 elif d.name.strip().lower() in ("none", "undefended"):

@@ -70,8 +70,11 @@ def recipe_checkpoint_meta(history: TrainHistory, recipe: Recipe) -> dict[str, A
 
 
 def victim_checkpoint_path(v: VictimConfig, *, out_dir: Path, key: str) -> Path:
-    """Where the victim is cached: ``victim.checkpoint`` for a plain recipe; beside it (or in ``out_dir``) with
-    the recipe's name and config hash otherwise, so every recipe setting has its own cached victim."""
+    """Where the victim is cached: its model file ``victim.path`` when given; ``victim.checkpoint`` for a plain
+    recipe; beside it (or in ``out_dir``) with the recipe's name and config hash otherwise, so every recipe
+    setting has its own cached victim."""
+    if v.path:
+        return Path(v.path)
     if v.checkpoint and v.is_plain:
         return Path(v.checkpoint)
     if v.checkpoint:
@@ -97,7 +100,9 @@ def load_or_train_victim(
     recipe = victim_recipe(v)
     data = data if data is not None else load_dataset(v.dataset, data_dir=v.data_dir, seed=v.seed)
     path = victim_checkpoint_path(v, out_dir=out_dir, key=point_key(v.identity()))
-    if path.exists():
+    if v.path:
+        model, meta = _victim_from_file(v, data=data, device=device)
+    elif path.exists():
         model, meta = load_checkpoint(path, device=device)
         if tuple(meta["input_shape"]) != data.input_shape:
             raise ValueError(
@@ -117,6 +122,23 @@ def load_or_train_victim(
         )
     acc = attacker_accuracy(model, data.x_test, data.y_test, device=device)
     return model.eval(), data, acc, meta
+
+
+def _victim_from_file(v: VictimConfig, *, data: DatasetSplits,
+                      device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """The victim in the model file ``v.path`` (any format :func:`~modelsteal.models.formats.load_model` reads),
+    checked against ``v.dataset``'s inputs; a file is never retrained (a recipe is a one-line error)."""
+    from modelsteal.models.formats import ModelSpec, load_model
+
+    if not v.is_plain:
+        raise ConfigError(f"victim.path loads a trained model ({v.path}); recipe {v.recipe_name!r} would need to "
+                          "train it: drop victim.recipe, or train the victim with victim.arch instead of path")
+    spec = ModelSpec.from_mapping(dict(v.spec or {}), where="victim.spec")
+    loaded = load_model(v.path, spec=ModelSpec(dataset=data.name).merged(spec), device=device)
+    if tuple(loaded.meta["input_shape"]) != tuple(data.input_shape):
+        raise ConfigError(f"victim.path {v.path} takes inputs {tuple(loaded.meta['input_shape'])}, dataset {v.dataset} "
+                          f"has {tuple(data.input_shape)}")
+    return loaded.model, loaded.meta
 
 
 def is_recipe_defense(dcfg: DefenseConfig) -> bool:

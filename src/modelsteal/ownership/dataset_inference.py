@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from modelsteal.blackbox import BlackBox, PredictionAPI
 from modelsteal.data.registry import DatasetSplits
 from modelsteal.models.builders import model_device
+from modelsteal.models.formats import describe_model, model_gradients
 from modelsteal.ownership.base import NotFittedError, Verdict, Verifier, register_verifier
 
 NORMS = ("l1", "l2", "linf")
@@ -274,8 +275,9 @@ class DatasetInference(Verifier):
     def _fit(self, victim: nn.Module | BlackBox, *, data: DatasetSplits | None,
              generator: torch.Generator | None) -> None:
         assert data is not None  # needs_data
-        if self.embedding == "mingd" and not isinstance(victim, nn.Module):
-            raise ValueError("MinGD embeds with gradients: fit dataset inference on the victim model (an nn.Module)")
+        if self.embedding == "mingd" and not model_gradients(victim):
+            raise ValueError(f"MinGD embeds with input gradients, which {describe_model(victim)} does not give: use "
+                             "embedding=blind-walk, or a torch victim (TorchScript, .pt2, python:module:factory)")
         g = generator or torch.Generator().manual_seed(0)
         public_x = torch.cat([data.x_val, data.x_test])
         public_y = torch.cat([data.y_val, data.y_test])
@@ -321,7 +323,7 @@ class DatasetInference(Verifier):
     def verify(self, suspect: BlackBox | nn.Module, *, budget: int, seed: int = 0) -> Verdict:
         """Embed ``m`` private and ``m`` public samples (drawn with ``seed``) on the suspect, score them with the
         victim's regressor and run the one-sided Welch t-test."""
-        if self.embedding == "mingd" and self.fitted and not isinstance(suspect, nn.Module):
+        if self.embedding == "mingd" and self.fitted and not model_gradients(suspect):
             raise ValueError("MinGD needs white-box access to the suspect: pass the model (an nn.Module), or use "
                              "embedding=blind-walk for a black box")
         box = self.check_suspect(suspect)

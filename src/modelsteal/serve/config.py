@@ -59,6 +59,11 @@ class ServeConfig:
     upstream_pool: int = 32
     surrogate: str | None = None  #: a gateway's local architecture for MAD's surrogate and AM's f-hat
     dataset: str | None = None  #: the data a gateway's detector and AM are fitted on
+    #: how to read ``checkpoint`` when it is another model file (see :func:`~modelsteal.models.formats.load_model`)
+    model_format: str | None = None
+    model_weights: str | None = None
+    model_spec_file: str | None = None
+    model_spec: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -139,7 +144,7 @@ def build_api(config: ServeConfig) -> tuple[PredictionAPI, dict[str, Any]]:
     victim's data) and output format (no budget: the ledger enforces budgets). Returns the API and a
     description for ``/v1/info``."""
     from modelsteal.defenses.base import fit_defense, make_defense
-    from modelsteal.models.checkpoint import load_checkpoint
+    from modelsteal.models.formats import ModelSpec, load_model
     from modelsteal.outputs import make_output
 
     if config.upstream:
@@ -149,7 +154,9 @@ def build_api(config: ServeConfig) -> tuple[PredictionAPI, dict[str, Any]]:
     detector = check_detector(config)  # mistakes here are reported before the checkpoint is loaded
     if config.torch_threads:
         torch.set_num_threads(int(config.torch_threads))
-    model, meta = load_checkpoint(config.checkpoint, device=config.device)
+    loaded = load_model(config.checkpoint, spec=ModelSpec(**config.model_spec), format=config.model_format,
+                        weights=config.model_weights, spec_file=config.model_spec_file, device=config.device)
+    model, meta = loaded.model, loaded.meta
     defense = make_defense(config.defense, strength=config.strength, **dict(config.defense_options))
     fit_defense(defense, model, dataset=meta.get("dataset"))
     if detector is not None:
@@ -172,6 +179,7 @@ def build_api(config: ServeConfig) -> tuple[PredictionAPI, dict[str, Any]]:
         "dataset": meta.get("dataset"),
         "arch": meta.get("arch"),
         "model_name": config.model_name or Path(config.checkpoint).stem,
+        "model_format": loaded.format,
     }
     if detector is not None:
         info["detector"] = {"name": detector.name, "description": repr(detector), "response": config.response,
