@@ -36,7 +36,7 @@ def _rows(tmp_path, name, victim):
 
 
 def test_an_onnx_victim_gives_its_checkpoints_results(tmp_path, digits, monkeypatch):
-    import modelsteal.experiment.sweep as sweep_module
+    import modelsteal.experiment.victims as victims_module
 
     model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, mean=digits.mean, std=digits.std, seed=0)
     train(model, digits.x_train, digits.y_train, config=TrainConfig(epochs=4, lr=0.05, momentum=0.9),
@@ -47,7 +47,7 @@ def test_an_onnx_victim_gives_its_checkpoints_results(tmp_path, digits, monkeypa
     def no_training(*args, **kwargs):
         raise AssertionError("a path victim was trained")
 
-    monkeypatch.setattr(sweep_module, "train_victim", no_training)
+    monkeypatch.setattr(victims_module, "train_victim", no_training)
     from_file = _rows(tmp_path, "onnx", {"dataset": "digits", "path": str(onnx)})
     from_ckpt = _rows(tmp_path, "ckpt", {"dataset": "digits", "path": str(ckpt)})
     assert len(from_file) == len(from_ckpt) == 2
