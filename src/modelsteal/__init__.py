@@ -10,8 +10,10 @@ __all__ = ["BlackBox", "BudgetExceededError", "PredictionAPI", "QueryBudget", "Q
 __version__ = "0.1.0"
 
 
-def audit(target, **options):  # noqa: ANN001, ANN003, ANN201 - see modelsteal.audit.core.audit
-    """Audit a model file or prediction API: :func:`modelsteal.audit.core.audit` (imported on first use)."""
-    from modelsteal.audit.core import audit as _audit
 
-    return _audit(target, **options)
+def __getattr__(name: str):  # noqa: ANN202 - lazy: `modelsteal.audit(...)` imports the audit package on first use
+    if name == "audit":
+        import importlib
+
+        return importlib.import_module("modelsteal.audit")  # a callable module: modelsteal.audit(target, ...)
+    raise AttributeError(f"module 'modelsteal' has no attribute {name!r}")

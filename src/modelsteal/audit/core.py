@@ -191,7 +191,6 @@ def audit(
     outdir = Path(out) if out is not None else None
     done: dict[str, dict[str, Any]] = {}
     if outdir is not None:
-        (outdir / "points").mkdir(parents=True, exist_ok=True)
         for p in points:
             rec = load_point(outdir, p)
             if rec is not None:
@@ -203,6 +202,8 @@ def audit(
                        target_data=target_data)
     for p in {p.attack.display: p for p in points}.values():  # every attacker built before any query
         build_point_attack(p, cache)
+    if outdir is not None:  # only once every input has been accepted
+        (outdir / "points").mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     reference = _reference(tgt, data, out=outdir, context=context)
     cache.reference = reference
