@@ -153,7 +153,7 @@ def audit(
     from modelsteal.experiment.executors import make_executor
     from modelsteal.experiment.plan import units
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     timing: dict[str, float] = {}
     pool_sources = [pool] if isinstance(pool, str) else list(pool)
     ladder = budget_ladder(int(budget))
@@ -241,6 +241,7 @@ def audit(
                           price_per_query=price_per_query, max_accuracy_lost=max_accuracy_lost,
                           computed=len(todo) - (len(points) - len(records)), cached=len(points) - len(todo))
     timing["total_seconds"] = time.perf_counter() - t_start
+    timing["cpu_seconds"] = time.process_time() - cpu_start  # this process (not pool or Ray workers)
     report["timing"] = {k: round(v, 2) for k, v in timing.items()}
     report["backend"] = executor.describe()
     if outdir is not None:
@@ -284,5 +285,7 @@ def build_report(records: list[dict[str, Any]], *, target: Target, data: Any, la
         "defenses": rows,
         "recommendation": rec,
         "points": {"total": computed + cached, "computed": computed, "cached": cached},
+        "seconds_by_attack": {lab: round(sum(r.get("attack_seconds", 0) for r in records if r["attack"] == lab), 1)
+                              for lab in dict.fromkeys(r["attack"] for r in records)},
         "records": records,
     }

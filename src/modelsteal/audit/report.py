@@ -69,8 +69,8 @@ def recommendation_text(report: dict[str, Any]) -> str:
     cons = f"at most {100 * report['max_accuracy_lost']:g} point(s) of benign accuracy lost"
     what = "clone accuracy" if report["labelled"] else "clone fidelity"
     if rec["defense"] == "none":
-        return (f"recommended: no defense (under the constraint {cons}, none of the compared operating points "
-                f"lowers the best attacker's {what} below {pct(rec['best_clone'])}, by {rec['best_attacker']})")
+        return (f"recommended: no defense: no compared operating point within the constraint ({cons}) leaves the "
+                f"best attacker's {what} below the undefended {pct(rec['best_clone'])} (by {rec['best_attacker']})")
     base = "" if undefended is None else f", from {pct(undefended['best_clone'])} undefended"
     return (f"recommended: {strength_text(rec['defense'], rec['strength'])} (constraint: {cons}): benign accuracy "
             f"{pct(rec['defender_accuracy'])} ({100 * rec['accuracy_lost']:+.1f} points lost), mean L1 "

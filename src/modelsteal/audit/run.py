@@ -149,7 +149,7 @@ def run_audit_unit(unit: list[AuditPoint], *, cache: AuditCache) -> list[dict[st
     whose clones train together (the shared training time split evenly, as a sweep does)."""
     from modelsteal.attacks.base import steal_together
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     starts = []
     if len(unit) == 1:
         p = unit[0]
@@ -161,10 +161,10 @@ def run_audit_unit(unit: list[AuditPoint], *, cache: AuditCache) -> list[dict[st
             attack = build_point_attack(p, cache)
             jobs.append(attack.begin(cache.api(p), budget=p.budget, seed=p.seed))
         results, stacked = steal_together(jobs)
-    seconds = (time.perf_counter() - t0) / len(unit)
+    seconds, cpu = (time.perf_counter() - t0) / len(unit), (time.process_time() - c0) / len(unit)
     for p, result in zip(unit, results, strict=True):
         rec = {**p.describe(), "queries": result.queries, **measure(result.clone, cache), **cache.utility(p),
-               "attack_seconds": round(seconds, 3)}
+               "attack_seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3)}
         if stacked:
             rec["stacked_clones"] = len(unit)
         starts.append(rec)
