@@ -64,12 +64,13 @@ def server(victim_path, tmp_path_factory):
     with open_store(store_url) as store:
         _, small = store.create_key(name="small", budget=500)
         _, large = store.create_key(name="large", budget=1200)
+        _, spent = store.create_key(name="spent-midway", budget=500)
     with ServerProcess(model=victim_path, store=store_url, log_path=tmp / "server.log") as srv:
-        yield srv, small, large
+        yield srv, small, large, spent
 
 
 def test_key_without_enough_budget_for_the_ladder(capsys, tmp_path, server):
-    srv, key, _ = server
+    srv, key, _, _ = server
     line = one_line_error(capsys, _audit(tmp_path / "o", srv.url, "--key", key, "--budget", "316", "--test", "digits",
                                          "--attacks", "knockoff-random", "knockoff-argmax"),
                           "the key has 500 queries left")
@@ -85,7 +86,7 @@ def test_url_audit_within_the_keys_budget(tmp_path, server):
     """The same server, an audit that fits: the key pays for the queries it reports, no defense comparison."""
     from modelsteal import audit
 
-    srv, _, key = server
+    srv, _, key, _ = server
     report = audit(srv.url, key=key, pool=["sample-patches"], budget=100, attacks=["knockoff-random"], out=tmp_path,
                    progress=False)
     from modelsteal.serve.client import HTTPBlackBox
@@ -97,3 +98,22 @@ def test_url_audit_within_the_keys_budget(tmp_path, server):
     assert report["defenses"] == [] and report["labelled"] is False and report["victim_accuracy"] == 1.0
     (a,) = report["attacks"]
     assert a["curve"][0]["clone_accuracy"] is None and 0 < a["curve"][0]["fidelity"] <= 1
+
+
+def test_a_refusal_midway_reports_what_was_measured(capsys, tmp_path, server, monkeypatch):
+    """The key's budget runs out mid-audit (as when someone else spends it after the check): the clones measured
+    so far are reported and cached, and the audit ends with one line naming the refusal."""
+    import json
+
+    import modelsteal.audit.core as core
+
+    srv, _, _, key = server
+    monkeypatch.setattr(core, "check_key_budget", lambda target, *, needed: None)  # the spender came after it
+    # 259 evaluation queries, then 100 for the first rung: 141 left, fewer than the second rung's 316
+    line = one_line_error(capsys, _audit(tmp_path / "o", srv.url, "--key", key, "--budget", "316", "--test",
+                                         "digits", "--attacks", "knockoff-random"),
+                          "refused a query", "after 1 of 2 clones", "report.html")
+    assert "KeyBudgetExhaustedError" in line
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [(r["attack"], r["budget"]) for r in report["records"]] == [("knockoff-random", 100)]
+    assert (tmp_path / "o" / "report.html").exists() and len(list((tmp_path / "o" / "points").glob("*.json"))) == 1

@@ -30,9 +30,9 @@ def test_first_reaching_is_the_first_rung_at_or_above_the_threshold():
 
 
 def test_small_rungs_train_for_at_least_min_steps():
-    assert clone_epochs(5000) == 10  # 40 batches of 128: the default 10 epochs are 400 steps
-    assert clone_epochs(100) == MIN_STEPS  # one batch per epoch
-    assert clone_epochs(316) * 3 >= MIN_STEPS > (clone_epochs(316) - 1) * 3
+    assert clone_epochs(5000) == 10  # 79 batches of 64: the default 10 epochs are 790 steps
+    assert clone_epochs(64) == MIN_STEPS  # one batch per epoch
+    assert clone_epochs(158) * 3 >= MIN_STEPS > (clone_epochs(158) - 1) * 3  # 3 batches per epoch
 
 
 def _rec(attack, budget, acc, *, defense="none", strength=None, benign=0.95, l1=0.0):

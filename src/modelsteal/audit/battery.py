@@ -52,8 +52,11 @@ OPTIONAL: tuple[BatteryEntry, ...] = tuple(
 #: argmax attacker ignores everything a defense does that keeps the top-1 label)
 DEFENSE_ATTACKERS: tuple[str, ...] = ("knockoff-random", "knockoff-argmax")
 
-#: clone training in an audit: the attacker's plain SGD, at least :data:`MIN_STEPS` steps on small rungs
-CLONE_TRAIN: dict[str, Any] = {"epochs": 10, "lr": 0.1, "momentum": 0.5, "batch_size": 128}
+#: clone training in an audit: SGD with momentum 0.9, 10 epochs of batches of 64, at least :data:`MIN_STEPS` steps
+#: on small rungs. Measured on the digits victim (Knockoff, 5,000 sample-patches queries, seed 0): 93.0% clone
+#: accuracy, where momentum 0.5 gave 85.5% and batches of 128 with momentum 0.5 about 70% at the same cost (the
+#: demo's 30 epochs with momentum 0.5 give 93.9% at three times the cost); an audit must not underrate the attacker
+CLONE_TRAIN: dict[str, Any] = {"epochs": 10, "lr": 0.1, "momentum": 0.9, "batch_size": 64}
 MIN_STEPS = 100
 
 
