@@ -11,7 +11,8 @@ from modelsteal.training import train
 
 #: the audit every report test reads: two rungs (100, 316), two attackers, MAD at two strengths
 AUDIT = {"pool": ["sample-patches"], "test": "digits", "budget": 316, "price_per_query": 0.25,
-         "attacks": ["knockoff-random", "knockoff-argmax"], "defenses": ["mad:0.2,1.0"], "progress": False}
+         "attacks": ["knockoff-random", "knockoff-argmax"], "defenses": ["mad:0.2,1.0"], "progress": False,
+         "backend": "serial"}
 
 
 def save_victim(digits, path):

@@ -88,7 +88,7 @@ def test_url_audit_within_the_keys_budget(tmp_path, server):
 
     srv, _, key, _ = server
     report = audit(srv.url, key=key, pool=["sample-patches"], budget=100, attacks=["knockoff-random"], out=tmp_path,
-                   progress=False)
+                   progress=False, backend="serial")
     from modelsteal.serve.client import HTTPBlackBox
 
     with HTTPBlackBox(srv.url, key) as bb:
@@ -111,7 +111,7 @@ def test_a_refusal_midway_reports_what_was_measured(capsys, tmp_path, server, mo
     monkeypatch.setattr(core, "check_key_budget", lambda target, *, needed: None)  # the spender came after it
     # 259 evaluation queries, then 100 for the first rung: 141 left, fewer than the second rung's 316
     line = one_line_error(capsys, _audit(tmp_path / "o", srv.url, "--key", key, "--budget", "316", "--test",
-                                         "digits", "--attacks", "knockoff-random"),
+                                         "digits", "--attacks", "knockoff-random", "--backend", "serial"),
                           "refused a query", "after 1 of 2 clones", "report.html")
     assert "KeyBudgetExhaustedError" in line
     report = json.loads((tmp_path / "o" / "report.json").read_text())

@@ -142,3 +142,23 @@ def test_rerun_resumes_from_the_cache(audited, victim_path):
     again = audit(victim_path, out=out, **AUDIT)
     assert again["points"] == {"total": len(report["records"]), "computed": 0, "cached": len(report["records"])}
     assert again["records"] == report["records"]
+
+
+def test_the_strongest_attacker_of_the_ladder_faces_every_defense(victim_path, tmp_path):
+    """A defense is judged against the attacker that did best undefended, even when it is not a defense attacker:
+    a recommendation made against weaker attackers only would overrate the defense."""
+    from modelsteal import audit
+
+    report = audit(victim_path, pool=["sample-patches"], test="digits", budget=100, attacks=["knockoff-argmax", "jbda"],
+                   defense_attacks=["knockoff-argmax"], defenses=["mad:1.0"], out=tmp_path, progress=False,
+                   backend="serial")
+    top = {r["attack"]: r["clone_accuracy"] for r in report["records"] if r["defense"] == "none"}
+    strongest = max(top, key=top.get)
+    assert report["defense_attackers"] == ["knockoff-argmax"] + ([strongest] if strongest != "knockoff-argmax" else [])
+    mad = next(r for r in report["defenses"] if r["defense"] == "mad")
+    assert set(mad["clones"]) == set(report["defense_attackers"])
+    assert report["points"]["total"] == len(report["records"]) == 2 + len(report["defense_attackers"])
+    again = audit(victim_path, pool=["sample-patches"], test="digits", budget=100, attacks=["knockoff-argmax", "jbda"],
+                  defense_attacks=["knockoff-argmax"], defenses=["mad:1.0"], out=tmp_path, progress=False,
+                  backend="serial")
+    assert again["points"]["computed"] == 0 and again["records"] == report["records"]

@@ -15,7 +15,8 @@ ATTACKS = ["knockoff-random", "knockoff-argmax", "jbda"]
 
 def _start(victim_path, out):
     argv = [sys.executable, "-m", "modelsteal", "audit", "--target", str(victim_path), "--pool", "sample-patches",
-            "--test", "digits", "--budget", "316", "--attacks", *ATTACKS, "--defenses", "--quiet", "--out", str(out)]
+            "--test", "digits", "--budget", "316", "--attacks", *ATTACKS, "--defenses", "--quiet",
+            "--backend", "serial", "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -53,7 +54,7 @@ def test_kill_and_interrupt_then_resume(victim_path, tmp_path):
     assert after_int > after_kill
 
     report = audit(victim_path, pool=["sample-patches"], test="digits", budget=316, attacks=ATTACKS, defenses=[],
-                   out=out, progress=False)
+                   out=out, progress=False, backend="serial")
     total = len(ATTACKS) * 2  # rungs 100 and 316
     assert report["points"] == {"total": total, "cached": after_int, "computed": total - after_int}
     assert len(report["records"]) == total

@@ -4,6 +4,7 @@ deploy, in one call. See ``docs/audit.md`` for every number it reports."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,7 +134,7 @@ def audit(
     max_accuracy_lost: float = 0.01,
     out: str | Path | None = None,
     key: str | None = None,
-    backend: str = "serial",
+    backend: str = "auto",
     workers: int | None = None,
     stack_clones: int = 8,
     seed: int = 0,
@@ -151,7 +152,6 @@ def audit(
         report["attacks"][0]["queries_to_90"]
     """
     from modelsteal.experiment.executors import make_executor
-    from modelsteal.experiment.plan import units
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
     timing: dict[str, float] = {}
@@ -164,6 +164,9 @@ def audit(
                          f"got {max_accuracy_lost}")
     if stack_clones < 1:
         raise ValueError(f"--stack-clones must be >= 1, got {stack_clones}")
+    if backend == "auto":  # a pool of up to two processes on a machine with two cores or more
+        cores = os.cpu_count() or 1
+        backend, workers = ("pool", workers or min(2, cores)) if cores > 1 or workers else ("serial", None)
     executor = make_executor(backend, workers=workers)
     tgt = open_target(target, key=key, device=device)
     defense_cfgs = [parse_defense(d) for d in (DEFAULT_DEFENSES if defenses is None and tgt.model is not None
@@ -209,28 +212,42 @@ def audit(
     cache.reference = reference
     victim_accuracy = 1.0 if data.eval_y is None else float((reference.argmax(1) == data.eval_y).float().mean())
     timing["reference_seconds"] = time.perf_counter() - t
-    work = units(todo, stack=stack_clones, stackable=[n for n in available_attacks() if attack_class(n).stackable])
+    stackable = [n for n in available_attacks() if attack_class(n).stackable]
     t = time.perf_counter()
-    failure: BaseException | None = None
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="audit: clones", unit="clone")
+    n_cached = len(points) - len(todo)
     try:
-        for i, records in executor.run(run_audit_unit, work, cache=cache):
-            for p, rec in zip(work[i], records, strict=True):
-                done[p.key] = rec
-                if outdir is not None:
-                    store_point(outdir, p, rec)
-            if bar is not None:
-                bar.update(len(work[i]))
-    except Exception as e:  # noqa: BLE001 - a refusal: report what was measured, then say why it stopped
-        from modelsteal.blackbox import BudgetExceededError, QueryRefusedError
+        failure = _run(todo, done, executor=executor, cache=cache, outdir=outdir, bar=bar, stack=stack_clones,
+                       stackable=stackable)
+        strongest = _strongest(done, points, entries, top=ladder[-1]) if defense_cfgs and failure is None else None
+        if strongest is not None and strongest.label not in {e.label for e in defense_entries}:
+            # the strongest attacker of the ladder faces every defense too: a recommendation that leaves it out
+            # would be made against weaker attackers than the owner's real one
+            defense_entries = [*defense_entries, strongest]
+            extra = plan_points([], [strongest], defense_cfgs, ladder=ladder, clone=clone, context=context, seed=seed)
+            points += extra
+            more = []
+            for p in extra:
+                rec = load_point(outdir, p) if outdir is not None else None
+                if rec is None:
+                    more.append(p)
+                else:
+                    done[p.key] = rec
+            n_cached += len(extra) - len(more)
+            if progress and more and bar is None:
+                from tqdm.auto import tqdm
 
-        if not isinstance(e, BudgetExceededError | QueryRefusedError):
-            raise
-        failure = e
+                bar = tqdm(total=0, desc="audit: clones", unit="clone")
+            if bar is not None and more:
+                bar.total += len(more)
+                bar.refresh()
+            todo += more
+            failure = _run(more, done, executor=executor, cache=cache, outdir=outdir, bar=bar, stack=stack_clones,
+                           stackable=stackable)
     finally:
         if bar is not None:
             bar.close()
@@ -239,7 +256,7 @@ def audit(
     report = build_report(records, target=tgt, data=data, ladder=ladder, entries=entries,
                           defense_entries=defense_entries, defenses=defense_cfgs, victim_accuracy=victim_accuracy,
                           price_per_query=price_per_query, max_accuracy_lost=max_accuracy_lost,
-                          computed=len(todo) - (len(points) - len(records)), cached=len(points) - len(todo))
+                          computed=len(records) - n_cached, cached=n_cached)
     timing["total_seconds"] = time.perf_counter() - t_start
     timing["cpu_seconds"] = time.process_time() - cpu_start  # this process (not pool or Ray workers)
     report["timing"] = {k: round(v, 2) for k, v in timing.items()}
@@ -256,6 +273,36 @@ def audit(
                          f"{len(records)} of {len(points)} clones; what was measured is in "
                          f"{outdir / 'report.html' if outdir else 'the records'}") from None
     return report
+
+
+def _run(todo: list[AuditPoint], done: dict[str, dict[str, Any]], *, executor: Any, cache: AuditCache,
+         outdir: Path | None, bar: Any, stack: int, stackable: list[str]) -> BaseException | None:
+    """Run the points ``todo`` (packed into units, stacked where they share queries), caching each record as its
+    unit finishes; returns the refusal that stopped them (a spent key, a detector), or ``None``."""
+    from modelsteal.blackbox import BudgetExceededError, QueryRefusedError
+    from modelsteal.experiment.plan import units
+
+    work = units(todo, stack=stack, stackable=stackable)
+    try:
+        for i, records in executor.run(run_audit_unit, work, cache=cache):
+            for p, rec in zip(work[i], records, strict=True):
+                done[p.key] = rec
+                if outdir is not None:
+                    store_point(outdir, p, rec)
+            if bar is not None:
+                bar.update(len(work[i]))
+    except (BudgetExceededError, QueryRefusedError) as e:  # report what was measured, then say why it stopped
+        return e
+    return None
+
+
+def _strongest(done: dict[str, dict[str, Any]], points: list[AuditPoint], entries: Sequence[Any], *,
+               top: int) -> Any:
+    """The battery entry whose undefended clone at the top rung scored best (``None`` when none finished)."""
+    scores = {p.attack.display: analysis.score(done[p.key]) for p in points
+              if p.key in done and p.budget == top and p.defense.name == "none"}
+    ranked = [e for e in entries if e.label in scores]
+    return max(ranked, key=lambda e: scores[e.label]) if ranked else None
 
 
 def build_report(records: list[dict[str, Any]], *, target: Target, data: Any, ladder: list[int], entries: Any,

@@ -44,7 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device(p)
     g = p.add_argument_group("scale-out (docs/scaling.md)")
-    g.add_argument("--backend", default="serial", choices=BACKENDS, help="where clones train (as in sweep)")
+    g.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+                   help="where clones train, as in sweep; auto (default): a pool of two worker processes when the "
+                        "machine has two cores or more, else serial")
     g.add_argument("--workers", type=int, default=None, help="worker processes (pool) or local Ray CPUs")
     g.add_argument("--stack-clones", type=int, default=8, metavar="N",
                    help="train up to N clones together when they share their queries (default 8)")
