@@ -124,6 +124,7 @@ def figure_defenses(report: dict[str, Any]) -> str:
     """Benign cost (accuracy lost; mean L1) against the best attacker's clone, one curve per defense, the
     undefended point and the recommended one marked."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -150,6 +151,9 @@ def figure_defenses(report: dict[str, Any]) -> str:
                        edgecolor="black", zorder=4, label="recommended")
         if key == "accuracy_lost":
             ax.axvline(100 * report["max_accuracy_lost"], color="gray", ls="--", lw=0.8, label="constraint")
+            ax.set_xscale("symlog", linthresh=1.0)  # linear up to 1 point (the constraint), log beyond
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set_xlim(left=min(0.0, *(100 * r[key] for r in rows)) - 0.1)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
@@ -167,6 +171,7 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th,td{border:1px so
 text-align:left}th{background:#eef2f6}td.num{text-align:right}.facts td:first-child{font-weight:600}
 .rec{background:#fff8dc;border:1px solid #d8c37a;padding:8px 12px;margin:.8em 0}
 img{max-width:100%;height:auto;display:block;margin:.6em 0}.small{color:#555;font-size:.85em}
+#points{font-size:.78em}#points td{padding:2px 5px}
 @media print{body{max-width:none;margin:0}h2{page-break-after:avoid}img,table{page-break-inside:avoid}
 .rec{border:1px solid #000}}
 """
