@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modelsteal-installed
 OUT ?= runs/demo
 
-.PHONY: setup demo test test-slow lint layout bench clean data mlserver
+.PHONY: setup demo test test-slow lint layout bench clean data mlserver browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[serve,dev,dp,interop,ray,onnx]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Debian's Chromium: tests/audit/test_browser.py opens the audit's report.html in it (headless)
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 # Seldon MLServer (the tests start it as a real v2 server) pins fastapi<0.116, older than ours: its own venv.
 MLSERVER_VENV ?= .venv-mlserver
