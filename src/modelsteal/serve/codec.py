@@ -58,6 +58,14 @@ def decode_request(
     Raises :class:`APIError` (400 malformed JSON, 413 too many rows, 422 anything else wrong with the
     inputs) with a message that names the problem.
     """
+    arr, encoding = parse_request(body, max_batch=max_batch)
+    return check_batch(arr, input_shape=input_shape, max_batch=max_batch, input_range=input_range,
+                       tolerance=tolerance), encoding
+
+
+def parse_request(body: bytes, *, max_batch: int) -> tuple[np.ndarray, str]:
+    """Parse a ``/v1/predict`` body into its (not yet validated) batch and the answer encoding; the batch's
+    shape, values and size are checked by :func:`check_batch`, which every protocol shares."""
     try:
         payload = json.loads(body)
     except UnicodeDecodeError:
@@ -78,7 +86,6 @@ def decode_request(
     if "inputs" not in payload:
         raise APIError(422, "missing_inputs", "request body has no 'inputs' field")
     raw = payload["inputs"]
-    shape = tuple(int(s) for s in input_shape)
     if isinstance(raw, dict):
         arr = _decode_base64_tensor(raw, max_batch=max_batch)
         in_encoding = "base64"
@@ -93,7 +100,23 @@ def decode_request(
     encoding = payload.get("encoding", in_encoding)
     if encoding not in ENCODINGS:
         raise APIError(422, "bad_encoding", f"'encoding' must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    return arr, encoding
 
+
+def check_batch(
+    arr: np.ndarray | Tensor,
+    *,
+    input_shape: Sequence[int],
+    max_batch: int,
+    input_range: tuple[float, float] = (0.0, 1.0),
+    tolerance: float = 1e-6,
+) -> Tensor:
+    """Check a decoded batch, whatever protocol carried it: shape ``(N, *input_shape)`` with ``1 <= N <=
+    max_batch``, finite values inside ``input_range`` (up to ``tolerance``). Returns a writable float32 CPU
+    tensor, clamped to the range; :class:`APIError` (413 too many rows, 422 anything else) otherwise."""
+    if isinstance(arr, Tensor):
+        arr = arr.detach().to("cpu").numpy()
+    shape = tuple(int(s) for s in input_shape)
     if arr.ndim == 0 or arr.shape[0] == 0:
         raise APIError(422, "empty_batch", "'inputs' is an empty batch; send at least one row")
     if tuple(arr.shape[1:]) != shape:
@@ -119,8 +142,7 @@ def decode_request(
             f"'inputs' must lie in [{lo:g}, {hi:g}] (raw values; normalisation is inside the model); "
             f"row {row} holds {value:g}",
         )
-    x = torch.from_numpy(np.array(arr, dtype=np.float32)).clamp_(lo, hi)  # a writable copy
-    return x, encoding
+    return torch.from_numpy(np.array(arr, dtype=np.float32)).clamp_(lo, hi)  # a writable copy
 
 
 def _too_many(n: int, max_batch: int) -> APIError:

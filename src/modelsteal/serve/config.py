@@ -48,6 +48,10 @@ class ServeConfig:
     response: str = "none"
     detector_tnr: float | None = 0.95
     data_dir: str | None = None
+    max_batch_rows: int = 256
+    max_batch_delay_ms: float = 2.0
+    idempotency_window_s: float = 86_400.0
+    snapshot_every: int | None = 1000
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
