@@ -499,7 +499,8 @@ def create_app(
             "max_body_bytes": service.max_body_bytes,
             "encodings": list(ENCODINGS),
             "batching": {"max_batch_rows": service.batcher.max_rows,
-                         "max_batch_delay_ms": 1000 * service.batcher.max_delay_s},
+                         "max_batch_delay_ms": 1000 * service.batcher.max_delay_s,
+                         "batches": service.runner.batches, "requests": service.runner.requests},
             "version": __version__,
             "defense": {"name": "none"} if service.api.defense is None else {
                 "name": service.api.defense.name, "description": repr(service.api.defense)},
