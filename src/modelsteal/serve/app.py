@@ -81,31 +81,41 @@ log = logging.getLogger("modelsteal.serve")
 
 
 # -- the application ----------------------------------------------------------------------------------------
-_PREDICT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["inputs"],
-    "additionalProperties": False,
-    "properties": {
-        "inputs": {
-            "description": "A batch (N, *input_shape) of raw values in the model's range ([0, 1]): nested arrays "
-                           "of numbers, or the compact {dtype: float32, shape, base64} object.",
-            "oneOf": [
-                {"type": "array", "items": {}},
-                {
-                    "type": "object",
-                    "required": ["shape", "base64"],
-                    "properties": {
-                        "dtype": {"type": "string", "enum": ["float32"]},
-                        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                        "base64": {"type": "string", "description": "little-endian float32 bytes, base64"},
+def _predict_schema(input_shape: tuple[int, ...], max_batch: int, input_range: tuple[float, float]) -> dict[str, Any]:
+    """The ``/v1/predict`` body as JSON Schema, exact for nested arrays (``1..max_batch`` rows of the input
+    shape, numbers in the input range); the compact object's byte length must match its shape, which JSON
+    Schema cannot say (the server answers 422 when it does not)."""
+    row: dict[str, Any] = {"type": "number", "minimum": input_range[0], "maximum": input_range[1]}
+    for size in reversed(input_shape):
+        row = {"type": "array", "minItems": int(size), "maxItems": int(size), "items": row}
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "additionalProperties": False,
+        "properties": {
+            "inputs": {
+                "description": "A batch (N, *input_shape) of raw values in the model's range: nested arrays of "
+                               "numbers, or the compact {dtype: float32, shape, base64} object.",
+                "oneOf": [
+                    {"type": "array", "minItems": 1, "maxItems": int(max_batch), "items": row},
+                    {
+                        "type": "object",
+                        "required": ["shape", "base64"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "dtype": {"type": "string", "enum": ["float32"]},
+                            "shape": {"type": "array", "minItems": len(input_shape) + 1,
+                                      "maxItems": len(input_shape) + 1, "items": {"type": "integer", "minimum": 1}},
+                            "base64": {"type": "string", "description": "little-endian float32 bytes, base64"},
+                        },
                     },
-                },
-            ],
+                ],
+            },
+            "encoding": {"type": "string", "enum": list(ENCODINGS),
+                         "description": "encoding of the outputs; defaults to that of the inputs"},
         },
-        "encoding": {"type": "string", "enum": list(ENCODINGS),
-                     "description": "encoding of the outputs; defaults to that of the inputs"},
-    },
-}
+    }
+
 
 _ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -448,7 +458,8 @@ def create_app(
     @app.post(
         "/v1/predict",
         summary="Answer a batch of queries",
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _PREDICT_SCHEMA}}},
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _predict_schema(
+            tuple(api.input_shape), max_batch, service.input_range)}}},
                        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                                        "description": "a client-chosen key per request (e.g. a UUID): a retry "
