@@ -89,27 +89,23 @@ def test_a_batch_mixing_clients_equals_its_requests_one_by_one(digits, digits_vi
     assert (refused > 0) == (response == "refuse")
 
 
-def _jobs(store, api, clients, requests, *, keys: bool) -> list[Job]:
-    jobs = []
-    for i, (who, x) in enumerate(requests):
-        entry, updated = store.reserve(clients[who].id, len(x))
-        jobs.append(Job(clients[who], x, entry, updated, idempotency_key=f"k{i}" if keys else None))
-    return jobs
+def _jobs(clients, requests) -> list[Job]:
+    return [Job(clients[who], x) for who, x in requests]
 
 
 def test_a_batch_is_made_durable_in_one_transaction(tmp_path, digits, digits_victim):
-    # Bugs caught: the flags, journal entries or idempotent answers of a batch written request by request (one
-    # fsync each: write_transactions would grow by the number of requests); a request answered whose entry was
-    # not written; the journal entries of one client written out of order (the states would differ).
+    # Bugs caught: the reservations, flags or journal entries of a batch written request by request (one fsync
+    # each: write_transactions would grow by the number of requests); a request answered whose entry was not
+    # written; the journal entries of one client written out of order (the states would differ).
     store = open_store(tmp_path / "ledger.db")
     clients = {n: store.create_key(name=n)[0] for n in ("alice", "bob", "carol")}
     api = _api(digits, digits_victim, response="none", defense=None)
     runner = BatchRunner(api, store, journal=DetectorJournal(api.detector, store), lock=threading.Lock())
     requests = _requests(digits)[:12]
-    jobs = _jobs(store, api, clients, requests, keys=False)
+    jobs = _jobs(clients, requests)
     before = store.write_transactions
     runner.run(jobs)
-    assert store.write_transactions == before + 1
+    assert store.write_transactions == before + 2  # the batch's reservations, then its records
     assert all(j.error is None and j.answer.shape == (j.rows, NUM_CLASSES) for j in jobs)
     ref = _api(digits, digits_victim, response="none", defense=None)
     for who, x in requests:
@@ -121,12 +117,13 @@ def test_a_batch_is_made_durable_in_one_transaction(tmp_path, digits, digits_vic
         reload.load(c.id, who)
         assert fresh.state_dict(who) == ref.detector.state_dict(who), who
         assert store.flags(c.id) == ref.flags(who)
-    # without a detector, keys or records there is nothing to write: no transaction at all
+    assert sum(e.n for e in store.ledger()) == sum(len(x) for _, x in requests)
+    # without a detector, keys or records only the reservations are written: one transaction per batch
     plain = BatchRunner(PredictionAPI(digits_victim), store, journal=None, lock=threading.Lock())
-    jobs = _jobs(store, plain.api, clients, requests, keys=False)
+    jobs = _jobs(clients, requests)
     before = store.write_transactions
     plain.run(jobs)
-    assert store.write_transactions == before and all(j.answer is not None for j in jobs)
+    assert store.write_transactions == before + 1 and all(j.answer is not None for j in jobs)
     store.close()
 
 
@@ -147,7 +144,7 @@ def test_the_batcher_runs_concurrent_jobs_as_one_batch_up_to_max_rows():
 
     def send(i: int) -> None:
         start.wait()
-        out[i] = batcher.submit(Job(None, xs[i], None, None))  # type: ignore[arg-type]
+        out[i] = batcher.submit(Job(None, xs[i]))  # type: ignore[arg-type]
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(len(xs))]
     for t in threads:
@@ -161,7 +158,7 @@ def test_the_batcher_runs_concurrent_jobs_as_one_batch_up_to_max_rows():
         assert torch.equal(out[i], x.sum(dim=1, keepdim=True))
     off = Batcher(run, max_rows=10, max_delay_s=0)
     seen.clear()
-    assert torch.equal(off.submit(Job(None, xs[2], None, None)), xs[2].sum(dim=1, keepdim=True))  # type: ignore[arg-type]
+    assert torch.equal(off.submit(Job(None, xs[2])), xs[2].sum(dim=1, keepdim=True))  # type: ignore[arg-type]
     assert seen == [[3]]
 
 

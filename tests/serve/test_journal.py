@@ -57,8 +57,7 @@ def _serve(store, api, journal, client, batches) -> None:
     """Answer ``batches`` of ``client`` one request per batch, as the server does (reserve, batch, commit)."""
     runner = BatchRunner(api, store, journal=journal, lock=threading.Lock())
     for x in batches:
-        entry, updated = store.reserve(client.id, len(x))
-        job = Job(client, x, entry, updated)
+        job = Job(client, x)
         runner.run([job])
         assert job.error is None, job.error
 

@@ -225,25 +225,23 @@ class _Service:
         blob = x.numpy().astype("<f4", copy=False).tobytes() if (self.record_inputs or idempotency_key) else None
         idem = None if idempotency_key is None else IdempotencyKey(
             idempotency_key, _fingerprint(x, blob), self.idempotency_window_s)
+        job = Job(client, x, inputs=blob if self.record_inputs else None, idempotency=idem)
         try:
-            entry, updated = self.store.reserve(client.id, int(x.shape[0]), inputs=blob if self.record_inputs else None,
-                                                idempotency=idem)
+            y = self.batcher.submit(job)  # reserved (budget, rate limit, key) with its batch, then answered
+            out = encode(y) if encode is not None else y
         except IdempotentReplay as replay:
             return self._replayed(client, replay, encode)
-        job = Job(client, x, entry, updated, idempotency_key=idempotency_key,
-                  idempotency_window_s=self.idempotency_window_s)
-        try:
-            y = self.batcher.submit(job)
-            out = encode(y) if encode is not None else y
         except QueryRefusedError:
             raise  # the batch's commit kept the refusal and took the entry back out of the ledger
         except BaseException:
-            try:
-                self.store.release(entry.id)
-            except Exception:  # noqa: BLE001 - keep the original error; an over-count is the safe side
-                log.exception("could not release ledger entry %s after a failed request", entry.id)
+            if job.entry is not None:
+                try:
+                    self.store.release(job.entry.id)
+                except Exception:  # noqa: BLE001 - keep the original error; an over-count is the safe side
+                    log.exception("could not release ledger entry %s after a failed request", job.entry.id)
             raise
-        return out, entry, updated
+        assert job.entry is not None and job.updated is not None
+        return out, job.entry, job.updated
 
     def _replayed(self, client: ClientInfo, replay: IdempotentReplay,
                   encode: Callable[[Any], Any] | None) -> tuple[Any, LedgerEntry, ClientInfo]:

@@ -1,12 +1,18 @@
 """Dynamic batching for ``modelsteal serve``: concurrent requests answered as one batch, durable in one commit.
 
-Requests reach the batcher already validated and reserved in the ledger (budget and rate limit checked
-there), as a :class:`Job` ``(client, tensor, ledger entry)``: a request whose rows fail validation, or whose
-key is over its budget, never enters a batch. :class:`Batcher` queues jobs and runs a batch when its rows
-reach ``max_rows`` or its oldest job has waited ``max_delay_s`` (Triton's dynamic batcher works the same
-way); ``max_delay_s = 0`` turns batching off (each request is a batch of one, answered in its own thread).
+Requests reach the batcher validated, as a :class:`Job` ``(client, tensor)``: a request whose rows fail
+validation never enters a batch. :class:`Batcher` queues jobs and runs a batch when its rows reach
+``max_rows`` or its oldest job has waited ``max_delay_s`` (Triton's dynamic batcher works the same way);
+``max_delay_s = 0`` turns batching off (each request is a batch of one, answered in its own thread).
 
-:class:`BatchRunner` answers a batch (the server's inference lock held):
+:class:`BatchRunner` answers a batch:
+
+0. the batch's reservations are recorded in the ledger in one transaction (:meth:`Store.reserve_many
+   <modelsteal.serve.store.Store.reserve_many>`: budget, rate limit and idempotency key checked per request,
+   in arrival order); a request refused there (over its budget, rate limited, or the replay of an earlier
+   request) leaves the batch before anything runs;
+
+then, under the server's inference lock:
 
 1. a stateful detector's state (PRADA) is brought up to date from the store for each client in the batch
    (:class:`~modelsteal.serve.detector_state.DetectorJournal`);
@@ -16,17 +22,20 @@ way); ``max_delay_s = 0`` turns batching off (each request is a batch of one, an
    is taken right after it is scored; a stateful defense (DAWN) is called per request;
 3. one transaction (:meth:`Store.commit_batch <modelsteal.serve.store.Store.commit_batch>`: *group commit*)
    writes every request's flag count, journal entry, watermark records, refusal and idempotent answer;
-   only then is any request answered. A client whose journal another worker appended to meanwhile is
-   forgotten and its requests scored again (the others are answered).
+   only then is any request answered. So a batch costs two durable flushes (one when nothing but the
+   reservations is written: no detector, no idempotency keys, no records), whatever its size. A client
+   whose journal another worker appended to meanwhile is forgotten and its requests scored again (the
+   others are answered).
 
 If the model, the defense or the commit fails, every request of the batch fails (and the caller releases its
-ledger entry); the clients' in-memory detector states are dropped and reloaded from the store next time.
+ledger entry, ``job.entry``); the clients' in-memory detector states are dropped and reloaded from the store.
 
 Example::
 
     runner = BatchRunner(api, store, journal=None, lock=threading.Lock())
     batcher = Batcher(runner.run, max_rows=256, max_delay_s=0.002)
-    answer = batcher.submit(Job(client, x, entry, updated))      # blocks until the batch is committed
+    job = Job(client, x)
+    answer = batcher.submit(job)          # blocks until the batch is committed; job.entry counts it
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ from torch import Tensor
 
 from modelsteal.blackbox import PredictionAPI
 from modelsteal.serve.detector_state import DetectorJournal
-from modelsteal.serve.store import ClientInfo, LedgerEntry, RequestRecord, Store
+from modelsteal.serve.store import ClientInfo, IdempotencyKey, LedgerEntry, RequestRecord, Store
 
 __all__ = ["BatchRunner", "Batcher", "Job", "stored_answer"]
 
@@ -53,16 +62,17 @@ _PURGE_EVERY = 1000  # batches between two purges of expired idempotency keys
 
 @dataclasses.dataclass(eq=False)
 class Job:
-    """One validated, reserved request waiting for its batch: ``x`` ``(n, *input_shape)`` of ``client``, its
-    ledger ``entry`` and the client as the reservation left it (``updated``); ``idempotency_key`` when the
-    request carried one (its answer is then stored for a retry). The runner sets ``answer`` or ``error``."""
+    """One validated request waiting for its batch: ``x`` ``(n, *input_shape)`` of ``client``, the raw
+    ``inputs`` to keep in the ledger (or ``None``), and its ``idempotency`` key (its answer is then stored for
+    a retry). The runner sets ``entry`` and ``updated`` (its ledger entry and the client after it) once it is
+    reserved, then ``answer`` or ``error``."""
 
     client: ClientInfo
     x: Tensor
-    entry: LedgerEntry
-    updated: ClientInfo
-    idempotency_key: str | None = None
-    idempotency_window_s: float = 86_400.0
+    inputs: bytes | None = None
+    idempotency: IdempotencyKey | None = None
+    entry: LedgerEntry | None = None
+    updated: ClientInfo | None = None
     answer: Tensor | None = None
     error: BaseException | None = None
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
@@ -72,10 +82,15 @@ class Job:
     def rows(self) -> int:
         return int(self.x.shape[0])
 
+    @property
+    def idempotency_key(self) -> str | None:
+        return None if self.idempotency is None else self.idempotency.key
+
 
 def stored_answer(job: Job, answer: Tensor) -> bytes:
     """What the store keeps with an idempotency key for an answered request: the ``(n, K)`` answer (float32,
     base64), the ledger entry and the client's count after it, protocol-neutral (each protocol re-encodes)."""
+    assert job.entry is not None and job.updated is not None
     y = answer.detach().to("cpu").float().contiguous()
     return json.dumps({"shape": list(y.shape), "base64": base64.b64encode(y.numpy().astype("<f4").tobytes()).decode(),
                        "ledger_id": job.entry.id, "queries": job.updated.queries, "n": job.rows,
@@ -99,8 +114,19 @@ class BatchRunner:
         self.rows = 0  #: their rows
 
     def run(self, jobs: list[Job]) -> None:
-        """Answer ``jobs`` (setting each one's ``answer`` or ``error``); never raises for a job's own failure."""
-        pending = list(jobs)
+        """Reserve and answer ``jobs`` (setting each one's ``entry``, then ``answer`` or ``error``); never
+        raises for a job's own failure."""
+        reserved = self.store.reserve_many([(j.client.id, j.rows, j.inputs, j.idempotency) for j in jobs])
+        pending = []
+        for job, res in zip(jobs, reserved, strict=True):
+            if isinstance(res, BaseException):
+                job.error = res  # over budget, rate limited, a replay: never enters the batch
+            else:
+                job.entry, job.updated = res
+                pending.append(job)
+        if not pending:
+            return
+        jobs = list(pending)
         try:
             for _ in range(_STATE_RETRIES):
                 with self.lock:
@@ -135,6 +161,7 @@ class BatchRunner:
             records = []
             for i, (job, res) in enumerate(zip(jobs, results, strict=True)):
                 entry, compact = captured.get(i, (None, False))
+                assert job.entry is not None
                 rec = RequestRecord(client_id=job.client.id, ledger_id=job.entry.id, rows=job.rows,
                                     flagged=res.flagged, refused=res.refused is not None, journal=entry,
                                     compact=compact, idempotency_key=job.idempotency_key)
@@ -149,9 +176,9 @@ class BatchRunner:
                         rec.answer = stored_answer(job, res.answers)
                 records.append(rec)
             purge = None
-            if job_idem := [j for j in jobs if j.idempotency_key is not None]:
+            if job_idem := [j.idempotency for j in jobs if j.idempotency is not None]:
                 if (self.batches + 1) % _PURGE_EVERY == 0:
-                    purge = time.time() - max(j.idempotency_window_s for j in job_idem)
+                    purge = time.time() - max(k.window_s for k in job_idem)
             conflicted = self.store.commit_batch(records, purge_before=purge)
         except BaseException:
             if journal is not None:

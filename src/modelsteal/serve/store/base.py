@@ -362,23 +362,46 @@ class Store(ABC):
         single transaction — each reservation still checked on its own, in order — so one durable flush
         covers many requests. Every caller returns only after its transaction has committed.
         """
-        if n < 1:
-            raise ValueError(f"a request must hold at least one query, got {n}")
-        item = _Pending(int(client_id), int(n), inputs, time.time() if now is None else float(now), idempotency)
+        result = self.reserve_many([(client_id, n, inputs, idempotency)], now=now)[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def reserve_many(
+        self, requests: Sequence[tuple[int, int, bytes | None, IdempotencyKey | None]], *, now: float | None = None,
+    ) -> list[tuple[LedgerEntry, ClientInfo] | BaseException]:
+        """:meth:`reserve` for several requests ``(client_id, n, inputs, idempotency)`` at once, in ONE
+        transaction (a batch's reservations: one durable flush), each checked on its own and in order; returns
+        per request the ``(entry, client)`` or the exception :meth:`reserve` would raise (a failed transaction
+        is a :class:`LedgerWriteError` for every request). They join the group commit of concurrent callers."""
+        for _, n, _, _ in requests:
+            if n < 1:
+                raise ValueError(f"a request must hold at least one query, got {n}")
+        when = time.time() if now is None else float(now)
+        items = [_Pending(int(c), int(n), inputs, when, idem) for c, n, inputs, idem in requests]
+        if not items:
+            return []
         with self._group_lock:
-            self._pending.append(item)
+            self._pending.extend(items)  # contiguous: the leader that takes one of them takes them all
             if not self._leader:
-                self._leader = item.lead = True
-        if not item.lead:
-            item.wake.wait()  # woken with a result, or promoted to leader of the next group
-        if not item.done:
-            self._commit_pending()
-        if isinstance(item.error, LedgerWriteError):
-            raise LedgerWriteError(str(item.error)) from item.error.__cause__
-        if item.error is not None:
-            raise item.error
-        assert item.result is not None
-        return item.result
+                self._leader = items[0].lead = True
+        for item in items:
+            if not item.done and not item.lead:
+                item.wake.wait()  # woken with a result, or promoted to leader of the next group
+            if not item.done:
+                self._commit_pending()
+        out: list[tuple[LedgerEntry, ClientInfo] | BaseException] = []
+        for item in items:
+            if isinstance(item.error, LedgerWriteError):
+                err = LedgerWriteError(str(item.error))
+                err.__cause__ = item.error.__cause__
+                out.append(err)
+            elif item.error is not None:
+                out.append(item.error)
+            else:
+                assert item.result is not None
+                out.append(item.result)
+        return out
 
     def _commit_pending(self) -> None:
         """Record every queued reservation in one transaction, then wake their callers and pass the lead."""
