@@ -106,6 +106,9 @@ class SQLiteStore(Store):
         except sqlite3.Error as e:
             raise ValueError(f"cannot open SQLite store {self.path}: {e}") from None
         self._lock = threading.RLock()
+        self._busy_timeout_s = busy_timeout_s
+        self._readers = threading.local()  # one read-only connection per thread: WAL readers never wait
+        self._reader_conns: list[sqlite3.Connection] = []  # for a writer's commit (its fsync)
         self._init_group_commit()
         try:
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -123,8 +126,29 @@ class SQLiteStore(Store):
             self._conn.close()
             raise ValueError(f"{self.path} is not a usable modelsteal store: {e}") from None
 
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(str(self.path), timeout=self._busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA query_only=ON")
+            with self._lock:
+                self._reader_conns.append(conn)
+            self._readers.conn = conn
+        return conn
+
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[sqlite3.Cursor]:
+        if not write:  # a snapshot of the last commit, on this thread's own connection
+            cur = self._reader().cursor()
+            cur.execute("BEGIN")
+            try:
+                yield cur
+            finally:
+                cur.execute("COMMIT")
+                cur.close()
+            return
         with self._lock:
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -147,3 +171,6 @@ class SQLiteStore(Store):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            readers, self._reader_conns = self._reader_conns, []
+        for conn in readers:
+            conn.close()
