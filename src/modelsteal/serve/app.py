@@ -14,14 +14,17 @@ Endpoints (all JSON):
 - ``GET /healthz``; OpenAPI docs at ``/docs`` and ``/openapi.json``.
 
 Every request is authenticated against the :class:`~modelsteal.serve.store.Store`; a batch is validated
-(shape, dtype, finiteness, value range, size), then recorded in the ledger — budget and rate limit checked
-in the same transaction — and only then answered by the :class:`~modelsteal.PredictionAPI` (inference is
-serialised by a lock and runs in the thread pool, off the event loop). A query is one input row. When the
-API has a detector, the number of the request's rows it flagged is written to the store next to the ledger
-entry before the answer is sent; a batch its ``refuse`` response refuses is a 403 ``query_refused`` and is
-taken back out of the ledger, like any request that was not answered. A *stateful* detector (PRADA) keeps
-each client's state in the store (:mod:`modelsteal.serve.detector_state`): loaded before the request, its
-change saved after it in the same transaction as the request's flag count, before the answer is sent.
+(shape, dtype, finiteness, value range, size), then queued for the dynamic batcher
+(:mod:`modelsteal.serve.batcher`), which records the requests of a batch in the ledger in one transaction —
+budget, rate limit and ``Idempotency-Key`` checked per request — answers them with one pass of the
+:class:`~modelsteal.PredictionAPI` (:meth:`~modelsteal.PredictionAPI.query_many`, serialised by a lock, off the
+event loop) and makes their flags, detector-state entries and stored answers durable in one more, before any
+is answered. A retry carrying the ``Idempotency-Key`` of an answered request gets the stored answer. A query
+is one input row. When the API has a detector, the number of the request's rows it flagged is written to the
+store before the answer is sent; a request its ``refuse`` response refuses is a 403 ``query_refused``, is taken
+back out of the ledger and kept as a refusal (its flagged rows still count in ``/v1/usage``). A *stateful*
+detector (PRADA) keeps each client's state in the store (:mod:`modelsteal.serve.detector_state`): loaded before
+the batch, its change saved in the batch's transaction with the request's flag count, before it is answered.
 The body format lives in :mod:`modelsteal.serve.codec`, the server's settings in
 :mod:`modelsteal.serve.config`; both are re-exported here.
 
