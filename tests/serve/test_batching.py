@@ -200,3 +200,18 @@ def test_concurrent_http_requests_are_batched_and_each_gets_its_own_rows(tmp_pat
     assert info["requests"] == 48 and info["batches"] < 24, info  # 12 concurrent requests share a batch
     with open_store(store_url) as store:
         assert sum(e.n for e in store.ledger()) == sum(len(x) for x in xs)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-batch-rows", "0"], "--max-batch-rows must be >= 1"),
+    (["--max-batch-delay-ms", "-1"], "--max-batch-delay-ms must be in 0..10000"),
+    (["--idempotency-window", "0"], "--idempotency-window must be > 0"),
+    (["--journal-snapshot-every", "-2"], "--journal-snapshot-every must be >= 0"),
+])
+def test_batching_options_mistakes_are_one_line(tmp_path, capsys, argv, message):
+    from modelsteal.cli.main import main
+
+    ckpt = make_checkpoint(tmp_path / "victim.pt")
+    assert main(["serve", "--model", str(ckpt), "--store", str(tmp_path / "s.db"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
