@@ -6,6 +6,7 @@ rows back."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -128,8 +129,9 @@ def test_a_batch_is_made_durable_in_one_transaction(tmp_path, digits, digits_vic
 
 
 def test_the_batcher_runs_concurrent_jobs_as_one_batch_up_to_max_rows():
-    # Bugs caught: a batch run before its delay with rows to spare (many batches of one), a batch over
-    # max_rows, jobs answered with another job's answer, a lost job (its caller would hang).
+    # Bugs caught: a batch run before its delay while requests are on their way (many batches of one), a
+    # batch over max_rows, jobs answered with another job's answer, a lost job (its caller would hang), a lone
+    # request made to wait for the delay.
     seen: list[list[int]] = []
 
     def run(jobs: list[Job]) -> None:
@@ -137,14 +139,16 @@ def test_the_batcher_runs_concurrent_jobs_as_one_batch_up_to_max_rows():
         for j in jobs:
             j.answer = j.x.sum(dim=1, keepdim=True)
 
-    batcher = Batcher(run, max_rows=10, max_delay_s=0.2)
+    batcher = Batcher(run, max_rows=10, max_delay_s=1.0)
     xs = [torch.full((1 + i % 3, 4), float(i)) for i in range(8)]  # 1+2+3+1+2+3+1+2 = 15 rows
     out: dict[int, torch.Tensor] = {}
     start = threading.Barrier(len(xs))
 
     def send(i: int) -> None:
-        start.wait()
-        out[i] = batcher.submit(Job(None, xs[i]))  # type: ignore[arg-type]
+        with batcher.arriving() as arrival:  # as the server counts a request it is still reading
+            start.wait()
+            time.sleep(0.01 * i)  # they reach submit() one after another, within the delay
+            out[i] = batcher.submit(Job(None, xs[i]), arrival)  # type: ignore[arg-type]
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(len(xs))]
     for t in threads:
@@ -153,9 +157,14 @@ def test_the_batcher_runs_concurrent_jobs_as_one_batch_up_to_max_rows():
         t.join(timeout=20)
     batcher.close()
     assert not any(t.is_alive() for t in threads)
-    assert sum(map(sum, seen)) == 15 and all(sum(b) <= 10 for b in seen) and len(seen) == 2
+    assert sum(map(sum, seen)) == 15 and all(sum(b) <= 10 for b in seen) and len(seen) == 2, seen
     for i, x in enumerate(xs):
         assert torch.equal(out[i], x.sum(dim=1, keepdim=True))
+    # a lone request (nothing else on its way) does not wait for the delay
+    lone = Batcher(run, max_rows=10, max_delay_s=2.0)
+    t0 = time.monotonic()
+    assert torch.equal(lone.submit(Job(None, xs[0])), xs[0].sum(dim=1, keepdim=True))  # type: ignore[arg-type]
+    assert time.monotonic() - t0 < 1.0
     off = Batcher(run, max_rows=10, max_delay_s=0)
     seen.clear()
     assert torch.equal(off.submit(Job(None, xs[2])), xs[2].sum(dim=1, keepdim=True))  # type: ignore[arg-type]

@@ -205,16 +205,17 @@ class _Service:
         self.runner = BatchRunner(api, store, journal=self.journal, lock=self.lock)
         self.batcher = Batcher(self.runner.run, max_rows=max_batch_rows, max_delay_s=max_batch_delay_ms / 1000)
 
-    def answer(self, client: ClientInfo, body: bytes, *, idempotency_key: str | None = None) -> bytes:
+    def answer(self, client: ClientInfo, body: bytes, *, idempotency_key: str | None = None,
+               arrival: Any = None) -> bytes:
         """The whole ``/v1/predict`` path off the event loop: decode, :meth:`answer_rows`, encode."""
         arr, encoding = parse_request(body, max_batch=self.max_batch)
         y, entry, updated = self.answer_rows(client, arr, encode=lambda y: encode_tensor(y, encoding),
-                                             idempotency_key=idempotency_key)
+                                             idempotency_key=idempotency_key, arrival=arrival)
         payload = {"outputs": y, "queries": updated.queries, "remaining": updated.remaining, "ledger_id": entry.id}
         return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
     def answer_rows(self, client: ClientInfo, x: Any, *, encode: Callable[[Any], Any] | None = None,
-                    idempotency_key: str | None = None) -> tuple[Any, LedgerEntry, ClientInfo]:
+                    idempotency_key: str | None = None, arrival: Any = None) -> tuple[Any, LedgerEntry, ClientInfo]:
         """Answer a decoded batch ``x`` (an array or tensor ``(N, *input_shape)``), whatever protocol carried it:
         validate it (:func:`check_batch`), record its rows in the ledger (budget and rate limit checked there),
         answer it in a batch with other requests (:mod:`modelsteal.serve.batcher`), and return ``(answer, ledger
@@ -222,7 +223,8 @@ class _Service:
         inside the same release-on-failure guard: a request that fails anywhere before its answer is encoded is
         taken back out of the ledger. With ``idempotency_key``, a retry of a request this client made within
         the window returns the stored answer (and the entry it was counted under) without counting or scoring
-        anything again."""
+        anything again. ``arrival``: the request's token from ``batcher.arriving()`` (a batch waits for the
+        requests still being read)."""
         x = check_batch(x, input_shape=self.api.input_shape, max_batch=self.max_batch,
                         input_range=self.input_range, tolerance=self.tolerance)
         blob = x.numpy().astype("<f4", copy=False).tobytes() if (self.record_inputs or idempotency_key) else None
@@ -230,7 +232,7 @@ class _Service:
             idempotency_key, _fingerprint(x, blob), self.idempotency_window_s)
         job = Job(client, x, inputs=blob if self.record_inputs else None, idempotency=idem)
         try:
-            y = self.batcher.submit(job)  # reserved (budget, rate limit, key) with its batch, then answered
+            y = self.batcher.submit(job, arrival)  # reserved (budget, rate limit, key) with its batch, answered
             out = encode(y) if encode is not None else y
         except IdempotentReplay as replay:
             return self._replayed(client, replay, encode)
@@ -470,6 +472,10 @@ def create_app(
     )
     async def predict(request: Request) -> Response:
         """Answer ``{"inputs": X}`` with ``{"outputs": Y}``; every row is counted in the ledger first."""
+        with service.batcher.arriving() as arrival:  # the batch being formed waits for this request
+            return await _predict(request, arrival)
+
+    async def _predict(request: Request, arrival: Any) -> Response:
         key = _bearer(request)
         idempotency_key = _idempotency_key(request)
         client = await run_in_threadpool(service.store.authenticate, key)
@@ -486,7 +492,8 @@ def create_app(
             body = await read_body(request)
         except ClientDisconnect:
             return Response(status_code=400)
-        payload = await run_in_threadpool(lambda: service.answer(client, body, idempotency_key=idempotency_key))
+        payload = await run_in_threadpool(
+            lambda: service.answer(client, body, idempotency_key=idempotency_key, arrival=arrival))
         return Response(payload, media_type="application/json")
 
     @app.get("/v1/usage", summary="The caller's own usage",
