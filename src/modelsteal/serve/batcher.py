@@ -78,7 +78,6 @@ class Job:
     error: BaseException | None = None
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
-    lead: bool = False
 
     @property
     def rows(self) -> int:
@@ -210,16 +209,12 @@ class _Arrival:
 
 
 class Batcher:
-    """Runs queued :class:`Job` s in batches with ``run``: a batch is formed when the queued rows reach
-    ``max_rows`` or the oldest job has waited ``max_delay_s`` seconds, and holds jobs in arrival order up to
-    ``max_rows`` rows (a single larger request runs alone). ``max_delay_s = 0``: no queue, :meth:`submit` runs
-    the job as a batch of one in the caller's thread.
-
-    No worker thread: the caller whose job is the oldest in the queue is the *leader* — it waits for the batch
-    to fill or for its own deadline, runs the batch in its own thread, then hands the lead to the oldest job
-    still queued (whose caller wakes and does the same). Requests the server is still reading or decoding
-    (:meth:`arriving`) are the only ones that could join: when none is on its way, the leader does not wait
-    (a lone client pays no delay); under load a batch gathers while the previous one runs."""
+    """A queue of :class:`Job` s run in batches by ``run`` on one worker thread: a batch is formed when the
+    queued rows reach ``max_rows`` or the oldest job has waited ``max_delay_s`` seconds, and holds jobs in
+    arrival order up to ``max_rows`` rows (a single larger request runs alone). ``max_delay_s = 0``: no
+    queue, :meth:`submit` runs the job as a batch of one in the caller's thread. Requests the server is still
+    reading or decoding (:meth:`arriving`) are the only ones that could join a batch: when none is on its
+    way, the batch does not wait for the delay (a lone client pays none)."""
 
     def __init__(self, run: Callable[[list[Job]], None], *, max_rows: int, max_delay_s: float) -> None:
         if max_rows < 1:
@@ -231,7 +226,7 @@ class Batcher:
         self.max_delay_s = float(max_delay_s)
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
-        self._leading = False  # a caller is forming or running a batch
+        self._thread: threading.Thread | None = None
         self._arriving = 0  # requests between arriving() and submit(): they may still join the next batch
         self._closed = False
 
@@ -242,7 +237,7 @@ class Batcher:
     @contextmanager
     def arriving(self) -> Iterator[_Arrival]:
         """Count a request from when the server starts reading it until it is submitted (or fails), so that a
-        leader waits for it; pass the yielded token to :meth:`submit`."""
+        forming batch waits for it; pass the yielded token to :meth:`submit`."""
         token = _Arrival()
         with self._cond:
             self._arriving += 1
@@ -273,24 +268,26 @@ class Batcher:
                 if arrival is not None and not arrival.done:
                     arrival.done = True
                     self._arriving -= 1
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name="modelsteal-batcher", daemon=True)
+                    self._thread.start()
                 self._queue.append(job)
-                if not self._leading:
-                    self._leading = job.lead = True
-                self._cond.notify_all()  # a leader waiting for rows counts again
-            if not job.lead:
-                job.done.wait()  # answered, or promoted to lead the next batch
-            if job.lead and job.answer is None and job.error is None:
-                self._lead()
+                self._cond.notify()
+            job.done.wait()
         if job.error is not None:
             raise job.error
         assert job.answer is not None
         return job.answer
 
-    def _lead(self) -> None:
-        """Form the next batch (it holds the leader's own job, the oldest queued), run it, pass the lead on."""
+    def _take(self) -> list[Job] | None:
+        """The next batch (``None`` once closed and drained), waiting for it to fill or for its deadline."""
         with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
             while not self._closed:
-                queued = sum(j.rows for j in self._queue)
+                queued = sum(job.rows for job in self._queue)
                 wait = self._queue[0].enqueued + self.max_delay_s - time.monotonic()
                 if queued >= self.max_rows or wait <= 0 or self._arriving <= 0:
                     break
@@ -300,26 +297,27 @@ class Batcher:
             while self._queue and rows + self._queue[0].rows <= self.max_rows:
                 rows += self._queue[0].rows
                 batch.append(self._queue.popleft())
-        try:
-            self._run(batch)
-        except BaseException as e:  # noqa: BLE001 - every job of the batch fails with it; the lead passes on
-            for j in batch:
-                if j.answer is None and j.error is None:
-                    j.error = e
-        finally:
-            with self._cond:
-                successor = self._queue[0] if self._queue else None
-                if successor is not None:
-                    successor.lead = True
-                else:
-                    self._leading = False
-            for j in batch:
-                j.done.set()
-            if successor is not None:
-                successor.done.set()
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                self._run(batch)
+            except BaseException as e:  # noqa: BLE001 - the worker must survive to serve the next batch
+                for job in batch:
+                    if job.answer is None and job.error is None:
+                        job.error = e
+            finally:
+                for job in batch:
+                    job.done.set()
 
     def close(self) -> None:
-        """Refuse new jobs (the queued ones are answered by their leaders)."""
+        """Answer what is queued, then stop the worker thread."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
