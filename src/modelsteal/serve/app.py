@@ -203,8 +203,7 @@ class _Service:
         self.journal = (DetectorJournal(detector, store, snapshot_every=snapshot_every)
                         if detector is not None and detector.stateful else None)
         self.runner = BatchRunner(api, store, journal=self.journal, lock=self.lock)
-        self.batcher = Batcher(self.runner.answer, prepare=self.runner.reserve, max_rows=max_batch_rows,
-                               max_delay_s=max_batch_delay_ms / 1000)
+        self.batcher = Batcher(self.runner.run, max_rows=max_batch_rows, max_delay_s=max_batch_delay_ms / 1000)
 
     def answer(self, client: ClientInfo, body: bytes, *, idempotency_key: str | None = None,
                arrival: Any = None) -> bytes:

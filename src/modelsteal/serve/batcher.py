@@ -117,26 +117,17 @@ class BatchRunner:
     def run(self, jobs: list[Job]) -> None:
         """Reserve and answer ``jobs`` (setting each one's ``entry``, then ``answer`` or ``error``); never
         raises for a job's own failure."""
-        self.answer(self.reserve(jobs))
-
-    def reserve(self, jobs: list[Job]) -> list[Job]:
-        """Record the batch's reservations in one transaction; the jobs admitted (the others get their
-        ``error``: over budget, rate limited, a replay — they never enter the batch)."""
         reserved = self.store.reserve_many([(j.client.id, j.rows, j.inputs, j.idempotency) for j in jobs])
-        admitted = []
+        pending = []
         for job, res in zip(jobs, reserved, strict=True):
             if isinstance(res, BaseException):
-                job.error = res
+                job.error = res  # over budget, rate limited, a replay: never enters the batch
             else:
                 job.entry, job.updated = res
-                admitted.append(job)
-        return admitted
-
-    def answer(self, jobs: list[Job]) -> None:
-        """Answer reserved ``jobs`` and commit their records (setting ``answer`` or ``error``)."""
-        if not jobs:
+                pending.append(job)
+        if not pending:
             return
-        pending = list(jobs)
+        jobs = list(pending)
         try:
             for _ in range(_STATE_RETRIES):
                 with self.lock:
@@ -225,17 +216,12 @@ class Batcher:
     reading or decoding (:meth:`arriving`) are the only ones that could join a batch: when none is on its
     way, the batch does not wait for the delay (a lone client pays none)."""
 
-    def __init__(self, run: Callable[[list[Job]], None], *, max_rows: int, max_delay_s: float,
-                 prepare: Callable[[list[Job]], list[Job]] | None = None) -> None:
+    def __init__(self, run: Callable[[list[Job]], None], *, max_rows: int, max_delay_s: float) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         if max_delay_s < 0:
             raise ValueError(f"max_delay_s must be >= 0, got {max_delay_s}")
         self._run = run
-        self._prepare = prepare
-        self._stage: deque[tuple[list[Job], list[Job]]] = deque()  # prepared batches waiting for run
-        self._stage_cond = threading.Condition()
-        self._runner: threading.Thread | None = None
         self.max_rows = int(max_rows)
         self.max_delay_s = float(max_delay_s)
         self._queue: deque[Job] = deque()
@@ -274,7 +260,7 @@ class Batcher:
         ``arrival``: the token of :meth:`arriving` (the request is no longer on its way)."""
         if not self.enabled:
             self._arrived(arrival)
-            self._run(self._prepare([job]) if self._prepare is not None else [job])
+            self._run([job])
         else:
             with self._cond:
                 if self._closed:
@@ -314,55 +300,19 @@ class Batcher:
             return batch
 
     def _loop(self) -> None:
-        """Form batches; with ``prepare``, prepare each (the ledger reservations) and hand it to the run thread,
-        so batch k+1 is reserved while batch k runs (a two-stage pipeline, each stage in arrival order)."""
         while True:
             batch = self._take()
             if batch is None:
-                if self._prepare is not None:
-                    with self._stage_cond:
-                        self._stage.append(([], []))  # tell the run thread to stop
-                        self._stage_cond.notify()
                 return
-            if self._prepare is None:
-                self._finish(batch, batch)
-                continue
             try:
-                ready = self._prepare(batch)
+                self._run(batch)
             except BaseException as e:  # noqa: BLE001 - the worker must survive to serve the next batch
                 for job in batch:
-                    if job.error is None:
+                    if job.answer is None and job.error is None:
                         job.error = e
+            finally:
+                for job in batch:
                     job.done.set()
-                continue
-            with self._stage_cond:
-                if self._runner is None:
-                    self._runner = threading.Thread(target=self._run_loop, name="modelsteal-batch-run", daemon=True)
-                    self._runner.start()
-                self._stage.append((batch, ready))
-                self._stage_cond.notify()
-
-    def _run_loop(self) -> None:
-        while True:
-            with self._stage_cond:
-                while not self._stage:
-                    self._stage_cond.wait()
-                batch, ready = self._stage.popleft()
-            if not batch:
-                return
-            self._finish(batch, ready)
-
-    def _finish(self, batch: list[Job], ready: list[Job]) -> None:
-        """Run ``ready`` (the jobs of ``batch`` still to answer) and wake every job of the batch."""
-        try:
-            self._run(ready)
-        except BaseException as e:  # noqa: BLE001 - the worker must survive to serve the next batch
-            for job in ready:
-                if job.answer is None and job.error is None:
-                    job.error = e
-        finally:
-            for job in batch:
-                job.done.set()
 
     def close(self) -> None:
         """Answer what is queued, then stop the worker thread."""
@@ -371,5 +321,3 @@ class Batcher:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        if self._runner is not None:
-            self._runner.join(timeout=30)
