@@ -8,7 +8,8 @@ HTTP client in :mod:`modelsteal.serve.client` — and every attack only ever tal
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
@@ -81,8 +82,8 @@ class QueryCounter:
     :meth:`record` counts rows once they are answered. :class:`PredictionAPI` and the tree oracle of
     :mod:`modelsteal.attacks.tramer` reserve a whole batch and record it after every sub-batch succeeded (a
     batch that fails is not counted); the HTTP client records each request the server answered and leaves the
-    budget to the server (the ledger counts the same rows, except a request retried after its answer was lost
-    in transit, which the server may have counted twice).
+    budget to the server (the ledger counts the same rows: a request retried after its answer was lost in
+    transit carries the same idempotency key, and the server replays it without counting it again).
     """
 
     def __init__(self, *, budget: int | None = None) -> None:
@@ -120,6 +121,18 @@ class QueryCounter:
     def record(self, client: str, n: int) -> None:
         """Count ``n`` answered rows for ``client``."""
         self._counts[client] += int(n)
+
+
+@dataclass
+class RequestAnswer:
+    """One request's part of :meth:`PredictionAPI.query_many`: its ``(n, K)`` ``answers`` (``None`` when refused),
+    how many of its rows the detector ``flagged``, the :class:`QueryRefusedError` when the ``refuse`` response
+    refused it, and what a stateful defense recorded while answering it (``records``, or ``None``)."""
+
+    answers: Tensor | None
+    flagged: int
+    refused: QueryRefusedError | None = None
+    records: dict | None = None
 
 
 class PredictionAPI(QueryCounter):
@@ -256,6 +269,98 @@ class PredictionAPI(QueryCounter):
         self.record(client, len(x))
         self._flags[client] += flagged
         return out
+
+    def query_many(self, requests: Sequence[tuple[str, Tensor]], *,
+                   on_scored: Callable[[int], None] | None = None) -> list[RequestAnswer]:
+        """Answer several clients' requests ``[(client, x), ...]`` as one batch, what a server's dynamic batcher
+        does: one model forward over all their rows, one defense call for a defense without per-client state
+        (MAD, AM, ...; a ``stateful`` one such as DAWN is called per request, in order), one output call, and
+        each request gets exactly its own rows back. The result is what :meth:`query` would give for the
+        requests one after another, in this order:
+
+        - a stateful detector (PRADA) scores each request's rows on its client's state in arrival order
+          (``on_scored(i)`` is called right after request ``i`` is scored: the server saves its state change
+          there), a stateless one scores all rows at once;
+        - with the ``refuse`` response a request holding a flagged row gets ``refused`` (the error, not raised)
+          and no answer; the other requests are answered;
+        - queries, flags and first-flag positions are counted per client as :meth:`query` counts them.
+
+        ``RequestAnswer.records`` holds what a stateful defense recorded for that request
+        (:meth:`~modelsteal.defenses.Defense.take_new_records`, taken right after it). Budgets are the
+        caller's (an API with a ``budget`` is refused). An exception from the model, the defense or the output
+        fails every request of the batch and counts none.
+        """
+        if self.budget is not None:
+            raise ValueError("query_many answers requests whose budgets the caller checked: build the "
+                             "PredictionAPI with budget=None")
+        xs = [as_batch(x, self.input_shape) for _, x in requests]
+        clients = [c for c, _ in requests]
+        bounds = [0]
+        for x in xs:
+            bounds.append(bounds[-1] + len(x))
+        if not xs:
+            return []
+        x_all = torch.cat(xs).to(self.device)
+        probs = answer_in_batches(x_all, self.batch_size, self._softmax, empty=self._empty)
+        spans = [slice(bounds[i], bounds[i + 1]) for i in range(len(xs))]
+        flags: Tensor | None = None
+        if self.detector is not None:
+            if self.detector.stateful:  # each client's state sees its requests in arrival order
+                parts = []
+                for i, sp in enumerate(spans):
+                    parts.append(self.detector.flag(x_all[sp], probs[sp], client=clients[i]).to(self.device))
+                    if on_scored is not None:
+                        on_scored(i)
+                flags = torch.cat(parts)
+            else:
+                flags = torch.cat([self.detector.flag(xb, pb).to(self.device) for xb, pb in
+                                   zip(x_all.split(self.batch_size), probs.split(self.batch_size), strict=True)])
+        counts = [0 if flags is None else int(flags[sp].sum()) for sp in spans]
+        refused = [bool(n) and self.response.refuses for n in counts]
+        kept = [i for i in range(len(xs)) if not refused[i]]
+        records: list[dict | None] = [None] * len(xs)
+        answers: list[Tensor | None] = [None] * len(xs)
+        if kept:
+            idx = torch.cat([torch.arange(spans[i].start, spans[i].stop) for i in kept]).to(self.device)
+            xk, pk = x_all[idx], probs[idx]
+            local = [0]
+            for i in kept:
+                local.append(local[-1] + len(xs[i]))
+            if self.defense is not None:
+                if self.defense.stateful:
+                    out = []
+                    for j, i in enumerate(kept):
+                        sp = slice(local[j], local[j + 1])
+                        out.append(self.defense(xk[sp], pk[sp], client=clients[i]))
+                        records[i] = self.defense.take_new_records(clients[i])
+                    pk = torch.cat(out)
+                else:
+                    pk = torch.cat([self.defense(xb, pb, client=clients[kept[0]]) for xb, pb in
+                                    zip(xk.split(self.batch_size), pk.split(self.batch_size), strict=True)])
+            if flags is not None:
+                pk = pk.clone()
+                for j, i in enumerate(kept):
+                    if counts[i]:  # only a request with a flagged row is touched by the response
+                        sp = slice(local[j], local[j + 1])
+                        pk[sp] = self.response(xk[sp], pk[sp], flags[spans[i]], client=clients[i])
+            yk = self.output(check_simplex(pk))
+            for j, i in enumerate(kept):
+                answers[i] = yk[local[j]: local[j + 1]]
+        results = []
+        name = "" if self.detector is None else (self.detector.name or type(self.detector).__name__)
+        for i, client in enumerate(clients):  # bookkeeping in arrival order, as query() would have done it
+            n = len(xs[i])
+            error = None
+            if flags is not None:
+                self._note_first_flag(client, flags[spans[i]], offset=0)
+            if refused[i]:
+                error = QueryRefusedError(f"query refused: detector {name!r} flagged {counts[i]} of the batch's {n} "
+                                          f"rows as suspicious", flagged=counts[i], rows=n, detector=name)
+            else:
+                self.record(client, n)
+                self._flags[client] += counts[i]
+            results.append(RequestAnswer(answers=answers[i], flagged=counts[i], refused=error, records=records[i]))
+        return results
 
     def _note_first_flag(self, client: str, flags: Tensor, *, offset: int) -> None:
         """Remember where ``client``'s (and any client's) first flagged row is: ``flags`` are the rows after the

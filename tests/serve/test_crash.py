@@ -20,7 +20,9 @@ from modelsteal.serve.store import open_store  # noqa: E402
 N_KEYS, THREADS_PER_KEY, MAX_ROWS = 3, 3, 8
 
 
-def test_every_answered_query_survives_kill_9(tmp_path):
+@pytest.mark.parametrize("batching", [["--max-batch-delay-ms", "0"], ["--max-batch-delay-ms", "5"]],
+                         ids=["batching-off", "batching-on"])
+def test_every_answered_query_survives_kill_9(tmp_path, batching):
     ckpt = make_checkpoint(tmp_path / "victim.pt")
     store_url = str(tmp_path / "ledger.db")
     with open_store(store_url) as store:
@@ -30,7 +32,7 @@ def test_every_answered_query_survives_kill_9(tmp_path):
     failures: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
-    server = ServerProcess(model=ckpt, store=store_url, log_path=tmp_path / "server.log")
+    server = ServerProcess(model=ckpt, store=store_url, log_path=tmp_path / "server.log", args=batching)
 
     def client(name: str, seed: int) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -71,7 +73,7 @@ def test_every_answered_query_survives_kill_9(tmp_path):
     assert not failures, failures
 
     # Restart on the same store: it recovers the WAL and serves again.
-    restarted = ServerProcess(model=ckpt, store=store_url, log_path=tmp_path / "server2.log")
+    restarted = ServerProcess(model=ckpt, store=store_url, log_path=tmp_path / "server2.log", args=batching)
     with restarted:
         with open_store(store_url) as store:
             clients = {c.name: c for c in store.clients()}

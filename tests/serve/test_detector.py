@@ -80,13 +80,18 @@ def test_a_refused_batch_is_a_403_with_its_code_and_leaves_the_ledger_untouched(
         assert r.status_code == 403 and r.json()["code"] == "query_refused"
         assert f"flagged {int(flags.sum())} of the batch's 12 rows" in r.json()["detail"]
         usage = http.get("/v1/usage", headers=auth).json()
-        assert (usage["queries"], usage["flagged"]) == (5, 0)
+        # issue 29 defect 6: a client being refused sees its flagged queries and its refusals in /v1/usage
+        # (it read "flagged": 0, the refused batch's flags thrown away with its ledger entry)
+        assert (usage["queries"], usage["flagged"]) == (5, int(flags.sum()))
+        assert usage["refused"] == {"requests": 1, "queries": 12}
         assert http.get("/v1/info").json()["detector"]["response"] == "refuse"
     assert [e.n for e in store.ledger()] == [5]
     bb = _blackbox(app, key)
     with pytest.raises(QueryRefusedError, match="query refused: detector 'low-confidence'"):
         bb.query(x)
-    assert bb.queries() == 0 and bb.usage()["queries"] == 5
+    usage = bb.usage()
+    assert bb.queries() == 0 and usage["queries"] == 5
+    assert usage["flagged"] == 2 * int(flags.sum()) and usage["refused"] == {"requests": 2, "queries": 24}
     store.close()
 
 

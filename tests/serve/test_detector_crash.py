@@ -5,6 +5,8 @@ clients' states are each their own."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 import torch
 
@@ -45,7 +47,10 @@ def _stored(store, client_id: int) -> dict:
     return det.state_dict("c")
 
 
-def test_prada_state_after_kill_9_and_restart_equals_the_uninterrupted_state(tmp_path):
+@pytest.mark.parametrize("extra", [["--max-batch-delay-ms", "0"], ["--max-batch-delay-ms", "5"],
+                                   ["--max-batch-delay-ms", "5", "--journal-snapshot-every", "3"]],
+                         ids=["batching-off", "batching-on", "batching-on-compacted"])
+def test_prada_state_after_kill_9_and_restart_equals_the_uninterrupted_state(tmp_path, extra):
     # Bugs caught: state kept in memory only (after the restart the streams start again); a state saved after
     # the answer was sent, or not at all for some requests (entries missing after the kill); the two clients'
     # queries mixed into one state; flags counted in memory (lost by the kill).
@@ -57,7 +62,7 @@ def test_prada_state_after_kill_9_and_restart_equals_the_uninterrupted_state(tmp
     sent = {"alice": _batches(0, near=False), "bob": _batches(1, near=True)}
     n_before = 7
 
-    server = ServerProcess(model=ckpt, store=store_url, log_path=tmp_path / "server.log", args=ARGS)
+    server = ServerProcess(model=ckpt, store=store_url, log_path=tmp_path / "server.log", args=[*ARGS, *extra])
     try:
         server.start()
         for name, batches in sent.items():
@@ -68,7 +73,7 @@ def test_prada_state_after_kill_9_and_restart_equals_the_uninterrupted_state(tmp
     finally:
         server.stop()
 
-    restarted = ServerProcess(model=ckpt, store=store_url, log_path=tmp_path / "server2.log", args=ARGS)
+    restarted = ServerProcess(model=ckpt, store=store_url, log_path=tmp_path / "server2.log", args=[*ARGS, *extra])
     usage = {}
     with restarted:
         for name, batches in sent.items():
@@ -87,4 +92,9 @@ def test_prada_state_after_kill_9_and_restart_equals_the_uninterrupted_state(tmp
             assert _stored(store, ids[name]) == ref.state_dict("r"), name
             assert usage[name]["flagged"] == flagged and usage[name]["queries"] == sum(map(len, batches))
             assert store.detector_version(ids[name]) == len(batches)
+            if "--journal-snapshot-every" in extra:  # compacted: the newest snapshot and the deltas after it
+                with sqlite3.connect(store_url) as db:
+                    kept = db.execute("SELECT seq, kind FROM detector_state WHERE client_id = ? ORDER BY seq",
+                                      (ids[name],)).fetchall()
+                assert kept == [(12, "full")], kept  # 12 requests, a snapshot every 3rd entry
     assert usage["bob"]["flagged"] > 0  # the JBDA-like stream is flagged, so the flag counts are tested

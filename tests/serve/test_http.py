@@ -32,8 +32,8 @@ KEYS = {  # name -> (budget, rate limit)
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["0", "5"], ids=["batching-off", "batching-on"])
+def server(tmp_path_factory, request):
     d = tmp_path_factory.mktemp("serve")
     ckpt = make_checkpoint(d / "victim.pt")
     store_url = str(d / "ledger.db")
@@ -42,7 +42,8 @@ def server(tmp_path_factory):
         for name, (budget, rate) in KEYS.items():
             keys[name] = store.create_key(name=name, budget=budget, rate_limit=rate)[1]
     srv = ServerProcess(model=ckpt, store=store_url, log_path=d / "server.log",
-                        args=["--max-batch", str(MAX_BATCH), "--max-body-bytes", str(MAX_BODY)])
+                        args=["--max-batch", str(MAX_BATCH), "--max-body-bytes", str(MAX_BODY),
+                              "--max-batch-delay-ms", request.param])
     with srv:
         srv.keys = keys
         srv.ckpt = ckpt

@@ -60,6 +60,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=1024, help="most rows per request (default 1024)")
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default: from --max-batch)")
     p.add_argument("--record-inputs", action="store_true", help="store every query's inputs in the ledger")
+    p.add_argument("--max-batch-rows", type=int, default=256, metavar="N",
+                   help="dynamic batching: most rows of concurrent requests answered as one batch (default 256)")
+    p.add_argument("--max-batch-delay-ms", type=float, default=2.0, metavar="MS",
+                   help="dynamic batching: a batch runs when full or when its oldest request has waited this "
+                        "long (default 2; 0 turns batching off)")
+    p.add_argument("--idempotency-window", type=float, default=86400.0, metavar="SECONDS",
+                   help="how long a request's Idempotency-Key replays its stored answer (default 86400)")
+    p.add_argument("--journal-snapshot-every", type=int, default=1000, metavar="N",
+                   help="a stateful detector's journal: a snapshot of the client's state every N entries, older "
+                        "entries dropped, so a restart replays at most N per client (default 1000; 0: never)")
     p.add_argument("--device", default="auto", help="device for the model: cpu, cuda, cuda:N or auto (default; CUDA "
                    "when available)")
     p.add_argument("--eval-size", type=int, default=1000, metavar="N",
@@ -104,6 +114,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     if args.max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if args.max_batch_rows < 1:
+        raise ValueError(f"--max-batch-rows must be >= 1, got {args.max_batch_rows}")
+    if not 0 <= args.max_batch_delay_ms <= 10_000:
+        raise ValueError(f"--max-batch-delay-ms must be in 0..10000, got {args.max_batch_delay_ms:g}")
+    if not args.idempotency_window > 0:
+        raise ValueError(f"--idempotency-window must be > 0 seconds, got {args.idempotency_window:g}")
+    if args.journal_snapshot_every < 0:
+        raise ValueError(f"--journal-snapshot-every must be >= 0 (0: never), got {args.journal_snapshot_every}")
     if args.eval_size < 0:
         raise ValueError(f"--eval-size must be >= 0, got {args.eval_size}")
     if (args.model is None) == (args.upstream is None):
@@ -126,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         record_inputs=args.record_inputs, device=str(resolve_device(args.device)), torch_threads=args.threads,
         model_format=args.format, model_weights=args.weights, model_spec_file=args.spec,
         model_spec=model_spec(args).to_dict(),
+        max_batch_rows=args.max_batch_rows, max_batch_delay_ms=args.max_batch_delay_ms,
+        idempotency_window_s=args.idempotency_window, snapshot_every=args.journal_snapshot_every or None,
     )
     # Build everything once here so that a bad checkpoint, defense or store is a one-line error, not a
     # traceback from inside a worker.
@@ -156,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
                               "timeout_graceful_shutdown": 10}
     if args.workers == 1:
         app = create_app(api, store=store, max_batch=config.max_batch, max_body_bytes=config.max_body_bytes,
-                         record_inputs=config.record_inputs, info=info)
+                         record_inputs=config.record_inputs, info=info, max_batch_rows=config.max_batch_rows,
+                         max_batch_delay_ms=config.max_batch_delay_ms,
+                         idempotency_window_s=config.idempotency_window_s, snapshot_every=config.snapshot_every)
         server = uvicorn.Server(uvicorn.Config(app, **common))
         try:
             server.run(sockets=[sock])

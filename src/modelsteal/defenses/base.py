@@ -31,6 +31,8 @@ class Defense(ABC):
     - ``uses_input``: whether :meth:`perturb` reads the inputs ``x`` (MAD's Jacobian does); ART's postprocessors
       see only posteriors, so :mod:`modelsteal.interop.art` wraps such defenses around the estimator instead.
     - ``needs_fit``: whether :meth:`fit` must run (on the victim and its data) before the first query.
+    - ``stateful``: whether an answer depends on, or is recorded for, its client (DAWN's per-client records);
+      a server's batcher calls such a defense once per request, any other once per batch of many clients.
 
     Defenses that need the victim (MAD's default surrogate is a random copy of it) receive it in
     :meth:`bind`, which :class:`~modelsteal.PredictionAPI` calls once. Defenses that must learn something from
@@ -45,6 +47,7 @@ class Defense(ABC):
     example_strength: ClassVar[float | None] = None
     uses_input: ClassVar[bool] = False
     needs_fit: ClassVar[bool] = False
+    stateful: ClassVar[bool] = False
 
     @property
     def budget_norm(self) -> str | None:

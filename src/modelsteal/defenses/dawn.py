@@ -111,6 +111,7 @@ class DAWN(Defense):
     strength_param = "rate"
     example_strength = 0.5
     uses_input = True
+    stateful = True  # per-client records: a server's batcher calls it once per request
 
     def __init__(self, *, rate: float = 0.05, key: str = "modelsteal-dawn", quantum: float = 1 / 255,
                  records: str | None = None) -> None:

@@ -7,7 +7,8 @@
 - :mod:`modelsteal.serve.store`: ``open_store(url)``, keys (stored hashed) and the durable query ledger,
   SQLite by default (``store/sqlite.py``) and PostgreSQL by URL (``store/postgres.py``);
 - :mod:`modelsteal.serve.detector_state`: a stateful detector's per-client state (PRADA), journalled in the
-  store, loaded before and saved after every request;
+  store (compacted into periodic snapshots), loaded before and saved after every request;
+- :mod:`modelsteal.serve.batcher`: dynamic batching of concurrent requests and the group commit of a batch;
 - :mod:`modelsteal.serve.client`: ``HTTPBlackBox(url, key)``, the client side of the
   :class:`~modelsteal.BlackBox` contract, so any attack runs unchanged against a live server — ``modelsteal
   serve``'s ``/v1``, or any Open Inference Protocol (v2) endpoint such as Triton, KServe or MLServer;

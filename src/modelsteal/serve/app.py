@@ -7,23 +7,26 @@ Endpoints (all JSON):
   ``{"dtype": "float32", "shape": [N, ...], "base64": "<little-endian bytes>"}``. The answer is
   ``{"outputs": Y, "queries": used, "remaining": left, "ledger_id": id}`` with ``Y`` the ``(N, K)`` defended
   answers in the same encoding as the inputs (``"encoding": "json" | "base64"`` in the request overrides).
+- the Open Inference Protocol (``/v2/health/*``, ``/v2/models/{name}[/ready|/infer]``), same keys, ledger and
+  API: :mod:`modelsteal.serve.v2`.
 - ``GET /v1/usage``: the caller's own ``queries``, ``budget``, ``remaining``, ``rate_limit``, ``flags`` (the
   key's state: budget exhausted, rate limited) and ``flagged`` (how many of its queries the API's detector
   flagged, from the store, so it survives a restart).
 - ``GET /v1/info``: ``input_shape``, ``num_classes``, defense, output format and request limits.
 - ``GET /healthz``; OpenAPI docs at ``/docs`` and ``/openapi.json``.
-- the Open Inference Protocol (``/v2/health/*``, ``/v2/models/{name}[/ready|/infer]``), same keys, ledger and
-  API: :mod:`modelsteal.serve.v2`.
 
 Every request is authenticated against the :class:`~modelsteal.serve.store.Store`; a batch is validated
-(shape, dtype, finiteness, value range, size), then recorded in the ledger — budget and rate limit checked
-in the same transaction — and only then answered by the :class:`~modelsteal.PredictionAPI` (inference is
-serialised by a lock and runs in the thread pool, off the event loop). A query is one input row. When the
-API has a detector, the number of the request's rows it flagged is written to the store next to the ledger
-entry before the answer is sent; a batch its ``refuse`` response refuses is a 403 ``query_refused`` and is
-taken back out of the ledger, like any request that was not answered. A *stateful* detector (PRADA) keeps
-each client's state in the store (:mod:`modelsteal.serve.detector_state`): loaded before the request, its
-change saved after it in the same transaction as the request's flag count, before the answer is sent.
+(shape, dtype, finiteness, value range, size), then queued for the dynamic batcher
+(:mod:`modelsteal.serve.batcher`), which records the requests of a batch in the ledger in one transaction —
+budget, rate limit and ``Idempotency-Key`` checked per request — answers them with one pass of the
+:class:`~modelsteal.PredictionAPI` (:meth:`~modelsteal.PredictionAPI.query_many`, serialised by a lock, off the
+event loop) and makes their flags, detector-state entries and stored answers durable in one more, before any
+is answered. A retry carrying the ``Idempotency-Key`` of an answered request gets the stored answer. A query
+is one input row. When the API has a detector, the number of the request's rows it flagged is written to the
+store before the answer is sent; a request its ``refuse`` response refuses is a 403 ``query_refused``, is taken
+back out of the ledger and kept as a refusal (its flagged rows still count in ``/v1/usage``). A *stateful*
+detector (PRADA) keeps each client's state in the store (:mod:`modelsteal.serve.detector_state`): loaded before
+the batch, its change saved in the batch's transaction with the request's flag count, before it is answered.
 The body format lives in :mod:`modelsteal.serve.codec`, the server's settings in
 :mod:`modelsteal.serve.config`; both are re-exported here.
 
@@ -36,6 +39,9 @@ Example::
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at runtime, and
 # the fastapi/starlette names they use are imported lazily inside create_app.
+import base64
+import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -46,8 +52,12 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
 from modelsteal.blackbox import PredictionAPI, QueryRefusedError
 from modelsteal.serve import require
+from modelsteal.serve.batcher import Batcher, BatchRunner, Job
 from modelsteal.serve.codec import ENCODINGS, APIError, check_batch, decode_request, encode_tensor, parse_request
 from modelsteal.serve.config import CONFIG_ENV, ServeConfig, build_api, default_max_body_bytes
 from modelsteal.serve.detector_state import DetectorJournal
@@ -55,7 +65,9 @@ from modelsteal.serve.store import (
     AuthenticationError,
     BudgetExhaustedError,
     ClientInfo,
-    DetectorStateConflict,
+    IdempotencyConflict,
+    IdempotencyKey,
+    IdempotentReplay,
     LedgerEntry,
     RateLimitedError,
     Store,
@@ -71,52 +83,114 @@ __all__ = [
 ]
 
 log = logging.getLogger("modelsteal.serve")
-_STATE_RETRIES = 8  # a request re-scored after another worker saved the same client's detector state
 
 
 # -- the application ----------------------------------------------------------------------------------------
-_PREDICT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["inputs"],
-    "additionalProperties": False,
-    "properties": {
-        "inputs": {
-            "description": "A batch (N, *input_shape) of raw values in the model's range ([0, 1]): nested arrays "
-                           "of numbers, or the compact {dtype: float32, shape, base64} object.",
-            "oneOf": [
-                {"type": "array", "items": {}},
-                {
-                    "type": "object",
-                    "required": ["shape", "base64"],
-                    "properties": {
-                        "dtype": {"type": "string", "enum": ["float32"]},
-                        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                        "base64": {"type": "string", "description": "little-endian float32 bytes, base64"},
+def _predict_schema(input_shape: tuple[int, ...], max_batch: int, input_range: tuple[float, float]) -> dict[str, Any]:
+    """The ``/v1/predict`` body as JSON Schema, exact for nested arrays (``1..max_batch`` rows of the input
+    shape, numbers in the input range); the compact object's byte length must match its shape, which JSON
+    Schema cannot say (the server answers 422 when it does not)."""
+    row: dict[str, Any] = {"type": "number", "minimum": input_range[0], "maximum": input_range[1]}
+    for size in reversed(input_shape):
+        row = {"type": "array", "minItems": int(size), "maxItems": int(size), "items": row}
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "additionalProperties": False,
+        "properties": {
+            "inputs": {
+                "description": "A batch (N, *input_shape) of raw values in the model's range: nested arrays of "
+                               "numbers, or the compact {dtype: float32, shape, base64} object.",
+                "oneOf": [
+                    {"type": "array", "minItems": 1, "maxItems": int(max_batch), "items": row},
+                    {
+                        "type": "object",
+                        "required": ["shape", "base64"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "dtype": {"type": "string", "enum": ["float32"]},
+                            "shape": {"type": "array", "minItems": len(input_shape) + 1,
+                                      "maxItems": len(input_shape) + 1, "items": {"type": "integer", "minimum": 1}},
+                            "base64": {"type": "string", "description": "little-endian float32 bytes, base64"},
+                        },
                     },
-                },
-            ],
+                ],
+            },
+            "encoding": {"type": "string", "enum": list(ENCODINGS),
+                         "description": "encoding of the outputs; defaults to that of the inputs"},
         },
-        "encoding": {"type": "string", "enum": list(ENCODINGS),
-                     "description": "encoding of the outputs; defaults to that of the inputs"},
+    }
+
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["detail", "code"],
+    "properties": {"detail": {"type": "string", "description": "what is wrong, in one sentence"},
+                   "code": {"type": "string", "description": "a stable machine-readable code, e.g. budget_exhausted"}},
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("Malformed JSON or a bad Idempotency-Key header"),
+    401: _error("Missing or invalid API key"),
+    403: _error("Revoked key, query budget exhausted, or batch refused by the detector (query_refused)"),
+    409: _error("A request with the same Idempotency-Key is still being answered"),
+    413: _error("Body or batch too large"),
+    422: _error("Inputs of the wrong shape, dtype or range, or NaN/Inf; or an Idempotency-Key reused for other "
+                "inputs"),
+    429: _error("Rate limit exceeded (see Retry-After)"),
+    500: _error("Internal error (a bug: the request was not counted)"),
+}
+_AUTH_RESPONSES = {k: _ERROR_RESPONSES[k] for k in (401, 403)}
+
+_PREDICT_ANSWER: dict[str, Any] = {
+    "type": "object",
+    "required": ["outputs", "queries", "remaining", "ledger_id"],
+    "properties": {
+        "outputs": {"description": "the (N, K) answers, in the request's encoding",
+                    "oneOf": [{"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                              {"type": "object", "required": ["dtype", "shape", "base64"],
+                               "properties": {"dtype": {"type": "string"},
+                                              "shape": {"type": "array", "items": {"type": "integer"}},
+                                              "base64": {"type": "string"}}}]},
+        "queries": {"type": "integer", "description": "this key's queries, this request included"},
+        "remaining": {"type": ["integer", "null"], "description": "queries left in the budget (null: no budget)"},
+        "ledger_id": {"type": "integer", "description": "the ledger entry that counts this request"},
+    },
+}
+_USAGE: dict[str, Any] = {
+    "type": "object",
+    "required": ["client", "queries", "requests", "budget", "remaining", "flags", "flagged", "refused"],
+    "properties": {
+        "client": {"type": "string"}, "key_prefix": {"type": "string"},
+        "queries": {"type": "integer"}, "requests": {"type": "integer"},
+        "budget": {"type": ["integer", "null"]}, "remaining": {"type": ["integer", "null"]},
+        "rate_limit": {"type": ["number", "null"]},
+        "flags": {"type": "object", "properties": {"budget_exhausted": {"type": "boolean"},
+                                                   "rate_limited": {"type": "boolean"}}},
+        "flagged": {"type": "integer", "description": "queries the detector flagged, refused ones included"},
+        "refused": {"type": "object", "description": "requests and queries the detector's refuse response refused",
+                    "properties": {"requests": {"type": "integer"}, "queries": {"type": "integer"}}},
     },
 }
 
-_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Malformed JSON"},
-    401: {"description": "Missing or invalid API key"},
-    403: {"description": "Revoked key, query budget exhausted, or batch refused by the detector (query_refused)"},
-    413: {"description": "Body or batch too large"},
-    422: {"description": "Inputs of the wrong shape, dtype or range, or NaN/Inf"},
-    429: {"description": "Rate limit exceeded (see Retry-After)"},
-}
+
+def _ok(schema: dict[str, Any], description: str = "Successful Response") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 class _Service:
-    """The state one app instance shares between requests: API, store, limits and the inference lock."""
+    """The state one app instance shares between requests: API, store, limits, the inference lock and the
+    batcher (:mod:`modelsteal.serve.batcher`)."""
 
     def __init__(self, api: PredictionAPI, store: Store, *, max_batch: int, max_body_bytes: int,
                  input_range: tuple[float, float], tolerance: float, record_inputs: bool,
-                 info: dict[str, Any]) -> None:
+                 info: dict[str, Any], max_batch_rows: int = 256, max_batch_delay_ms: float = 2.0,
+                 idempotency_window_s: float = 86_400.0, snapshot_every: int | None = 1000) -> None:
         self.api = api
         self.store = store
         self.max_batch = max_batch
@@ -125,89 +199,90 @@ class _Service:
         self.tolerance = tolerance
         self.record_inputs = record_inputs
         self.info = info
+        self.idempotency_window_s = float(idempotency_window_s)
         self.lock = threading.Lock()
         detector = api.detector
-        self.journal = DetectorJournal(detector, store) if detector is not None and detector.stateful else None
-        self.prefetch: Callable[[Any], None] | None = getattr(api.model, "prefetch", None)
+        self.journal = (DetectorJournal(detector, store, snapshot_every=snapshot_every)
+                        if detector is not None and detector.stateful else None)
+        self.runner = BatchRunner(api, store, journal=self.journal, lock=self.lock)
+        self.batcher = Batcher(self.runner.run, max_rows=max_batch_rows, max_delay_s=max_batch_delay_ms / 1000)
 
-    def answer(self, client: ClientInfo, body: bytes) -> bytes:
+    def answer(self, client: ClientInfo, body: bytes, *, idempotency_key: str | None = None,
+               arrival: Any = None) -> bytes:
         """The whole ``/v1/predict`` path off the event loop: decode, :meth:`answer_rows`, encode."""
         arr, encoding = parse_request(body, max_batch=self.max_batch)
-        y, entry, updated = self.answer_rows(client, arr, encode=lambda y: encode_tensor(y, encoding))
+        y, entry, updated = self.answer_rows(client, arr, encode=lambda y: encode_tensor(y, encoding),
+                                             idempotency_key=idempotency_key, arrival=arrival)
         payload = {"outputs": y, "queries": updated.queries, "remaining": updated.remaining, "ledger_id": entry.id}
         return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
     def answer_rows(self, client: ClientInfo, x: Any, *, encode: Callable[[Any], Any] | None = None,
-                    ) -> tuple[Any, LedgerEntry, ClientInfo]:
+                    idempotency_key: str | None = None, arrival: Any = None) -> tuple[Any, LedgerEntry, ClientInfo]:
         """Answer a decoded batch ``x`` (an array or tensor ``(N, *input_shape)``), whatever protocol carried it:
         validate it (:func:`check_batch`), record its rows in the ledger (budget and rate limit checked there),
-        query the API, and return ``(answer, ledger entry, updated client)``; ``encode`` (optional) turns the
-        ``(N, K)`` answer into what the protocol sends, inside the same release-on-failure guard: a request that
-        fails anywhere before its answer is encoded is taken back out of the ledger."""
+        answer it in a batch with other requests (:mod:`modelsteal.serve.batcher`), and return ``(answer, ledger
+        entry, updated client)``; ``encode`` (optional) turns the ``(N, K)`` answer into what the protocol sends,
+        inside the same release-on-failure guard: a request that fails anywhere before its answer is encoded is
+        taken back out of the ledger. With ``idempotency_key``, a retry of a request this client made within
+        the window returns the stored answer (and the entry it was counted under) without counting or scoring
+        anything again. ``arrival``: the request's token from ``batcher.arriving()`` (a batch waits for the
+        requests still being read)."""
         x = check_batch(x, input_shape=self.api.input_shape, max_batch=self.max_batch,
                         input_range=self.input_range, tolerance=self.tolerance)
-        blob = x.numpy().astype("<f4", copy=False).tobytes() if self.record_inputs else None
-        entry, updated = self.store.reserve(client.id, int(x.shape[0]), inputs=blob)
+        blob = x.numpy().astype("<f4", copy=False).tobytes() if (self.record_inputs or idempotency_key) else None
+        idem = None if idempotency_key is None else IdempotencyKey(
+            idempotency_key, _fingerprint(x, blob), self.idempotency_window_s)
+        job = Job(client, x, inputs=blob if self.record_inputs else None, idempotency=idem)
         try:
-            if self.prefetch is not None:  # a gateway (serve/upstream.py) asks its upstream outside the lock
-                self.prefetch(x)
-            if self.journal is None:
-                with self.lock:  # defenses may keep per-client state; no inference_mode: MAD needs autograd
-                    y, flagged = self._query(x, client)
-                    marks = self._new_watermarks(client)
-                self.store.record_flags(entry.id, flagged)
-            else:
-                y = self._query_stateful(x, client, entry.id)
-                with self.lock:
-                    marks = self._new_watermarks(client)
-            if marks is not None:
-                self.store.record_watermarks(entry.id, marks)
+            y = self.batcher.submit(job, arrival)  # reserved (budget, rate limit, key) with its batch, answered
             out = encode(y) if encode is not None else y
+        except IdempotentReplay as replay:
+            return self._replayed(client, replay, encode)
+        except QueryRefusedError:
+            raise  # the batch's commit kept the refusal and took the entry back out of the ledger
         except BaseException:
-            try:
-                self.store.release(entry.id)
-            except Exception:  # noqa: BLE001 - keep the original error; an over-count is the safe side
-                log.exception("could not release ledger entry %s after a failed request", entry.id)
-            raise
-        return out, entry, updated
-
-    def _new_watermarks(self, client: ClientInfo) -> bytes | None:
-        """What a watermarking defense (DAWN) recorded for this request, as the store keeps it (call under the
-        lock, right after the query)."""
-        new = None if self.api.defense is None else self.api.defense.take_new_records(client.name)
-        return None if new is None else json.dumps(new, separators=(",", ":")).encode("utf-8")
-
-    def _query(self, x: Any, client: ClientInfo) -> tuple[Any, int]:
-        """The API's answer and how many of its rows the detector flagged (call under the lock)."""
-        before = self.api.flags(client.name)
-        y = self.api.query(x, client=client.name)
-        return y, self.api.flags(client.name) - before
-
-    def _query_stateful(self, x: Any, client: ClientInfo, ledger_id: int) -> Any:
-        """Load the client's detector state from the store, answer, and save the change with the request's flags
-        (a refused batch saves the change too: the detector has seen it). When another worker saved this
-        client's state in between, reload and score the request again."""
-        assert self.journal is not None
-        for _ in range(_STATE_RETRIES):
-            with self.lock:
+            if job.entry is not None:
                 try:
-                    self.journal.load(client.id, client.name)
-                    try:
-                        y, flagged = self._query(x, client)
-                    except QueryRefusedError:
-                        self.journal.save(client.id, client.name, ledger_id=None, flagged=0)
-                        raise
-                    self.journal.save(client.id, client.name, ledger_id=ledger_id, flagged=flagged)
-                    return y
-                except DetectorStateConflict:
-                    continue  # journal.save forgot the in-memory state; load rebuilds it
-                except QueryRefusedError:
-                    raise  # answered (as a refusal), and its state change saved
-                except BaseException:
-                    self.journal.forget(client.id)  # the state may be half updated: reload on the next request
-                    raise
-        raise RuntimeError(f"detector state of client {client.name!r} kept changing under this worker "
-                           f"({_STATE_RETRIES} tries)")
+                    self.store.release(job.entry.id)
+                except Exception:  # noqa: BLE001 - keep the original error; an over-count is the safe side
+                    log.exception("could not release ledger entry %s after a failed request", job.entry.id)
+            raise
+        assert job.entry is not None and job.updated is not None
+        return out, job.entry, job.updated
+
+    def _replayed(self, client: ClientInfo, replay: IdempotentReplay,
+                  encode: Callable[[Any], Any] | None) -> tuple[Any, LedgerEntry, ClientInfo]:
+        """The stored outcome of an earlier request with the same idempotency key: its answer, or its refusal."""
+        stored = json.loads(replay.answer)
+        if replay.status != 200:
+            raise QueryRefusedError(stored["detail"], flagged=stored.get("flagged"))
+        arr = np.frombuffer(base64.b64decode(stored["base64"]), dtype="<f4").reshape(stored["shape"])
+        y = torch.from_numpy(arr.copy())
+        entry = LedgerEntry(id=int(stored["ledger_id"]), client_id=client.id, n=int(stored["n"]),
+                            created_at=float(stored["created_at"]))
+        then = dataclasses.replace(client, queries=int(stored["queries"]))
+        return (encode(y) if encode is not None else y), entry, then
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+def _fingerprint(x: Any, blob: bytes | None) -> str:
+    """SHA-256 of a validated batch's shape and float32 bytes: a retry must carry the same inputs."""
+    h = hashlib.sha256(repr(tuple(x.shape)).encode())
+    h.update(blob if blob is not None else x.numpy().astype("<f4", copy=False).tobytes())
+    return h.hexdigest()
+
+
+def _idempotency_key(request: "Request") -> str | None:
+    """The ``Idempotency-Key`` header (1 to 255 visible ASCII characters), ``None`` when absent."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not all(33 <= ord(ch) <= 126 for ch in key):
+        raise APIError(400, "bad_idempotency_key", "the Idempotency-Key header must be 1 to 255 visible ASCII "
+                                                   "characters (e.g. a UUID)")
+    return key
 
 
 def _bearer(request: "Request") -> str:
@@ -220,13 +295,14 @@ def _bearer(request: "Request") -> str:
     return key.strip()
 
 
-async def admit(service: _Service, request: "Request") -> ClientInfo:
-    """The caller's key, authenticated; an exhausted budget or rate limit refused before the body is read."""
+async def admit(service: "_Service", request: "Request", *, idempotency_key: str | None = None) -> ClientInfo:
+    """The caller's key, authenticated; an exhausted budget or rate limit refused before the body is read (a retry
+    carrying an ``Idempotency-Key`` is let through to the ledger, which replays an answered one)."""
     from starlette.concurrency import run_in_threadpool
 
     client = await run_in_threadpool(service.store.authenticate, _bearer(request))
     now = time.time()
-    if client.budget is not None and client.queries >= client.budget:
+    if idempotency_key is None and client.budget is not None and client.queries >= client.budget:
         raise BudgetExhaustedError(f"query budget exhausted: all {client.budget} queries of this key are used")
     if client.rate_limit is not None and client.available_tokens(now) <= 0:
         wait = client.retry_after(now)
@@ -257,7 +333,7 @@ async def read_body(request: "Request", *, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _usage(client: ClientInfo, now: float, *, flagged: int) -> dict[str, Any]:
+def _usage(client: ClientInfo, now: float, *, flagged: int, refused: tuple[int, int] = (0, 0)) -> dict[str, Any]:
     return {
         "client": client.name,
         "key_prefix": client.key_prefix,
@@ -271,6 +347,7 @@ def _usage(client: ClientInfo, now: float, *, flagged: int) -> dict[str, Any]:
             "rate_limited": client.rate_limit is not None and client.available_tokens(now) <= 0,
         },
         "flagged": flagged,
+        "refused": {"requests": refused[0], "queries": refused[1]},
     }
 
 
@@ -284,21 +361,38 @@ def create_app(
     range_tolerance: float = 1e-6,
     record_inputs: bool = False,
     info: dict[str, Any] | None = None,
+    max_batch_rows: int = 256,
+    max_batch_delay_ms: float = 2.0,
+    idempotency_window_s: float = 86_400.0,
+    snapshot_every: int | None = 1000,
 ) -> "FastAPI":
     """The FastAPI application serving ``api`` behind the keys and ledger of ``store``.
 
     ``store`` is a :class:`Store` (owned by the caller) or a URL for :func:`open_store` (opened now, closed
     when the app shuts down). Build ``api`` with ``budget=None``: the ledger is the source of truth for
     budgets, shared by every worker process using the same store.
+
+    Concurrent requests are answered in batches (:mod:`modelsteal.serve.batcher`) of at most
+    ``max_batch_rows`` rows, formed when full or when the oldest has waited ``max_batch_delay_ms``
+    (0: no batching). An ``Idempotency-Key`` header makes a retry within ``idempotency_window_s`` seconds
+    replay the stored answer. A stateful detector's journal is compacted into a snapshot every
+    ``snapshot_every`` entries per client (``None``: never).
     """
     fastapi = require("fastapi")
     from fastapi import Request
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import ClientDisconnect
 
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    if max_batch_rows < 1:
+        raise ValueError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
+    if not max_batch_delay_ms >= 0:
+        raise ValueError(f"max_batch_delay_ms must be >= 0, got {max_batch_delay_ms}")
+    if not idempotency_window_s > 0:
+        raise ValueError(f"idempotency_window_s must be > 0, got {idempotency_window_s}")
     if api.budget is not None:
         raise ValueError("serve a PredictionAPI built with budget=None: budgets are per key, in the store")
     owns_store = not isinstance(store, Store)
@@ -308,11 +402,19 @@ def create_app(
         raise ValueError(f"max_body_bytes must be >= 1, got {limit}")
     service = _Service(api, the_store, max_batch=max_batch, max_body_bytes=limit,
                        input_range=(float(input_range[0]), float(input_range[1])), tolerance=float(range_tolerance),
-                       record_inputs=record_inputs, info=dict(info or {}))
+                       record_inputs=record_inputs, info=dict(info or {}), max_batch_rows=max_batch_rows,
+                       max_batch_delay_ms=max_batch_delay_ms, idempotency_window_s=idempotency_window_s,
+                       snapshot_every=snapshot_every)
 
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
+        import anyio.to_thread
+
+        # a request waiting for its batch holds a worker thread: let a batch gather more than the default 40
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, 256)
         yield
+        service.close()
         if owns_store:
             the_store.close()
 
@@ -351,6 +453,16 @@ def create_app(
         resp = error(429, "rate_limited", str(exc), headers)
         return resp
 
+    async def on_idempotency(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, IdempotencyConflict)
+        return error(409 if exc.code == "idempotency_in_progress" else 422, exc.code, str(exc))
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
+                     dict(exc.headers or {}))
+
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
         return error(500, "internal_error", f"internal error: {type(exc).__name__}: {exc}")
@@ -360,30 +472,47 @@ def create_app(
     app.add_exception_handler(BudgetExhaustedError, on_budget)
     app.add_exception_handler(RateLimitedError, on_rate)
     app.add_exception_handler(QueryRefusedError, on_refused)
+    app.add_exception_handler(IdempotencyConflict, on_idempotency)
+    app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_unexpected)
 
     @app.post(
         "/v1/predict",
         summary="Answer a batch of queries",
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _PREDICT_SCHEMA}}}},
-        responses=_ERROR_RESPONSES,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _predict_schema(
+            tuple(api.input_shape), max_batch, service.input_range)}}},
+                       "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                       "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                                       "description": "a client-chosen key per request (e.g. a UUID): a retry "
+                                                      "with the same key and inputs replays the stored answer "
+                                                      "without counting it again"}]},
+        responses={200: _ok(_PREDICT_ANSWER, "The answers"), **_ERROR_RESPONSES},
     )
     async def predict(request: Request) -> Response:
         """Answer ``{"inputs": X}`` with ``{"outputs": Y}``; every row is counted in the ledger first."""
-        client = await admit(service, request)
+        with service.batcher.arriving() as arrival:  # the batch being formed waits for this request
+            return await _predict(request, arrival)
+
+    async def _predict(request: Request, arrival: Any) -> Response:
+        idempotency_key = _idempotency_key(request)
+        client = await admit(service, request, idempotency_key=idempotency_key)
         try:
             body = await read_body(request, limit=service.max_body_bytes)
         except ClientDisconnect:
             return Response(status_code=400)
-        payload = await run_in_threadpool(service.answer, client, body)
+        payload = await run_in_threadpool(
+            lambda: service.answer(client, body, idempotency_key=idempotency_key, arrival=arrival))
         return Response(payload, media_type="application/json")
 
-    @app.get("/v1/usage", summary="The caller's own usage", responses={401: _ERROR_RESPONSES[401]})
+    @app.get("/v1/usage", summary="The caller's own usage",
+             responses={200: _ok(_USAGE, "This key's usage"), **_AUTH_RESPONSES})
     async def usage(request: Request) -> dict[str, Any]:
-        """The caller's query count, budget, rate limit, flags and flagged queries (only ever its own)."""
+        """The caller's query count, budget, rate limit, flags, flagged queries (refused ones included) and
+        refused requests (only ever its own)."""
         client = await run_in_threadpool(service.store.authenticate, _bearer(request))
         flagged = await run_in_threadpool(service.store.flags, client.id)
-        return _usage(client, time.time(), flagged=flagged)
+        refused = await run_in_threadpool(service.store.refusals, client.id)
+        return _usage(client, time.time(), flagged=flagged, refused=refused)
 
     @app.get("/v1/info", summary="What the API serves")
     async def get_info() -> dict[str, Any]:
@@ -396,6 +525,9 @@ def create_app(
             "max_batch": service.max_batch,
             "max_body_bytes": service.max_body_bytes,
             "encodings": list(ENCODINGS),
+            "batching": {"max_batch_rows": service.batcher.max_rows,
+                         "max_batch_delay_ms": 1000 * service.batcher.max_delay_s,
+                         "batches": service.runner.batches, "requests": service.runner.requests},
             "version": __version__,
             "defense": {"name": "none"} if service.api.defense is None else {
                 "name": service.api.defense.name, "description": repr(service.api.defense)},
@@ -409,7 +541,10 @@ def create_app(
 
     app.include_router(v2_router(service))  # the Open Inference Protocol, same keys, ledger and API
 
-    @app.get("/healthz", summary="Liveness and store health")
+    @app.get("/healthz", summary="Liveness and store health",
+             responses={200: _ok({"type": "object", "required": ["status"],
+                                  "properties": {"status": {"type": "string"}}}, "Healthy"),
+                        503: _error("The ledger store does not answer")})
     async def healthz() -> Response:
         """``{"status": "ok"}`` when the ledger answers; 503 otherwise."""
         try:
@@ -427,7 +562,9 @@ def create_app_from_config(config: "ServeConfig") -> "FastAPI":
     return create_app(
         api, store=config.store, max_batch=config.max_batch, max_body_bytes=config.max_body_bytes,
         input_range=config.input_range, range_tolerance=config.range_tolerance,
-        record_inputs=config.record_inputs, info=info,
+        record_inputs=config.record_inputs, info=info, max_batch_rows=config.max_batch_rows,
+        max_batch_delay_ms=config.max_batch_delay_ms, idempotency_window_s=config.idempotency_window_s,
+        snapshot_every=config.snapshot_every,
     )
 
 

@@ -3,7 +3,8 @@
 An attack cannot tell it from an in-process :class:`~modelsteal.PredictionAPI`: ``query(x)`` sends ``x`` in
 batches of ``batch_size`` rows to ``POST /v1/predict`` (compact base64 float32 by default, so answers come
 back bit-exact), retries with exponential backoff and jitter on 429 (honouring ``Retry-After``), 5xx and
-connection errors, and returns the ``(N, K)`` answers as float32 on the CPU.
+connection errors, and returns the ``(N, K)`` answers as float32 on the CPU. Each request carries its own
+``Idempotency-Key`` (kept across its retries), so a retry whose first answer was lost is not counted twice.
 
 The first request (``GET /v1/info``, made by the constructor) does not retry a refused connection or an
 unknown host: nothing listens there, so :class:`ServerUnreachableError` is raised at once. Later requests
@@ -28,6 +29,7 @@ import base64
 import math
 import random
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -231,7 +233,9 @@ class HTTPBlackBox(QueryCounter):
                            "base64": base64.b64encode(blob).decode("ascii")}
         else:
             inputs = xb.tolist()
-        reply = self._request("POST", "/v1/predict", json={"inputs": inputs})
+        # one Idempotency-Key per request, the same on its retries: the server counts a retried request once
+        reply = self._request("POST", "/v1/predict", json={"inputs": inputs},
+                              headers={"Idempotency-Key": uuid.uuid4().hex})
         try:
             return _decode_outputs(reply.json().get("outputs"))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -276,7 +280,7 @@ class HTTPBlackBox(QueryCounter):
                     retry_after = _retry_after(resp.headers.get("retry-after"))
                     wait = max(wait, retry_after) if retry_after is not None else wait
                     last = f"429 {detail}"
-                elif resp.status_code >= 500:
+                elif resp.status_code >= 500 or code == "idempotency_in_progress":
                     last = f"{resp.status_code} {detail}"
                 elif code == "budget_exhausted":
                     raise KeyBudgetExhaustedError(f"{self.url}: {detail}")

@@ -64,6 +64,10 @@ class ServeConfig:
     model_weights: str | None = None
     model_spec_file: str | None = None
     model_spec: dict[str, Any] = field(default_factory=dict)
+    max_batch_rows: int = 256
+    max_batch_delay_ms: float = 2.0
+    idempotency_window_s: float = 86_400.0
+    snapshot_every: int | None = 1000
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -15,6 +15,16 @@ entry 1, 2, … of the client, each either a ``delta`` (what the request changed
 So several workers sharing one store see one state per client, and a ``kill -9`` loses nothing that was
 answered: an answer is sent only after its entry has committed. A failed request drops the client's in-memory
 state (it may be half updated); the next request reloads it.
+
+A server's batcher scores many requests before one transaction commits them all: :meth:`DetectorJournal.capture`
+takes request's entry right after it is scored (the in-memory state moves on), and
+:meth:`Store.commit_batch <modelsteal.serve.store.Store.commit_batch>` writes the batch's entries; a client
+whose entries could not be written is :meth:`~DetectorJournal.forget`-ten and its requests scored again.
+
+*Compaction*: every ``snapshot_every``-th entry of a client is a ``full`` snapshot of its state (for an
+incremental detector, :meth:`state_snapshot`: the compact whole-state delta), written with ``compact`` so
+the store drops the client's older entries in the same transaction. A restart then replays at most one
+snapshot and ``snapshot_every − 1`` deltas per client, however long its history.
 """
 
 from __future__ import annotations
@@ -36,11 +46,14 @@ class DetectorJournal:
     """Keeps ``detector``'s per-client state in step with ``store`` (clients are keyed by name in the
     detector, as the API's ``client=``, and by id in the store; a new id for a known name starts afresh)."""
 
-    def __init__(self, detector: Detector, store: Store) -> None:
+    def __init__(self, detector: Detector, store: Store, *, snapshot_every: int | None = 1000) -> None:
+        if snapshot_every is not None and snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be >= 1 (or None: never), got {snapshot_every}")
         self.detector = detector
         self.store = store
         self.spec = detector_spec(detector)
         self.incremental = hasattr(detector, "state_delta") and hasattr(detector, "apply_state_delta")
+        self.snapshot_every = snapshot_every
         self._at: dict[int, int] = {}  # client id -> journal entry the in-memory state is at
         self._names: dict[int, str] = {}
 
@@ -81,6 +94,25 @@ class DetectorJournal:
             raise
         self._at[client_id] = seq
 
+    def capture(self, client_id: int, name: str) -> tuple[tuple[int, str, str, bytes], bool]:
+        """The client's next journal entry ``(seq, spec, kind, payload)`` for what its last request changed, and
+        whether it is a compacting snapshot (every ``snapshot_every``-th entry). The in-memory state counts it
+        as saved; if the batch holding it cannot be written, call :meth:`forget`."""
+        seq = self._at.get(client_id, 0) + 1
+        snapshot = self.snapshot_every is not None and seq % self.snapshot_every == 0
+        if snapshot:
+            kind = "full"
+            state = (self.detector.state_snapshot(name) if hasattr(self.detector, "state_snapshot")
+                     else self.detector.state_dict(name))
+        elif self.incremental:
+            kind, state = "delta", self.detector.state_delta(name)  # type: ignore[attr-defined]
+        else:
+            kind, state = "full", self.detector.state_dict(name)
+        payload = json.dumps(state, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        self._at[client_id] = seq
+        self._names[client_id] = name
+        return (seq, self.spec, kind, payload), snapshot
+
     def forget(self, client_id: int) -> None:
         """Drop the client's in-memory state: the next :meth:`load` rebuilds it from the store."""
         self._at.pop(client_id, None)
@@ -90,9 +122,13 @@ class DetectorJournal:
 
 
 def replay(detector: Detector, client: str, kind: str, payload: bytes) -> None:
-    """Apply one stored entry to ``detector``'s state for ``client``."""
+    """Apply one stored entry to ``detector``'s state for ``client`` (a ``full`` entry replaces the state: a
+    ``state_dict``, or an incremental detector's compact snapshot, a delta from the empty state)."""
     state: dict[str, Any] = json.loads(payload)
-    if kind == "full":
+    if kind == "full" and state.get("kind") == "delta":
+        detector.reset(client)
+        detector.apply_state_delta(client, state)  # type: ignore[attr-defined]
+    elif kind == "full":
         detector.load_state_dict(client, state)
     else:
         detector.apply_state_delta(client, state)  # type: ignore[attr-defined]

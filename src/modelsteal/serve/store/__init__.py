@@ -39,8 +39,13 @@ from modelsteal.serve.store.base import (
     BudgetExhaustedError,
     ClientInfo,
     DetectorStateConflict,
+    IdempotencyConflict,
+    IdempotencyKey,
+    IdempotentReplay,
     LedgerEntry,
+    LedgerWriteError,
     RateLimitedError,
+    RequestRecord,
     StateEntry,
     Store,
     _redact,
@@ -48,12 +53,13 @@ from modelsteal.serve.store.base import (
     new_key,
 )
 from modelsteal.serve.store.postgres import PostgresStore
-from modelsteal.serve.store.sqlite import LedgerWriteError, SQLiteStore
+from modelsteal.serve.store.sqlite import SQLiteStore
 
 __all__ = [
     "DEFAULT_STORE", "KEY_PREFIX", "SCHEMA_VERSION", "AuthenticationError", "BudgetExhaustedError", "ClientInfo",
-    "DetectorStateConflict", "LedgerEntry", "LedgerWriteError", "PostgresStore", "RateLimitedError", "SQLiteStore",
-    "StateEntry", "Store", "hash_key",
+    "DetectorStateConflict", "IdempotencyConflict", "IdempotencyKey", "IdempotentReplay", "LedgerEntry",
+    "LedgerWriteError", "PostgresStore", "RateLimitedError", "RequestRecord", "SQLiteStore", "StateEntry", "Store",
+    "hash_key",
     "new_key", "open_store",
 ]
 

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import re
 import secrets
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,62 @@ class BudgetExhaustedError(BudgetExceededError):
 class DetectorStateConflict(RuntimeError):
     """Another server process saved a newer detector state for the client meanwhile; nothing was written
     (the caller reloads the state and scores the request again)."""
+
+
+class LedgerWriteError(RuntimeError):
+    """The transaction recording a request failed; nothing of it was recorded (and it was not answered)."""
+
+
+class IdempotentReplay(Exception):  # noqa: N818 - not an error: the request was answered before
+    """The request's ``Idempotency-Key`` names a request this client made within the window and that was
+    answered (``status`` 200, ``answer`` the stored answer) or refused (``status`` 403): nothing was recorded,
+    the stored outcome is the answer."""
+
+    def __init__(self, *, status: int, answer: bytes) -> None:
+        super().__init__(f"replay of an earlier request (status {status})")
+        self.status = status
+        self.answer = answer
+
+
+class IdempotencyConflict(RuntimeError):
+    """The ``Idempotency-Key`` is in use by a request still in flight (``code`` ``idempotency_in_progress``,
+    HTTP 409) or was used for a request with other inputs (``idempotency_key_reused``, HTTP 422)."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A client-chosen key for one request (the ``Idempotency-Key`` header), a fingerprint of its inputs, and
+    how long (seconds) an answered request replays its stored answer to a retry carrying the same key."""
+
+    key: str
+    fingerprint: str
+    window_s: float = 86_400.0
+
+
+@dataclass
+class RequestRecord:
+    """What one answered (or refused) request of a batch leaves in the store, written for the whole batch in
+    one transaction by :meth:`Store.commit_batch` before any of them is answered.
+
+    ``journal``: the client's next detector-state entry ``(seq, detector spec, kind, payload)``; a ``full``
+    entry with ``compact`` drops the client's older entries (a snapshot). ``refused``: the detector's
+    ``refuse`` response refused it (kept as a refusal with its ``flagged`` rows; the ledger entry is taken
+    back). ``answer``: stored with the request's idempotency key, for a retry to replay."""
+
+    client_id: int
+    ledger_id: int
+    rows: int
+    flagged: int = 0
+    refused: bool = False
+    journal: tuple[int, str, str, bytes] | None = None
+    compact: bool = False
+    watermarks: bytes | None = None
+    idempotency_key: str | None = None
+    answer: bytes | None = None
 
 
 class RateLimitedError(RuntimeError):
@@ -123,6 +180,22 @@ class LedgerEntry:
     client_id: int
     n: int
     created_at: float
+
+
+@dataclasses.dataclass(eq=False)
+class _Pending:
+    """One reservation waiting for the group commit."""
+
+    client_id: int
+    n: int
+    inputs: bytes | None
+    now: float
+    idempotency: IdempotencyKey | None = None
+    wake: threading.Event = dataclasses.field(default_factory=threading.Event)
+    lead: bool = False
+    done: bool = False
+    result: tuple[LedgerEntry, ClientInfo] | None = None
+    error: BaseException | None = None
 
 
 def _capacity(rate: float) -> float:
@@ -263,27 +336,112 @@ class Store(ABC):
             raise AuthenticationError(f"API key {client.key_prefix}… has been revoked", code="revoked_key")
         return client
 
+    # -- group commit -----------------------------------------------------------------------------------
+    def _init_group_commit(self) -> None:
+        """Set up the queue of :meth:`reserve` (each back-end's ``__init__`` calls it)."""
+        self._group_lock = threading.Lock()
+        self._pending: list[_Pending] = []
+        self._leader = False
+        self.write_transactions = 0  #: committed write transactions (each one durable flush of the store)
+
     def reserve(
-        self, client_id: int, n: int, *, inputs: bytes | None = None, now: float | None = None
+        self, client_id: int, n: int, *, inputs: bytes | None = None, now: float | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> tuple[LedgerEntry, ClientInfo]:
         """Record ``n`` queries for ``client_id`` atomically, after checking key, budget and rate limit.
 
         Returns the new ledger entry and the client's updated state once the transaction has committed.
         Raises :class:`AuthenticationError` (revoked meanwhile), :class:`BudgetExhaustedError` or
         :class:`RateLimitedError` without recording anything. ``inputs`` (raw float32 bytes) are stored
-        with the entry when given.
+        with the entry when given. With ``idempotency``, a key this client used within the window raises
+        :class:`IdempotentReplay` (the stored outcome; nothing recorded, no budget or rate check) or
+        :class:`IdempotencyConflict`; a new key is stored with the entry (as "in progress" until
+        :meth:`commit_batch` stores the answer).
+
+        *Group commit*: concurrent calls queue up, and one of them (the leader) records the whole queue in a
+        single transaction — each reservation still checked on its own, in order — so one durable flush
+        covers many requests. Every caller returns only after its transaction has committed.
         """
-        if n < 1:
-            raise ValueError(f"a request must hold at least one query, got {n}")
-        now = time.time() if now is None else now
-        with self._transaction(write=True) as cur:
-            return self._reserve_in(cur, int(client_id), int(n), inputs, float(now))
+        result = self.reserve_many([(client_id, n, inputs, idempotency)], now=now)[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def reserve_many(
+        self, requests: Sequence[tuple[int, int, bytes | None, IdempotencyKey | None]], *, now: float | None = None,
+    ) -> list[tuple[LedgerEntry, ClientInfo] | BaseException]:
+        """:meth:`reserve` for several requests ``(client_id, n, inputs, idempotency)`` at once, in ONE
+        transaction (a batch's reservations: one durable flush), each checked on its own and in order; returns
+        per request the ``(entry, client)`` or the exception :meth:`reserve` would raise (a failed transaction
+        is a :class:`LedgerWriteError` for every request). They join the group commit of concurrent callers."""
+        for _, n, _, _ in requests:
+            if n < 1:
+                raise ValueError(f"a request must hold at least one query, got {n}")
+        when = time.time() if now is None else float(now)
+        items = [_Pending(int(c), int(n), inputs, when, idem) for c, n, inputs, idem in requests]
+        if not items:
+            return []
+        with self._group_lock:
+            self._pending.extend(items)  # contiguous: the leader that takes one of them takes them all
+            if not self._leader:
+                self._leader = items[0].lead = True
+        for item in items:
+            if not item.done and not item.lead:
+                item.wake.wait()  # woken with a result, or promoted to leader of the next group
+            if not item.done:
+                self._commit_pending()
+        out: list[tuple[LedgerEntry, ClientInfo] | BaseException] = []
+        for item in items:
+            if isinstance(item.error, LedgerWriteError):
+                err = LedgerWriteError(str(item.error))
+                err.__cause__ = item.error.__cause__
+                out.append(err)
+            elif item.error is not None:
+                out.append(item.error)
+            else:
+                assert item.result is not None
+                out.append(item.result)
+        return out
+
+    def _commit_pending(self) -> None:
+        """Record every queued reservation in one transaction, then wake their callers and pass the lead."""
+        with self._group_lock:
+            batch, self._pending = self._pending, []
+        try:
+            with self._transaction(write=True) as cur:
+                # clients' rows are locked in id order (PostgreSQL: no deadlock with another worker's group)
+                for it in sorted(batch, key=lambda it: it.client_id):
+                    try:
+                        it.result = self._reserve_in(cur, it.client_id, it.n, it.inputs, it.now, it.idempotency)
+                    except (AuthenticationError, BudgetExhaustedError, RateLimitedError, IdempotentReplay,
+                            IdempotencyConflict) as e:
+                        it.error = e  # refused before any write: the others go on
+        except BaseException as e:  # the transaction failed: none of the group is recorded
+            for it in batch:
+                it.result = None
+                err = LedgerWriteError(f"recording the request in the ledger failed: {type(e).__name__}: {e}")
+                err.__cause__ = e
+                it.error = err
+        finally:
+            for it in batch:
+                it.done = True
+            with self._group_lock:
+                successor = self._pending[0] if self._pending else None
+                if successor is not None:
+                    successor.lead = True
+                else:
+                    self._leader = False
+            for it in batch:
+                it.wake.set()
+            if successor is not None:
+                successor.wake.set()
 
     def _reserve_in(
-        self, cur: Any, client_id: int, n: int, inputs: bytes | None, now: float
+        self, cur: Any, client_id: int, n: int, inputs: bytes | None, now: float,
+        idempotency: IdempotencyKey | None = None,
     ) -> tuple[LedgerEntry, ClientInfo]:
-        """The body of :meth:`reserve` inside an open transaction. Every check comes before any write, so
-        a refused reservation leaves the transaction untouched."""
+        """The body of :meth:`reserve` inside an open transaction. Every check comes before any write (but the
+        removal of an expired idempotency key), so a refused reservation leaves the transaction untouched."""
         row = self._exec(cur, f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE id = ?{self._for_update}",
                          (client_id,)).fetchone()
         client = self._client(row)
@@ -291,6 +449,8 @@ class Store(ABC):
             raise AuthenticationError("invalid API key", code="invalid_key")
         if client.revoked:
             raise AuthenticationError(f"API key {client.key_prefix}… has been revoked", code="revoked_key")
+        if idempotency is not None:
+            self._check_idempotency(cur, client_id, idempotency, now)
         if client.budget is not None and client.queries + n > client.budget:
             left = client.budget - client.queries
             raise BudgetExhaustedError(
@@ -317,21 +477,103 @@ class Store(ABC):
             cur, "INSERT INTO ledger (client_id, n, created_at, inputs) VALUES (?, ?, ?, ?)",
             (client_id, n, now, inputs),
         )
+        if idempotency is not None:
+            self._exec(cur, "INSERT INTO idempotency (client_id, key, fingerprint, ledger_id, status, answer, "
+                            "created_at) VALUES (?, ?, ?, ?, 0, NULL, ?)",
+                       (client_id, idempotency.key, idempotency.fingerprint, entry_id, now))
         updated = dataclasses.replace(client, queries=client.queries + n, requests=client.requests + 1,
                                       tokens=float(tokens), tokens_at=now)
         return LedgerEntry(id=entry_id, client_id=client_id, n=n, created_at=now), updated
 
-    def release(self, entry_id: int) -> None:
-        """Undo a reservation whose request could not be answered (the server failed before answering)."""
+    def _check_idempotency(self, cur: Any, client_id: int, idem: IdempotencyKey, now: float) -> None:
+        """Raise :class:`IdempotentReplay` / :class:`IdempotencyConflict` for a key in use within the window;
+        drop an expired one."""
+        row = self._exec(cur, "SELECT fingerprint, status, answer, created_at FROM idempotency WHERE client_id = ? "
+                              "AND key = ?", (client_id, idem.key)).fetchone()
+        if row is None:
+            return
+        if float(row[3]) < now - idem.window_s and int(row[1]) != 0:
+            self._exec(cur, "DELETE FROM idempotency WHERE client_id = ? AND key = ?", (client_id, idem.key))
+            return
+        if str(row[0]) != idem.fingerprint:
+            raise IdempotencyConflict(f"Idempotency-Key {idem.key!r} was used for a request with other inputs; "
+                                      "use a new key for a new request", code="idempotency_key_reused")
+        if int(row[1]) == 0:
+            raise IdempotencyConflict(f"a request with Idempotency-Key {idem.key!r} is still being answered; "
+                                      "retry later", code="idempotency_in_progress")
+        raise IdempotentReplay(status=int(row[1]), answer=bytes(row[2]))
+
+    def commit_batch(self, records: Sequence[RequestRecord], *, purge_before: float | None = None) -> set[int]:
+        """Make a batch of answered (or refused) requests durable in ONE transaction (group commit): flag
+        counts, detector-state journal entries, watermark records, refusals and idempotent answers. Returns the
+        ids of clients whose journal entries were *not* written because another process appended to their
+        journal first (their requests' records are all skipped: the caller scores them again); everything
+        else is written. A batch with nothing to write costs no transaction. ``purge_before`` also drops
+        answered idempotency keys older than that time."""
+        writes = [r for r in records if r.flagged or r.refused or r.journal is not None or r.watermarks is not None
+                  or r.idempotency_key is not None]
+        if not writes and purge_before is None:
+            return set()
+        conflicted: set[int] = set()
         with self._transaction(write=True) as cur:
-            row = self._exec(cur, "SELECT client_id, n FROM ledger WHERE id = ?", (int(entry_id),)).fetchone()
-            if row is None:
-                return
-            self._exec(cur, "DELETE FROM flags WHERE ledger_id = ?", (int(entry_id),))
-            self._exec(cur, "DELETE FROM watermarks WHERE ledger_id = ?", (int(entry_id),))
-            self._exec(cur, "DELETE FROM ledger WHERE id = ?", (int(entry_id),))
-            self._exec(cur, "UPDATE clients SET queries = queries - ?, requests = requests - 1 WHERE id = ?",
-                       (int(row[1]), int(row[0])))
+            journaled = sorted({r.client_id for r in writes if r.journal is not None})
+            for cid in journaled:  # lock in id order, then check each client's journal is where we left it
+                self._exec(cur, f"SELECT id FROM clients WHERE id = ?{self._for_update}", (cid,)).fetchone()
+                newest = int(self._exec(cur, "SELECT COALESCE(MAX(seq), 0) FROM detector_state WHERE client_id = ?",
+                                        (cid,)).fetchone()[0])
+                first = min(r.journal[0] for r in writes if r.client_id == cid and r.journal is not None)
+                if newest != first - 1:
+                    conflicted.add(cid)
+            now = time.time()
+            for r in writes:
+                if r.client_id in conflicted:
+                    continue
+                if r.journal is not None:
+                    seq, spec, kind, payload = r.journal
+                    if kind not in ("full", "delta"):
+                        raise ValueError(f"detector state kind must be 'full' or 'delta', got {kind!r}")
+                    self._exec(cur, "INSERT INTO detector_state (client_id, seq, detector, kind, payload, created_at) "
+                                    "VALUES (?, ?, ?, ?, ?, ?)", (r.client_id, int(seq), spec, kind, payload, now))
+                    if r.compact and kind == "full":
+                        self._exec(cur, "DELETE FROM detector_state WHERE client_id = ? AND seq < ?",
+                                   (r.client_id, int(seq)))
+                if r.refused:
+                    self._exec(cur, "INSERT INTO refusals (client_id, n, flagged, created_at) VALUES (?, ?, ?, ?)",
+                               (r.client_id, int(r.rows), int(r.flagged), now))
+                    if r.idempotency_key is not None:
+                        self._exec(cur, "UPDATE idempotency SET status = 403, answer = ?, ledger_id = NULL "
+                                        "WHERE client_id = ? AND key = ?", (r.answer, r.client_id, r.idempotency_key))
+                    self._release_in(cur, r.ledger_id)
+                    continue
+                if r.flagged:
+                    self._exec(cur, "INSERT INTO flags (ledger_id, client_id, n) VALUES (?, ?, ?)",
+                               (r.ledger_id, r.client_id, int(r.flagged)))
+                if r.watermarks is not None:
+                    self._exec(cur, "INSERT INTO watermarks (ledger_id, client_id, payload, created_at) "
+                                    "VALUES (?, ?, ?, ?)", (r.ledger_id, r.client_id, r.watermarks, now))
+                if r.idempotency_key is not None:
+                    self._exec(cur, "UPDATE idempotency SET status = 200, answer = ? WHERE client_id = ? AND key = ?",
+                               (r.answer, r.client_id, r.idempotency_key))
+            if purge_before is not None:
+                self._exec(cur, "DELETE FROM idempotency WHERE status <> 0 AND created_at < ?", (float(purge_before),))
+        return conflicted
+
+    def release(self, entry_id: int) -> None:
+        """Undo a reservation whose request could not be answered (the server failed before answering); its
+        idempotency key goes too, so a retry is answered afresh. Releasing twice is harmless."""
+        with self._transaction(write=True) as cur:
+            self._release_in(cur, entry_id)
+
+    def _release_in(self, cur: Any, entry_id: int) -> None:
+        row = self._exec(cur, "SELECT client_id, n FROM ledger WHERE id = ?", (int(entry_id),)).fetchone()
+        if row is None:
+            return
+        self._exec(cur, "DELETE FROM flags WHERE ledger_id = ?", (int(entry_id),))
+        self._exec(cur, "DELETE FROM watermarks WHERE ledger_id = ?", (int(entry_id),))
+        self._exec(cur, "DELETE FROM idempotency WHERE ledger_id = ?", (int(entry_id),))
+        self._exec(cur, "DELETE FROM ledger WHERE id = ?", (int(entry_id),))
+        self._exec(cur, "UPDATE clients SET queries = queries - ?, requests = requests - 1 WHERE id = ?",
+                   (int(row[1]), int(row[0])))
 
     def record_flags(self, entry_id: int, n: int) -> None:
         """Record that the detector flagged ``n`` of the queries of ledger entry ``entry_id`` (written once the
@@ -346,11 +588,22 @@ class Store(ABC):
                             "WHERE id = ?", (int(n), int(entry_id)))
 
     def flags(self, client_id: int) -> int:
-        """How many of the client's answered queries the server's detector flagged (kept across restarts)."""
+        """How many of the client's queries the server's detector flagged (kept across restarts): those of its
+        answered requests and those of the requests the ``refuse`` response refused (:meth:`refusals`)."""
         with self._transaction(write=False) as cur:
             row = self._exec(cur, "SELECT COALESCE(SUM(n), 0) FROM flags WHERE client_id = ?",
                              (int(client_id),)).fetchone()
-        return int(row[0])
+            refused = self._exec(cur, "SELECT COALESCE(SUM(flagged), 0) FROM refusals WHERE client_id = ?",
+                                 (int(client_id),)).fetchone()
+        return int(row[0]) + int(refused[0])
+
+    def refusals(self, client_id: int) -> tuple[int, int]:
+        """``(requests, queries)`` of the client that the detector's ``refuse`` response refused (not counted
+        as queries in the ledger; their flagged rows are in :meth:`flags`)."""
+        with self._transaction(write=False) as cur:
+            row = self._exec(cur, "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM refusals WHERE client_id = ?",
+                             (int(client_id),)).fetchone()
+        return int(row[0]), int(row[1])
 
     # -- watermark records ------------------------------------------------------------------------------
     def record_watermarks(self, entry_id: int, payload: bytes) -> None:

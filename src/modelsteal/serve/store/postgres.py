@@ -58,6 +58,25 @@ CREATE TABLE IF NOT EXISTS watermarks (
     created_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS watermarks_client ON watermarks (client_id);
+CREATE TABLE IF NOT EXISTS idempotency (
+    client_id BIGINT NOT NULL REFERENCES clients (id),
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    ledger_id BIGINT,
+    status INTEGER NOT NULL,
+    answer BYTEA,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (client_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_ledger ON idempotency (ledger_id);
+CREATE TABLE IF NOT EXISTS refusals (
+    id BIGSERIAL PRIMARY KEY,
+    client_id BIGINT NOT NULL REFERENCES clients (id),
+    n INTEGER NOT NULL,
+    flagged INTEGER NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refusals_client ON refusals (client_id);
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -65,7 +84,8 @@ _SCHEMA_LOCK_ID = 0x6D73_7465  # pg_advisory_xact_lock id: several workers may c
 
 
 class PostgresStore(Store):
-    """PostgreSQL through psycopg 3, with a small pool of autocommit connections and explicit transactions."""
+    """PostgreSQL through psycopg 3, with a small pool of autocommit connections and explicit transactions;
+    reservations are group-committed like SQLite's (:meth:`Store.reserve`)."""
 
     _placeholder = "%s"
     _for_update = " FOR UPDATE"
@@ -85,6 +105,7 @@ class PostgresStore(Store):
         self._slots = threading.BoundedSemaphore(pool_size)
         self._all: list[Any] = []
         self._all_lock = threading.Lock()
+        self._init_group_commit()
         try:
             with self._transaction(write=True) as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_ID,))
@@ -117,6 +138,8 @@ class PostgresStore(Store):
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     yield cur
+                if write:
+                    self.write_transactions += 1
             except self._psycopg.OperationalError:
                 conn.close()  # a broken connection is not returned to the pool
                 raise

@@ -7,24 +7,16 @@ a crash of the server and several server processes can share it. Concurrent rese
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from modelsteal.serve.store.base import (
-    SCHEMA_VERSION,
-    AuthenticationError,
-    BudgetExhaustedError,
-    ClientInfo,
-    LedgerEntry,
-    RateLimitedError,
-    Store,
-)
+from modelsteal.serve.store.base import SCHEMA_VERSION, LedgerWriteError, Store
+
+__all__ = ["LedgerWriteError", "SQLiteStore"]
 
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS clients (
@@ -73,36 +65,34 @@ CREATE TABLE IF NOT EXISTS watermarks (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS watermarks_client ON watermarks (client_id);
+CREATE TABLE IF NOT EXISTS idempotency (
+    client_id INTEGER NOT NULL REFERENCES clients (id),
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    ledger_id INTEGER,
+    status INTEGER NOT NULL,
+    answer BLOB,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (client_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_ledger ON idempotency (ledger_id);
+CREATE TABLE IF NOT EXISTS refusals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_id INTEGER NOT NULL REFERENCES clients (id),
+    n INTEGER NOT NULL,
+    flagged INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refusals_client ON refusals (client_id);
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-class LedgerWriteError(RuntimeError):
-    """The transaction recording a request failed; nothing of it was recorded (and it was not answered)."""
-
-
-@dataclasses.dataclass(eq=False)
-class _Pending:
-    """One reservation waiting for the group commit."""
-
-    client_id: int
-    n: int
-    inputs: bytes | None
-    now: float
-    wake: threading.Event = dataclasses.field(default_factory=threading.Event)
-    lead: bool = False
-    done: bool = False
-    result: tuple[LedgerEntry, ClientInfo] | None = None
-    error: BaseException | None = None
 
 
 class SQLiteStore(Store):
     """SQLite with ``journal_mode=WAL`` and ``synchronous=FULL``: one connection per store, behind a lock.
 
-    Reservations use *group commit*: concurrent :meth:`reserve` calls queue up, and one of them (the
-    leader) records the whole queue in a single transaction — each reservation still checked on its own,
-    in order — so one fsync covers many requests. Every caller returns only after its transaction has
-    committed, so the durability promise is unchanged.
+    Reservations use *group commit* (:meth:`Store.reserve`): one transaction, and one fsync, for every
+    request waiting; a batch's records go in one more (:meth:`Store.commit_batch`).
     """
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
@@ -116,9 +106,10 @@ class SQLiteStore(Store):
         except sqlite3.Error as e:
             raise ValueError(f"cannot open SQLite store {self.path}: {e}") from None
         self._lock = threading.RLock()
-        self._group_lock = threading.Lock()
-        self._pending: list[_Pending] = []
-        self._leader = False
+        self._busy_timeout_s = busy_timeout_s
+        self._readers = threading.local()  # one read-only connection per thread: WAL readers never wait
+        self._reader_conns: list[sqlite3.Connection] = []  # for a writer's commit (its fsync)
+        self._init_group_commit()
         try:
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -135,8 +126,29 @@ class SQLiteStore(Store):
             self._conn.close()
             raise ValueError(f"{self.path} is not a usable modelsteal store: {e}") from None
 
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(str(self.path), timeout=self._busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA query_only=ON")
+            with self._lock:
+                self._reader_conns.append(conn)
+            self._readers.conn = conn
+        return conn
+
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[sqlite3.Cursor]:
+        if not write:  # a snapshot of the last commit, on this thread's own connection
+            cur = self._reader().cursor()
+            cur.execute("BEGIN")
+            try:
+                yield cur
+            finally:
+                cur.execute("COMMIT")
+                cur.close()
+            return
         with self._lock:
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -147,6 +159,8 @@ class SQLiteStore(Store):
                 raise
             else:
                 cur.execute("COMMIT")
+                if write:
+                    self.write_transactions += 1
             finally:
                 cur.close()
 
@@ -154,60 +168,9 @@ class SQLiteStore(Store):
         cur.execute(sql, tuple(params))
         return int(cur.lastrowid)
 
-    def reserve(
-        self, client_id: int, n: int, *, inputs: bytes | None = None, now: float | None = None
-    ) -> tuple[LedgerEntry, ClientInfo]:
-        if n < 1:
-            raise ValueError(f"a request must hold at least one query, got {n}")
-        item = _Pending(int(client_id), int(n), inputs, time.time() if now is None else float(now))
-        with self._group_lock:
-            self._pending.append(item)
-            if not self._leader:
-                self._leader = item.lead = True
-        if not item.lead:
-            item.wake.wait()  # woken with a result, or promoted to leader of the next group
-        if not item.done:
-            self._commit_pending()
-        if isinstance(item.error, LedgerWriteError):
-            raise LedgerWriteError(str(item.error)) from item.error.__cause__
-        if item.error is not None:
-            raise item.error
-        assert item.result is not None
-        return item.result
-
-    reserve.__doc__ = Store.reserve.__doc__
-
-    def _commit_pending(self) -> None:
-        """Record every queued reservation in one transaction, then wake their callers and pass the lead."""
-        with self._group_lock:
-            batch, self._pending = self._pending, []
-        try:
-            with self._transaction(write=True) as cur:
-                for it in batch:
-                    try:
-                        it.result = self._reserve_in(cur, it.client_id, it.n, it.inputs, it.now)
-                    except (AuthenticationError, BudgetExhaustedError, RateLimitedError) as e:
-                        it.error = e  # refused before any write: the others go on
-        except BaseException as e:  # the transaction failed: none of the group is recorded
-            for it in batch:
-                it.result = None
-                err = LedgerWriteError(f"recording the request in the ledger failed: {type(e).__name__}: {e}")
-                err.__cause__ = e
-                it.error = err
-        finally:
-            for it in batch:
-                it.done = True
-            with self._group_lock:
-                successor = self._pending[0] if self._pending else None
-                if successor is not None:
-                    successor.lead = True
-                else:
-                    self._leader = False
-            for it in batch:
-                it.wake.set()
-            if successor is not None:
-                successor.wake.set()
-
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            readers, self._reader_conns = self._reader_conns, []
+        for conn in readers:
+            conn.close()
