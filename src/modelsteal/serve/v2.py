@@ -110,6 +110,30 @@ def _finite_array(y: Any) -> np.ndarray:
     return arr
 
 
+_V2_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
+}
+
+
+def _v2_error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _V2_ERROR_SCHEMA}}}
+
+
+#: what the OpenAPI document says each /v2 route may answer besides 200 (the protocol's ``{"error": ...}`` form)
+_UNKNOWN_MODEL = {404: _v2_error("Unknown model name")}
+_INFER_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _v2_error("Malformed request: JSON, datatype, shape, input name, NaN/Inf or range"),
+    401: _v2_error("Missing or invalid API key"),
+    403: _v2_error("Revoked key, query budget exhausted, or request refused by the detector"),
+    404: _v2_error("Unknown model name"),
+    413: _v2_error("Body or batch too large"),
+    429: _v2_error("Rate limit exceeded (see Retry-After)"),
+    502: _v2_error("The upstream model server failed (gateway)"),
+    504: _v2_error("The upstream model server timed out (gateway)"),
+}
+
+
 def v2_router(service: Any) -> "APIRouter":
     """The ``/v2`` routes serving ``service`` (the app's :class:`~modelsteal.serve.app._Service`)."""
     from fastapi import APIRouter, Request
@@ -134,7 +158,8 @@ def v2_router(service: Any) -> "APIRouter":
     async def live() -> dict[str, Any]:
         return {"live": True}
 
-    @router.get("/health/ready", summary="Server readiness (the ledger store answers)")
+    @router.get("/health/ready", summary="Server readiness (the ledger store answers)",
+                responses={503: _v2_error("The ledger store does not answer")})
     async def ready() -> Any:
         try:
             await run_in_threadpool(service.store.ping)
@@ -142,19 +167,20 @@ def v2_router(service: Any) -> "APIRouter":
             return _error(503, f"ledger store unavailable: {type(e).__name__}: {e}", "store_unavailable")
         return {"ready": True}
 
-    @router.get("/models/{name}", summary="Model metadata")
+    @router.get("/models/{name}", summary="Model metadata", responses=_UNKNOWN_MODEL)
     async def metadata(name: str) -> Any:
         if name != model_name:
             return unknown_model(name)
         return model_metadata(service, name)
 
-    @router.get("/models/{name}/ready", summary="Model readiness")
+    @router.get("/models/{name}/ready", summary="Model readiness", responses=_UNKNOWN_MODEL)
     async def model_ready(name: str) -> Any:
         if name != model_name:
             return unknown_model(name)
         return {"name": name, "ready": True}
 
-    @router.post("/models/{name}/infer", summary="Answer an inference request (counted in the ledger)")
+    @router.post("/models/{name}/infer", summary="Answer an inference request (counted in the ledger)",
+                 responses=_INFER_ERRORS)
     async def infer_route(name: str, request: Request) -> Any:
         if name != model_name:
             return unknown_model(name)
