@@ -733,6 +733,8 @@ def run_sweep(
         cfg = replace(cfg, device=str(device))
     validate_sweep(cfg)
     points = plan(cfg) if shard_of is None else shard(plan(cfg), *shard_of)
+    if not points:  # a shard dealt no group of points: no victim to train, nothing to write
+        return []
     if stack_clones < 1:
         raise ValueError(f"--stack-clones must be >= 1 (1 trains every clone alone), got {stack_clones}")
     deterministic = cfg.deterministic or torch.are_deterministic_algorithms_enabled()
