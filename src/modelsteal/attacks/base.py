@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from modelsteal._registry import Registry
-from modelsteal.blackbox import BlackBox, QueryBudget
+from modelsteal.blackbox import BlackBox, QueryBudget, QueryRefusedError
 from modelsteal.devices import resolve_device
 from modelsteal.models import build_model, build_seeded
 from modelsteal.training import TrainConfig
@@ -68,6 +68,24 @@ class StealResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class PartialResult:
+    """What an attack had bought when the API refused it (:class:`~modelsteal.QueryRefusedError` ``.partial``):
+    the ``queries`` answered of its ``budget``, their inputs and answers (no clone is trained)."""
+
+    queries: int
+    budget: int
+    transfer_x: Tensor
+    transfer_y: Tensor
+
+
+def _refused(e: QueryRefusedError, budgeted: QueryBudget) -> QueryRefusedError:
+    """``e`` with what was bought through ``budgeted`` attached as ``e.partial``."""
+    x, y = budgeted.answered()
+    e.partial = PartialResult(queries=budgeted.used, budget=budgeted.budget, transfer_x=x, transfer_y=y)
+    return e
+
+
 class Attack(ABC):
     """Base class for model-stealing attacks.
 
@@ -117,12 +135,17 @@ class Attack(ABC):
 
     @final
     def __call__(self, victim: BlackBox, *, budget: int, seed: int = 0) -> StealResult:
-        """Steal ``victim`` with at most ``budget`` queries; the same seed gives the same clone."""
+        """Steal ``victim`` with at most ``budget`` queries; the same seed gives the same clone. When the API
+        refuses a batch (a detector's ``refuse`` response), the :class:`~modelsteal.QueryRefusedError` carries
+        what was bought so far as ``.partial`` (:class:`PartialResult`)."""
         if budget < 1:
             raise ValueError(f"budget must be >= 1, got {budget}")
-        budgeted = QueryBudget(victim, budget=budget)
+        budgeted = QueryBudget(victim, budget=budget, keep=True)
         generator = torch.Generator().manual_seed(int(seed))
-        result = self.run(budgeted, generator=generator)
+        try:
+            result = self.run(budgeted, generator=generator)
+        except QueryRefusedError as e:  # the caller learns what was bought before the refusal
+            raise _refused(e, budgeted) from None
         result.queries = budgeted.used  # never above budget: QueryBudget refuses a batch that would exceed it
         return result
 
@@ -148,8 +171,11 @@ class Attack(ABC):
                             "stacked pass (see Attack.stackable); call the attack itself")
         if budget < 1:
             raise ValueError(f"budget must be >= 1, got {budget}")
-        budgeted = QueryBudget(victim, budget=budget)
-        return self.collect(budgeted, generator=torch.Generator().manual_seed(int(seed)))
+        budgeted = QueryBudget(victim, budget=budget, keep=True)
+        try:
+            return self.collect(budgeted, generator=torch.Generator().manual_seed(int(seed)))
+        except QueryRefusedError as e:
+            raise _refused(e, budgeted) from None
 
     # -- helpers shared by subclasses ----------------------------------------------------------------
     def make_clone(self, victim: BlackBox, *, generator: torch.Generator) -> nn.Module:
