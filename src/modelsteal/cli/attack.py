@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from modelsteal._registry import check_options
 from modelsteal.attacks.base import Attack, StealResult, attack_class, image_attacks
 from modelsteal.blackbox import BlackBox, PredictionAPI, QueryRefusedError
@@ -130,10 +132,12 @@ def _blackbox(args: argparse.Namespace, device: object, detector: Any = None) ->
 
         bb = HTTPBlackBox(args.target, args.key)  # a server that is not there fails here, at once
         check_key_budget(bb.usage(), budget=args.budget)  # an invalid key fails here, before any work
+        check_transfer(args, args.dataset or bb.info.get("dataset"))
         defense = bb.info.get("defense") or {}
         return bb, None, {"dataset": bb.info.get("dataset"), "arch": bb.info.get("arch"),
                           "defense": defense.get("description") or defense.get("name") or "unknown"}
     model, meta = load_checkpoint(args.target, device=device)
+    check_transfer(args, args.dataset or meta.get("dataset"))  # before a defense or detector is fitted
     defense = make_defense(args.defense, strength=args.strength, **parse_options(args.defense_option))
     fit_defense(defense, model, dataset=meta.get("dataset"))
     if detector is not None:
@@ -253,11 +257,6 @@ def run(args: argparse.Namespace) -> int:
     dataset = args.dataset or meta.get("dataset")
     if not dataset:
         raise ValueError("pass --dataset NAME to say which test split measures the clone")
-    data = load_dataset(dataset, data_dir=args.data_dir)
-    if tuple(data.input_shape) != tuple(blackbox.input_shape):
-        raise ValueError(
-            f"dataset {dataset} has inputs {data.input_shape}, the target takes {tuple(blackbox.input_shape)}"
-        )
     source, _, rest = args.transfer.partition(":")
     name, _, split = rest.partition(":")
     tcfg = TransferConfig(
@@ -267,6 +266,11 @@ def run(args: argparse.Namespace) -> int:
         classes=args.transfer_classes,
         data_dir=args.data_dir,
     )
+    data = load_dataset(dataset, data_dir=args.data_dir)
+    if tuple(data.input_shape) != tuple(blackbox.input_shape):
+        raise ValueError(
+            f"dataset {dataset} has inputs {data.input_shape}, the target takes {tuple(blackbox.input_shape)}"
+        )
     transfer = build_transfer_set(tcfg, victim_data=data, seed=args.seed)
     acfg = AttackConfig(
         name=args.attack,
@@ -302,9 +306,10 @@ def run(args: argparse.Namespace) -> int:
         finally:
             blackbox.detector = watching
         out.update({k: cost[k] for k in ("victim_accuracy", "defender_accuracy", "l1_mean")})
-    out["attacker_accuracy"] = attacker_accuracy(result.clone, data.x_test, data.y_test, device=device)
-    if victim is not None:
-        out["fidelity"] = fidelity(result.clone, data.x_test, blackbox.posteriors(data.x_test).cpu(), device=device)
+    x_test, y_test = held_out(result, data, out)
+    out["attacker_accuracy"] = attacker_accuracy(result.clone, x_test, y_test, device=device) if len(x_test) else None
+    if victim is not None and len(x_test):
+        out["fidelity"] = fidelity(result.clone, x_test, blackbox.posteriors(x_test).cpu(), device=device)
     for k, v in out.items():
         print(f"{k}: {_show(k, v)}")
     if args.save_clone:
@@ -315,6 +320,39 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
+
+
+def check_transfer(args: argparse.Namespace, dataset: str | None) -> None:
+    """Refuse a ``--transfer`` drawn from the test split that measures the clone (``dataset``), before any work."""
+    source, _, rest = args.transfer.partition(":")
+    name, _, split = rest.partition(":")
+    if dataset and source == "dataset" and (split or "train") in ("test", "all") and _same_name(name or dataset,
+                                                                                                 dataset):
+        raise ValueError(f"--transfer {args.transfer} draws the attacker's queries from the test split of {dataset}, "
+                         f"which measures the clone; use dataset:{name or dataset}:train (or :val), or measure on "
+                         "another dataset with --dataset NAME")
+
+
+def _same_name(a: str, b: str) -> bool:
+    return a.strip().lower().replace("_", "-") == b.strip().lower().replace("_", "-")
+
+
+def held_out(result: StealResult, data: Any, out: dict[str, Any]) -> tuple[Any, Any]:
+    """The test inputs (and labels) that the attack did not query, which measure the clone; records in ``out``
+    how many were queried and how many remain, and says so on stderr when some were left out."""
+    import sys
+
+    from modelsteal.experiment.transfer import queried_rows
+
+    queried = (queried_rows(data.x_test, result.transfer_x) if result.transfer_x is not None
+               else torch.zeros(len(data.x_test), dtype=torch.bool))
+    n, hit = len(data.x_test), int(queried.sum())
+    out.update({"test_inputs_queried": hit, "held_out": n - hit})
+    if hit:
+        print(f"modelsteal attack: warning: {hit} of the {n} test inputs of {data.name} were among the attack's "
+              f"queries; accuracy and fidelity are measured on the other {n - hit}", file=sys.stderr)
+    keep = ~queried
+    return data.x_test[keep], data.y_test[keep]
 
 
 def _show(key: str, value: object) -> str:
