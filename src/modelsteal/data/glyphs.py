@@ -384,8 +384,10 @@ def render_glyphs(
     seed: int,
     augment: Augmentation | None = Augmentation(),
     font_weights: Sequence[float] | None = None,
+    progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render ``per_class`` images of every class; returns ``x`` float32 (N, 1, 28, 28) and ``y`` int64.
+    ``progress``: the label of a progress bar on stderr (fonts' base glyphs, then images), or none.
 
     ``classes[i]`` is a string of the characters that stand for class ``i`` (``"aA"``: either case); each
     image draws one of them uniformly and a font from ``fonts`` (with probabilities ``font_weights``,
@@ -397,7 +399,14 @@ def render_glyphs(
         raise ValueError("render_glyphs needs at least one font, one class and per_class >= 1")
     chars = sorted({c for cls in classes for c in cls})
     index = {c: i for i, c in enumerate(chars)}
-    stack = torch.from_numpy(np.stack([base_glyph(f, c) for f in fonts for c in chars]))  # (fonts·chars, N, N)
+    pairs = [(f, c) for f in fonts for c in chars]
+    bar = _progress(progress, total=len(pairs) + per_class * len(classes))
+    bases = []
+    for f, c in pairs:
+        bases.append(base_glyph(f, c))
+        if bar is not None:
+            bar.update(1)
+    stack = torch.from_numpy(np.stack(bases))  # (fonts·chars, N, N)
 
     rng = np.random.default_rng(seed)
     p = None if font_weights is None else np.asarray(font_weights, dtype=np.float64) / np.sum(font_weights)
@@ -411,12 +420,27 @@ def render_glyphs(
     g = torch.Generator().manual_seed(seed)
     aug = augment or NO_AUGMENTATION
     out = np.empty((len(y), 1, SIZE, SIZE), dtype=np.uint8)
-    with torch.no_grad():
-        for start in range(0, len(y), _BATCH):
-            base = stack[glyph[start : start + _BATCH]].unsqueeze(1).float() / 255
-            x = _distort(base, aug, g)
-            out[start : start + len(x)] = (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(y), _BATCH):
+                base = stack[glyph[start : start + _BATCH]].unsqueeze(1).float() / 255
+                x = _distort(base, aug, g)
+                out[start : start + len(x)] = (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+                if bar is not None:
+                    bar.update(len(x))
+    finally:
+        if bar is not None:
+            bar.close()
     return out.astype(np.float32) / 255, y
+
+
+def _progress(label: str | None, *, total: int):  # noqa: ANN202
+    """A tqdm bar on stderr counting glyphs (``None`` without a label)."""
+    if not label:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="glyph", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------- datasets and cache
@@ -588,10 +612,12 @@ def build_glyph_dataset(spec: GlyphSpec, *, data_dir: Path | None = None, seed: 
     )
     test_seed = seed + 1
     x_tr, y_tr = render_glyphs(
-        spec.chars, train_fs.fonts, per_class=spec.train_per_class, seed=seed, font_weights=train_fs.weights()
+        spec.chars, train_fs.fonts, per_class=spec.train_per_class, seed=seed, font_weights=train_fs.weights(),
+        progress=f"render {spec.name} (train)",
     )
     x_te, y_te = render_glyphs(
-        spec.chars, test_fs.fonts, per_class=spec.test_per_class, seed=test_seed, font_weights=test_fs.weights()
+        spec.chars, test_fs.fonts, per_class=spec.test_per_class, seed=test_seed, font_weights=test_fs.weights(),
+        progress=f"render {spec.name} (test)",
     )
     meta = {
         "description": f"{spec.name}: characters rendered from fonts by modelsteal.data.glyphs, a stand-in for "
