@@ -19,6 +19,7 @@ from modelsteal.blackbox import BlackBox, QueryBudget, QueryRefusedError
 from modelsteal.devices import resolve_device
 from modelsteal.models import build_model, build_seeded
 from modelsteal.training import TrainConfig
+from modelsteal.training.loop import Callback
 
 CloneFactory = Callable[[Sequence[int], int], nn.Module]
 
@@ -40,16 +41,17 @@ class CloneJob:
     generator: torch.Generator
     finish: Callable[[Any], StealResult]
 
-    def train_alone(self) -> Any:
+    def train_alone(self, *, on_epoch: Callable[[], None] | None = None) -> Any:
         """Train the clone by itself (:func:`~modelsteal.training.train`); its history, or ``None`` when the
-        training set is empty (an untrained clone)."""
+        training set is empty (an untrained clone). ``on_epoch()`` runs after every epoch."""
         from modelsteal import training
 
         if len(self.x) == 0:
             return None
         a = self.attack
+        hooks = [] if on_epoch is None else [_EpochHook(on_epoch)]
         return training.train(self.clone, self.x, self.targets, config=a.train_config, generator=self.generator,
-                              device=a.device, progress="train clone" if a.progress else False)
+                              device=a.device, progress="train clone" if a.progress else False, callbacks=hooks)
 
     def result(self, history: Any) -> StealResult:
         result = self.finish(history)
@@ -234,19 +236,32 @@ def _same_training(jobs: Sequence[CloneJob]) -> bool:
     )
 
 
-def steal_together(jobs: Sequence[CloneJob]) -> tuple[list[StealResult], bool]:
+class _EpochHook(Callback):
+    """A training callback calling ``fn()`` after each epoch."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+    def on_epoch_end(self, state: Any) -> None:
+        self.fn()
+
+
+def steal_together(jobs: Sequence[CloneJob], *, on_epoch: Callable[[int], None] | None = None
+                   ) -> tuple[list[StealResult], bool]:
     """Finish the :class:`CloneJob` s of several points: their clones trained in one stacked pass
     (:func:`~modelsteal.training.train_stacked`) when they share inputs, batch order and settings, else one by
-    one; returns the results and whether they were stacked."""
+    one; returns the results and whether they were stacked. ``on_epoch(n)`` runs after every epoch, ``n`` the
+    clones that epoch trained (all of them when stacked, else 1): a sweep's per-clone progress."""
     from modelsteal.training.stacked import train_stacked
 
     if len(jobs) > 1 and _same_training(jobs):
         a = jobs[0].attack
         histories = train_stacked([j.clone for j in jobs], jobs[0].x, [j.targets for j in jobs],
                                   config=a.train_config, generator=jobs[0].generator, device=a.device,
-                                  progress=f"train {len(jobs)} stacked clones" if a.progress else False)
+                                  progress=f"train {len(jobs)} stacked clones" if a.progress else False,
+                                  on_epoch=None if on_epoch is None else (lambda: on_epoch(len(jobs))))
         return [j.result(h) for j, h in zip(jobs, histories, strict=True)], True
-    return [j.result(j.train_alone()) for j in jobs], False
+    return [j.result(j.train_alone(on_epoch=None if on_epoch is None else (lambda: on_epoch(1)))) for j in jobs], False
 
 
 _ATTACKS: Registry[type[Attack]] = Registry("attack", package="modelsteal.attacks")

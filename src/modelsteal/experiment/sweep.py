@@ -13,10 +13,11 @@ A sweep into a directory recorded with another victim says so in one line on std
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -52,7 +53,7 @@ from modelsteal.experiment.detection import (
     write_detection,
 )
 from modelsteal.experiment.environment import environment, file_sha256
-from modelsteal.experiment.executors import Executor, make_executor
+from modelsteal.experiment.executors import Executor, SerialExecutor, make_executor
 from modelsteal.experiment.plan import Point, plan, shard, units
 from modelsteal.experiment.results import read_provenance, write_provenance, write_results
 from modelsteal.experiment.transfer import build_transfer_set, seed_set
@@ -539,10 +540,13 @@ def run_point(point: Point, *, cache: PointCache) -> dict[str, Any]:
     return rec
 
 
-def run_unit(unit: list[Point], *, cache: PointCache) -> list[dict[str, Any]]:
+def run_unit(unit: list[Point], *, cache: PointCache,
+             advance: Callable[[float], None] | None = None) -> list[dict[str, Any]]:
     """The records of one work unit: a single point (:func:`run_point`), or points sharing their queries whose
     clones train in one stacked pass (:func:`~modelsteal.attacks.base.steal_together`; each record then says
-    ``stacked_clones``: how many trained together, and the shared training time is split evenly)."""
+    ``stacked_clones``: how many trained together, and the shared training time is split evenly). ``advance(f)``
+    reports progress inside a stacked unit in points: half a point as each point's queries are answered, the
+    other half spread over its clone's training epochs."""
     if len(unit) == 1:
         return [run_point(unit[0], cache=cache)]
     starts, jobs, collect_seconds = [], [], []
@@ -553,8 +557,11 @@ def run_unit(unit: list[Point], *, cache: PointCache) -> list[dict[str, Any]]:
         jobs.append(attack.begin(api, budget=p.budget, seed=p.seed))
         starts.append((rec, api, attack, detection_facts(api)))  # now: the next start resets the shared detector
         collect_seconds.append((t1 - t, time.perf_counter() - t1))
+        if advance is not None:
+            advance(0.5)
     t_train = time.perf_counter()
-    results, stacked = steal_together(jobs)
+    epochs = max(1, jobs[0].attack.train_config.epochs)
+    results, stacked = steal_together(jobs, on_epoch=None if advance is None else (lambda n: advance(0.5 * n / epochs)))
     shared = (time.perf_counter() - t_train) / len(unit)
     records = []
     for p, (rec, api, attack, facts), result, (setup, query) in zip(unit, starts, results, collect_seconds,
@@ -762,20 +769,25 @@ def run_sweep(
     cache = PointCache(out_dir=out, device=cfg.device, progress=progress)
     _fill_cache(cache, cfg, todo, inputs=inputs, prov=prov, out=out)
     work = units(todo, stack=stack_clones, stackable=[n for n in available_attacks() if attack_class(n).stackable])
-    bar = None
+    bar, fn, finished = None, run_unit, 0
     if progress and todo:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc=f"sweep {cfg.name}", unit="point")
+        bar = tqdm(total=len(todo), desc=f"sweep {cfg.name}", unit="point",
+                   bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}]")
+        if isinstance(executor, SerialExecutor):  # in this process: per clone inside a stacked unit
+            fn = functools.partial(run_unit, advance=bar.update)
     try:
-        for i, records in executor.run(run_unit, work, cache=cache):
+        for i, records in executor.run(fn, work, cache=cache):
             for p, rec in zip(work[i], records, strict=True):
                 _store_point(p, rec, out=out, prov=prov)
                 done[p.key] = rec
             write_results([done[p.key] for p in points if p.key in done], out)
             write_provenance(prov, out)
             if bar is not None:
-                bar.update(len(work[i]))
+                finished += len(work[i])
+                bar.n = finished  # exact once a unit is done, whatever its fractions added up to
+                bar.refresh()
     finally:
         if bar is not None:
             bar.close()
