@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modelsteal-installed
 OUT ?= runs/demo
 
-.PHONY: setup demo test test-slow lint bench clean data
+.PHONY: setup demo test test-slow lint bench clean data mutation
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ lint: setup
 
 bench: setup
 	$(PY) bench/mad_throughput.py
+
+# Mutation testing (mutmut) of detectors, defenses, ownership and serve on their own tests; not in CI (slow).
+# PACKAGES="detectors" limits it; scripts/mutation.py --help.
+PACKAGES ?=
+mutation: setup
+	$(PY) -m pip install -q -e ".[mutation]"
+	OMP_NUM_THREADS=1 $(PY) scripts/mutation.py $(PACKAGES)
 
 clean:
 	rm -rf runs .pytest_cache
