@@ -44,14 +44,14 @@ def test_files(package: str) -> list[str]:
     return files
 
 
-def setup_cfg(package: str) -> str:
+def setup_cfg(package: str, *, only: str | None = None) -> str:
     tests = "\n    ".join(test_files(package))
-    return (f"[mutmut]\nsource_paths = src/modelsteal\nonly_mutate = src/modelsteal/{package}/*\n"
+    return (f"[mutmut]\nsource_paths = src/modelsteal\nonly_mutate = {only or f'src/modelsteal/{package}/*'}\n"
             f"pytest_add_cli_args_test_selection =\n    {tests}\npytest_add_cli_args =\n    -x\n    -q\n"
             "    -p\n    no:cacheprovider\n")
 
 
-def run_package(package: str, *, max_children: int, keep: bool) -> dict[str, int]:
+def run_package(package: str, *, max_children: int, keep: bool, only: str | None = None) -> dict[str, int]:
     """mutmut over ``package`` in a temporary copy; returns its counts (``killed``, ``survived``, ...)."""
     work = Path(tempfile.mkdtemp(prefix=f"mutation-{package}-"))
     try:
@@ -60,7 +60,7 @@ def run_package(package: str, *, max_children: int, keep: bool) -> dict[str, int
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / name)
         text = (work / "pyproject.toml").read_text()
         (work / "pyproject.toml").write_text(text.replace("[tool.mutmut]", "[tool.mutmut-unused]"))
-        (work / "setup.cfg").write_text(setup_cfg(package))
+        (work / "setup.cfg").write_text(setup_cfg(package, only=only))
         cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
         print(f"== {package}: {' '.join(test_files(package))} (in {work})", flush=True)
         subprocess.run(cmd, cwd=work, check=False)
@@ -78,13 +78,15 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"which packages (default all): {', '.join(PACKAGES)}")
     p.add_argument("--max-children", type=int, default=2, help="mutants run in parallel (default 2)")
     p.add_argument("--keep", action="store_true", help="keep the temporary copies (to browse the survivors)")
+    p.add_argument("--only", default=None, metavar="GLOB",
+                   help="mutate only these files of the package, e.g. src/modelsteal/detectors/responses.py")
     args = p.parse_args(argv)
     unknown = sorted(set(args.packages) - set(PACKAGES))
     if unknown:
         p.error(f"unknown package {unknown[0]!r}; known: {', '.join(PACKAGES)}")
     rows = []
     for package in args.packages or list(PACKAGES):
-        s = run_package(package, max_children=args.max_children, keep=args.keep)
+        s = run_package(package, max_children=args.max_children, keep=args.keep, only=args.only)
         decided = s.get("killed", 0) + s.get("survived", 0)
         score = s.get("killed", 0) / decided if decided else float("nan")
         rows.append((package, s, score))
