@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modelsteal-installed
 OUT ?= runs/demo
 
-.PHONY: setup demo test test-slow lint layout bench clean data mlserver browser
+.PHONY: setup demo test test-slow lint layout bench clean data mlserver browser mutation
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ layout:
 bench: setup
 	$(PY) bench/mad_throughput.py
 	$(PY) bench/serve_throughput.py --upstream
+
+# Mutation testing (mutmut) of detectors, defenses, ownership and serve on their own tests; not in CI (slow).
+# PACKAGES="detectors" limits it; scripts/mutation.py --help.
+PACKAGES ?=
+mutation: setup
+	$(PY) -m pip install -q -e ".[mutation]"
+	OMP_NUM_THREADS=1 $(PY) scripts/mutation.py $(PACKAGES)
 
 clean:
 	rm -rf runs .pytest_cache

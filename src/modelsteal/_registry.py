@@ -24,14 +24,18 @@ _KEYWORDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_
 
 def constructor_parameters(cls: type) -> dict[str, inspect.Parameter] | None:
     """The keyword parameters ``cls(...)`` accepts, following ``**kwargs`` that are forwarded to a base
-    class's ``__init__`` up the MRO; ``None`` when some ``**kwargs`` reach no named parameters (anything goes)."""
+    class's ``__init__`` up the MRO; ``None`` when some ``**kwargs`` reach no named parameters (anything goes);
+    ``{}`` for a class that defines no ``__init__`` at all (it takes no argument)."""
     params: dict[str, inspect.Parameter] = {}
+    seen_init = False
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
         if init is None:
             continue
         if klass is object:
-            return None
+            # no class defines __init__: object's takes no argument (``Plain(weight=0.5)`` is a TypeError)
+            return None if seen_init else {}
+        seen_init = True
         open_kwargs = False
         for p in inspect.signature(init).parameters.values():
             if p.kind == inspect.Parameter.VAR_KEYWORD:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,9 @@ class BudgetExceededError(RuntimeError):
 class QueryRefusedError(RuntimeError):
     """A detector flagged rows of a batch and the API's response is ``refuse``: the whole batch is refused,
     and neither its queries nor its flags are counted (like a budget refusal). ``flagged`` of the batch's
-    ``rows`` were flagged by ``detector`` (``None`` when unknown, as on the HTTP client's side)."""
+    ``rows`` were flagged by ``detector`` (``None`` when unknown). An attack that is refused attaches what it
+    had bought so far as ``partial`` (:class:`~modelsteal.attacks.base.PartialResult`: the answered queries)
+    before the error reaches its caller."""
 
     def __init__(self, message: str, *, flagged: int | None = None, rows: int | None = None,
                  detector: str | None = None) -> None:
@@ -41,6 +43,7 @@ class QueryRefusedError(RuntimeError):
         self.flagged = flagged
         self.rows = rows
         self.detector = detector
+        self.partial: Any = None
 
 
 @runtime_checkable
@@ -403,16 +406,19 @@ class QueryBudget:
     """Wraps any :class:`BlackBox` and refuses queries beyond ``budget`` (what attacks are handed).
 
     ``used`` counts the rows answered through this wrapper; a batch that would exceed the budget raises
-    :class:`BudgetExceededError` before anything is sent, so the budget is never exceeded.
+    :class:`BudgetExceededError` before anything is sent, so the budget is never exceeded. With ``keep``, every
+    answered batch is kept (by reference) for :meth:`answered`: what an attack had bought when it was refused.
     """
 
-    def __init__(self, blackbox: BlackBox, *, budget: int, client: str = "default") -> None:
+    def __init__(self, blackbox: BlackBox, *, budget: int, client: str = "default", keep: bool = False) -> None:
         if budget < 0:
             raise ValueError(f"budget must be >= 0, got {budget}")
         self.blackbox = blackbox
         self.budget = int(budget)
         self.client = client
         self.used = 0
+        self.keep = keep
+        self._kept: list[tuple[Tensor, Tensor]] = []
         self.num_classes = blackbox.num_classes
         self.input_shape = tuple(blackbox.input_shape)
 
@@ -427,4 +433,14 @@ class QueryBudget:
             raise BudgetExceededError(f"attack asked for {n} queries with {self.remaining} of {self.budget} left")
         out = self.blackbox.query(x, client=client or self.client)
         self.used += n
+        if self.keep:
+            self._kept.append((torch.as_tensor(x).detach(), out.detach()))  # references: the attack keeps them too
         return out
+
+    def answered(self) -> tuple[Tensor, Tensor]:
+        """The inputs and answers of every answered batch so far, in order (``keep=True``; else a ``ValueError``)."""
+        if not self.keep:
+            raise ValueError("this QueryBudget keeps no answers: make it with keep=True")
+        if not self._kept:
+            return torch.empty(0, *self.input_shape), torch.empty(0, self.num_classes)
+        return torch.cat([x.cpu() for x, _ in self._kept]), torch.cat([y.cpu() for _, y in self._kept])

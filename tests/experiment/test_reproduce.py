@@ -82,7 +82,8 @@ def test_a_victim_other_than_the_recorded_one_is_refused(tmp_path, capsys):
     prov = json.loads((out / "provenance.json").read_text())
     prov["victim_sha256"] = "0" * 64
     (out / "provenance.json").write_text(json.dumps(prov))
-    one_line_error(capsys, ["reproduce", out], "victim results/reproduce-digits/victim.pt has sha256",
+    # the copy's own victim (recorded paths resolve against the results folder)
+    one_line_error(capsys, ["reproduce", out], f"victim {out / 'victim.pt'} has sha256",
                    "made with 000000000000")
 
 

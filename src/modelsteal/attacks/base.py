@@ -15,10 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from modelsteal._registry import Registry
-from modelsteal.blackbox import BlackBox, QueryBudget
+from modelsteal.blackbox import BlackBox, QueryBudget, QueryRefusedError
 from modelsteal.devices import resolve_device
 from modelsteal.models import build_model, build_seeded
 from modelsteal.training import TrainConfig
+from modelsteal.training.loop import Callback
 
 CloneFactory = Callable[[Sequence[int], int], nn.Module]
 
@@ -40,16 +41,17 @@ class CloneJob:
     generator: torch.Generator
     finish: Callable[[Any], StealResult]
 
-    def train_alone(self) -> Any:
+    def train_alone(self, *, on_epoch: Callable[[], None] | None = None) -> Any:
         """Train the clone by itself (:func:`~modelsteal.training.train`); its history, or ``None`` when the
-        training set is empty (an untrained clone)."""
+        training set is empty (an untrained clone). ``on_epoch()`` runs after every epoch."""
         from modelsteal import training
 
         if len(self.x) == 0:
             return None
         a = self.attack
+        hooks = [] if on_epoch is None else [_EpochHook(on_epoch)]
         return training.train(self.clone, self.x, self.targets, config=a.train_config, generator=self.generator,
-                              device=a.device, progress="train clone" if a.progress else False)
+                              device=a.device, progress="train clone" if a.progress else False, callbacks=hooks)
 
     def result(self, history: Any) -> StealResult:
         result = self.finish(history)
@@ -66,6 +68,24 @@ class StealResult:
     transfer_x: Tensor | None = None
     transfer_y: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PartialResult:
+    """What an attack had bought when the API refused it (:class:`~modelsteal.QueryRefusedError` ``.partial``):
+    the ``queries`` answered of its ``budget``, their inputs and answers (no clone is trained)."""
+
+    queries: int
+    budget: int
+    transfer_x: Tensor
+    transfer_y: Tensor
+
+
+def _refused(e: QueryRefusedError, budgeted: QueryBudget) -> QueryRefusedError:
+    """``e`` with what was bought through ``budgeted`` attached as ``e.partial``."""
+    x, y = budgeted.answered()
+    e.partial = PartialResult(queries=budgeted.used, budget=budgeted.budget, transfer_x=x, transfer_y=y)
+    return e
 
 
 class Attack(ABC):
@@ -117,12 +137,17 @@ class Attack(ABC):
 
     @final
     def __call__(self, victim: BlackBox, *, budget: int, seed: int = 0) -> StealResult:
-        """Steal ``victim`` with at most ``budget`` queries; the same seed gives the same clone."""
+        """Steal ``victim`` with at most ``budget`` queries; the same seed gives the same clone. When the API
+        refuses a batch (a detector's ``refuse`` response), the :class:`~modelsteal.QueryRefusedError` carries
+        what was bought so far as ``.partial`` (:class:`PartialResult`)."""
         if budget < 1:
             raise ValueError(f"budget must be >= 1, got {budget}")
-        budgeted = QueryBudget(victim, budget=budget)
+        budgeted = QueryBudget(victim, budget=budget, keep=True)
         generator = torch.Generator().manual_seed(int(seed))
-        result = self.run(budgeted, generator=generator)
+        try:
+            result = self.run(budgeted, generator=generator)
+        except QueryRefusedError as e:  # the caller learns what was bought before the refusal
+            raise _refused(e, budgeted) from None
         result.queries = budgeted.used  # never above budget: QueryBudget refuses a batch that would exceed it
         return result
 
@@ -148,8 +173,11 @@ class Attack(ABC):
                             "stacked pass (see Attack.stackable); call the attack itself")
         if budget < 1:
             raise ValueError(f"budget must be >= 1, got {budget}")
-        budgeted = QueryBudget(victim, budget=budget)
-        return self.collect(budgeted, generator=torch.Generator().manual_seed(int(seed)))
+        budgeted = QueryBudget(victim, budget=budget, keep=True)
+        try:
+            return self.collect(budgeted, generator=torch.Generator().manual_seed(int(seed)))
+        except QueryRefusedError as e:
+            raise _refused(e, budgeted) from None
 
     # -- helpers shared by subclasses ----------------------------------------------------------------
     def make_clone(self, victim: BlackBox, *, generator: torch.Generator) -> nn.Module:
@@ -208,19 +236,32 @@ def _same_training(jobs: Sequence[CloneJob]) -> bool:
     )
 
 
-def steal_together(jobs: Sequence[CloneJob]) -> tuple[list[StealResult], bool]:
+class _EpochHook(Callback):
+    """A training callback calling ``fn()`` after each epoch."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+    def on_epoch_end(self, state: Any) -> None:
+        self.fn()
+
+
+def steal_together(jobs: Sequence[CloneJob], *, on_epoch: Callable[[int], None] | None = None
+                   ) -> tuple[list[StealResult], bool]:
     """Finish the :class:`CloneJob` s of several points: their clones trained in one stacked pass
     (:func:`~modelsteal.training.train_stacked`) when they share inputs, batch order and settings, else one by
-    one; returns the results and whether they were stacked."""
+    one; returns the results and whether they were stacked. ``on_epoch(n)`` runs after every epoch, ``n`` the
+    clones that epoch trained (all of them when stacked, else 1): a sweep's per-clone progress."""
     from modelsteal.training.stacked import train_stacked
 
     if len(jobs) > 1 and _same_training(jobs):
         a = jobs[0].attack
         histories = train_stacked([j.clone for j in jobs], jobs[0].x, [j.targets for j in jobs],
                                   config=a.train_config, generator=jobs[0].generator, device=a.device,
-                                  progress=f"train {len(jobs)} stacked clones" if a.progress else False)
+                                  progress=f"train {len(jobs)} stacked clones" if a.progress else False,
+                                  on_epoch=None if on_epoch is None else (lambda: on_epoch(len(jobs))))
         return [j.result(h) for j, h in zip(jobs, histories, strict=True)], True
-    return [j.result(j.train_alone()) for j in jobs], False
+    return [j.result(j.train_alone(on_epoch=None if on_epoch is None else (lambda: on_epoch(1)))) for j in jobs], False
 
 
 _ATTACKS: Registry[type[Attack]] = Registry("attack", package="modelsteal.attacks")

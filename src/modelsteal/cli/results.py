@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "run on other machines) into one, or export one as CSV or JSON.",
     )
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    ls = actions.add_parser("list", help="what each directory holds: config, rows, points, victims, environments")
+    ls = actions.add_parser("list", help="what each directory holds: config, rows, points, victims (distinct "
+                            "SHA-256), environments")
     ls.add_argument("dirs", nargs="+", metavar="DIR")
     mg = actions.add_parser("merge", help="merge directories into --out: points, rows (plan order), provenance")
     mg.add_argument("dirs", nargs="+", metavar="DIR")
@@ -57,7 +58,7 @@ def _list(dirs: list[str]) -> int:
         points = len(list((d / "points").glob("*.json"))) if (d / "points").is_dir() else 0
         plan_txt = f" of {len(planned)} planned" if planned is not None else ""
         print(f"{d}: {prov.get('config_name', '(no config recorded)')}, {len(rows)} row(s){plan_txt}, "
-              f"{points} cached point(s), {len(prov.get('victims', {}))} victim(s), "
+              f"{points} cached point(s), {len(set(prov.get('victims', {}).values()))} victim(s), "
               f"{len(prov.get('environments', {}))} environment(s)"
               + (f", merged from {len(prov['merged_from'])}" if prov.get("merged_from") else ""))
     return 0

@@ -104,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
         stack_clones=args.stack_clones,
         shard_of=shard_of,
     )
+    if not mine:  # more shards than groups of points: the config was checked, this machine has nothing to do
+        groups = len({p.query_key for p in plan(cfg)})
+        print(f"shard {args.shard} of {cfg.name} holds no point (the plan has {groups} group(s) of points sharing "
+              f"their queries, dealt to {shard_of[1]} shards): no victim trained, nothing written to {args.out}")
+        return 0
     print(format_table(records))
     _print_detection(records)
     out = Path(args.out)

@@ -17,9 +17,13 @@ finished point to its cache as it arrives, so a sweep killed on any backend resu
 
 from __future__ import annotations
 
+import atexit
 import os
+import signal
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 BACKENDS = ("serial", "pool", "ray")
@@ -147,17 +151,59 @@ class RayExecutor(Executor):
             raise ValueError(f"--address must be auto or ray://HOST:PORT, got {address!r}")
         self.address, self.workers = address, workers
         self.num_cpus, self.num_gpus, self.deterministic = float(num_cpus), float(num_gpus), bool(deterministic)
+        if self.num_gpus and address is None:
+            _check_local_gpus(self.num_gpus)
         self._ray = _import_ray()
+        self._owned = False  # whether this executor started the local cluster (then it shuts it down)
+        self._previous_sigterm: Any = None
 
     def _init(self) -> None:
         ray = self._ray
         if ray.is_initialized():
             return
-        if self.address is None:  # a local cluster of `workers` CPUs, quiet
-            ray.init(num_cpus=self.workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+        if self.address is None:  # a local cluster of `workers` CPUs, quiet; shut down on every exit path
+            self._owned = True
+            self._catch_sigterm()
+            atexit.register(self.close)
+            try:
+                ray.init(num_cpus=self.workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            except BaseException:
+                self.close()
+                raise
         else:
             ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        if self.num_gpus > gpus:
+            self.close()
+            raise ValueError(f"--gpus-per-task {self.num_gpus:g} is more than the cluster's {gpus:g} GPU(s): its "
+                             "tasks would wait forever")
+
+    def _catch_sigterm(self) -> None:
+        """Turn SIGTERM into ``SystemExit`` while the cluster runs (main thread only), so ``finally`` blocks and
+        :meth:`close` run: by default SIGTERM ends the driver at once and orphans the cluster's processes."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            raise SystemExit(128 + signum)
+
+        self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def close(self) -> None:
+        """Shut down the local cluster this executor started (no-op otherwise, and when called again): Ray's own
+        shutdown, then any of its processes still alive (the raylet's agents outlive it) are terminated."""
+        if not self._owned:
+            return
+        self._owned = False
+        cluster = _ray_descendants(os.getpid())
+        try:
+            self._ray.shutdown()
+        finally:
+            _terminate(cluster)
+            if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+                self._previous_sigterm = None
 
     def run(self, fn: UnitFn, units: Sequence[Any], *, cache: Any) -> Iterator[tuple[int, Any]]:
         if not units:
@@ -174,12 +220,92 @@ class RayExecutor(Executor):
                 i = pending.pop(done[0])
                 yield i, ray.get(done[0])
         finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            try:
+                if ray.is_initialized():
+                    for ref in pending:
+                        ray.cancel(ref, force=True)
+            finally:
+                self.close()  # a cluster this executor started ends with its run
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "address": self.address or "local", "workers": self.workers,
                 "num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+
+
+def _check_local_gpus(num_gpus: float) -> None:
+    """Refuse ``--gpus-per-task`` that this machine's GPUs cannot give (a local Ray cluster has the GPUs torch
+    sees): its tasks would wait forever, and the victim would have trained for nothing."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        raise ValueError(f"--gpus-per-task {num_gpus:g} asks for a GPU per task, but this machine has no GPU (CUDA is "
+                         "not available): the local Ray cluster's tasks would wait forever; drop --gpus-per-task, or "
+                         "join a cluster that has GPUs with --address")
+    if num_gpus > n:
+        raise ValueError(f"--gpus-per-task {num_gpus:g} is more than the {n} GPU(s) of this machine: the local Ray "
+                         f"cluster's tasks would wait forever; use at most {n}")
+
+
+def _ray_descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` whose command line names Ray (a local cluster's raylet, GCS, agents, workers),
+    read from ``/proc``; empty where there is no ``/proc``."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    children: dict[int, list[int]] = {}
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    out = []
+    for p in found:
+        try:
+            cmd = (proc / str(p) / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"ray" in cmd:
+            out.append(p)
+    return out
+
+
+def _terminate(pids: Sequence[int], *, grace: float = 5.0) -> None:
+    """SIGTERM the processes ``pids`` that are still alive, then SIGKILL those alive after ``grace`` seconds."""
+    import time
+
+    def alive(p: int) -> bool:
+        try:
+            os.kill(p, 0)
+        except OSError:
+            return False
+        try:  # a zombie (exited, not yet reaped by its parent) is gone for our purpose
+            return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return True
+
+    left = [p for p in pids if alive(p)]
+    for p in left:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.monotonic() + grace
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [p for p in left if alive(p)]
+    for p in left:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _import_ray() -> Any:

@@ -8,6 +8,7 @@ clone; :func:`run_unit` runs points that share their queries with their clones t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -272,10 +273,13 @@ def run_point(point: Point, *, cache: PointCache) -> dict[str, Any]:
     return rec
 
 
-def run_unit(unit: list[Point], *, cache: PointCache) -> list[dict[str, Any]]:
+def run_unit(unit: list[Point], *, cache: PointCache,
+             advance: Callable[[float], None] | None = None) -> list[dict[str, Any]]:
     """The records of one work unit: a single point (:func:`run_point`), or points sharing their queries whose
     clones train in one stacked pass (:func:`~modelsteal.attacks.base.steal_together`; each record then says
-    ``stacked_clones``: how many trained together, and the shared training time is split evenly)."""
+    ``stacked_clones``: how many trained together, and the shared training time is split evenly). ``advance(f)``
+    reports progress inside a stacked unit in points: half a point as each point's queries are answered, the
+    other half spread over its clone's training epochs."""
     if len(unit) == 1:
         return [run_point(unit[0], cache=cache)]
     starts, jobs, collect_seconds = [], [], []
@@ -286,8 +290,11 @@ def run_unit(unit: list[Point], *, cache: PointCache) -> list[dict[str, Any]]:
         jobs.append(attack.begin(api, budget=p.budget, seed=p.seed))
         starts.append((rec, api, attack, detection_facts(api)))  # now: the next start resets the shared detector
         collect_seconds.append((t1 - t, time.perf_counter() - t1))
+        if advance is not None:
+            advance(0.5)
     t_train = time.perf_counter()
-    results, stacked = steal_together(jobs)
+    epochs = max(1, jobs[0].attack.train_config.epochs)
+    results, stacked = steal_together(jobs, on_epoch=None if advance is None else (lambda n: advance(0.5 * n / epochs)))
     shared = (time.perf_counter() - t_train) / len(unit)
     records = []
     for p, (rec, api, attack, facts), result, (setup, query) in zip(unit, starts, results, collect_seconds,

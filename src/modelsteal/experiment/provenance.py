@@ -58,6 +58,7 @@ def start_provenance(cfg: SweepConfig, *, out: Path, device: torch.device, victi
         "config_hash": config_hash(cfg),
         "config": asdict(cfg),  # what `modelsteal reproduce` re-runs points from
         "victim_path": str(victim_path),
+        "out_dir": str(out),  # recorded paths are relative to the working directory; reproduce rebases them
         "victim_sha256": sha,
         "previous_victim_sha256": previous,
         "victims": {**prov.get("victims", {}), str(victim_path): sha},

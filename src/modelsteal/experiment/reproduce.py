@@ -14,6 +14,7 @@ every re-run point reproduced (the victim's accuracy exactly), :func:`record_rec
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -67,7 +68,50 @@ class Comparison:
         return {k: v for k, v in self.checks.items() if abs(v[1] - v[0]) > atol}
 
 
+def resolve_recorded_path(path: str | Path, *, out_dir: Path, recorded_out: str | Path | None = None) -> Path:
+    """Where a path recorded in a results folder's provenance is now, for the folder at ``out_dir`` (which may
+    be a copy, renamed, read from another working directory).
+
+    A relative path was recorded relative to the sweep's working directory. When the folder recorded where it
+    was written (``recorded_out``, provenance's ``out_dir``), the path is taken relative to it and resolved
+    against ``out_dir``; otherwise the longest tail of the path that exists under ``out_dir`` is taken
+    (``results/reproduce-digits/victim.pt`` → ``out_dir/victim.pt``). Absolute paths, and paths found
+    neither way, are returned as recorded (then relative to the working directory, as before).
+    """
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    if recorded_out is not None:
+        moved = Path(os.path.normpath(out_dir / os.path.relpath(p, recorded_out)))
+        if moved.exists():
+            return moved
+    for i in range(len(p.parts)):
+        tail = out_dir.joinpath(*p.parts[i:])
+        if tail.exists():
+            return tail
+    return p
+
+
+def _resolve_paths(cfg: SweepConfig, out_dir: Path, prov: dict[str, Any]) -> SweepConfig:
+    """``cfg`` with its victim checkpoint and data folders resolved against the results folder."""
+    recorded_out = prov.get("out_dir")
+
+    def move(value: str | None) -> str | None:
+        return None if value is None else str(resolve_recorded_path(value, out_dir=out_dir,
+                                                                   recorded_out=recorded_out))
+
+    victim = replace(cfg.victim, checkpoint=move(cfg.victim.checkpoint), data_dir=move(cfg.victim.data_dir))
+    return replace(cfg, victim=victim, transfer=replace(cfg.transfer, data_dir=move(cfg.transfer.data_dir)))
+
+
 def committed_config(out_dir: Path, *, config: str | Path | None = None) -> tuple[SweepConfig, dict[str, Any]]:
+    """The config a results directory was made with (its recorded paths resolved against ``out_dir``,
+    :func:`resolve_recorded_path`) and its provenance."""
+    cfg, prov = _committed_config(out_dir, config=config)
+    return _resolve_paths(cfg, out_dir, prov), prov
+
+
+def _committed_config(out_dir: Path, *, config: str | Path | None = None) -> tuple[SweepConfig, dict[str, Any]]:
     """The config a results directory was made with and its provenance. A directory made before provenance
     was recorded needs ``config``, the file it was made with (its budgets and seeds are taken from the rows,
     as the sweep's ``--budget``/``--seeds`` overrides set them); ``ValueError`` otherwise."""

@@ -39,7 +39,7 @@ def write_results(records: Sequence[dict[str, Any]], out_dir: str | Path) -> Pat
     path = out / "results.csv"
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS + extra, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=COLUMNS + extra, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in records:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS + extra})

@@ -11,6 +11,7 @@ records what the results were made with (:mod:`~modelsteal.experiment.provenance
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from modelsteal.determinism import enable_determinism
 from modelsteal.devices import resolve_device
 from modelsteal.experiment.config import SweepConfig, config_entry, point_key
 from modelsteal.experiment.detection import write_detection
-from modelsteal.experiment.executors import Executor, make_executor
+from modelsteal.experiment.executors import Executor, SerialExecutor, make_executor
 from modelsteal.experiment.plan import Point, plan, shard, units
 from modelsteal.experiment.points import PointCache, build_attack, point_defense, run_unit
 from modelsteal.experiment.provenance import recipe_victim_sha, start_provenance
@@ -108,6 +109,8 @@ def run_sweep(
         cfg = replace(cfg, device=str(device))
     validate_sweep(cfg)
     points = plan(cfg) if shard_of is None else shard(plan(cfg), *shard_of)
+    if not points:  # a shard dealt no group of points: no victim to train, nothing to write
+        return []
     if stack_clones < 1:
         raise ValueError(f"--stack-clones must be >= 1 (1 trains every clone alone), got {stack_clones}")
     deterministic = cfg.deterministic or torch.are_deterministic_algorithms_enabled()
@@ -135,20 +138,25 @@ def run_sweep(
     cache = PointCache(out_dir=out, device=cfg.device, progress=progress)
     _fill_cache(cache, cfg, todo, inputs=inputs, prov=prov, out=out)
     work = units(todo, stack=stack_clones, stackable=[n for n in available_attacks() if attack_class(n).stackable])
-    bar = None
+    bar, fn, finished = None, run_unit, 0
     if progress and todo:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc=f"sweep {cfg.name}", unit="point")
+        bar = tqdm(total=len(todo), desc=f"sweep {cfg.name}", unit="point",
+                   bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}]")
+        if isinstance(executor, SerialExecutor):  # in this process: per clone inside a stacked unit
+            fn = functools.partial(run_unit, advance=bar.update)
     try:
-        for i, records in executor.run(run_unit, work, cache=cache):
+        for i, records in executor.run(fn, work, cache=cache):
             for p, rec in zip(work[i], records, strict=True):
                 _store_point(p, rec, out=out, prov=prov)
                 done[p.key] = rec
             write_results([done[p.key] for p in points if p.key in done], out)
             write_provenance(prov, out)
             if bar is not None:
-                bar.update(len(work[i]))
+                finished += len(work[i])
+                bar.n = finished  # exact once a unit is done, whatever its fractions added up to
+                bar.refresh()
     finally:
         if bar is not None:
             bar.close()

@@ -70,3 +70,13 @@ def seed_set(cfg: TransferConfig, *, victim_data: DatasetSplits, seed: int = 0) 
     g = torch.Generator().manual_seed(seed)
     n = min(cfg.seed_size, len(victim_data.x_val))
     return victim_data.x_val[torch.randperm(len(victim_data.x_val), generator=g)[:n]].contiguous()
+
+
+def queried_rows(x: Tensor, queried: Tensor) -> Tensor:
+    """Which rows of ``x`` (``(N, ...)``) are, bit for bit, among the ``queried`` inputs: a boolean ``(N,)``.
+    Measuring a clone on inputs it queried is not a held-out measurement; callers leave these rows out."""
+    if len(queried) == 0 or len(x) == 0:
+        return torch.zeros(len(x), dtype=torch.bool)
+    seen = {row.tobytes() for row in queried.detach().cpu().contiguous().numpy().reshape(len(queried), -1)}
+    rows = x.detach().cpu().contiguous().to(queried.dtype).numpy().reshape(len(x), -1)
+    return torch.tensor([row.tobytes() in seen for row in rows], dtype=torch.bool)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import math
 import random
+import re
 import time
 import uuid
 from typing import Any
@@ -285,7 +286,7 @@ class HTTPBlackBox(QueryCounter):
                 elif code == "budget_exhausted":
                     raise KeyBudgetExhaustedError(f"{self.url}: {detail}")
                 elif code == "query_refused":
-                    raise QueryRefusedError(f"{self.url}: {detail}")
+                    raise QueryRefusedError(f"{self.url}: {detail}", **_refusal_facts(resp, detail))
                 elif resp.status_code in (401, 403):
                     raise PermissionError(f"{self.url} refused the API key: {detail}")
                 else:
@@ -362,6 +363,25 @@ def _error_detail(resp: Any) -> tuple[str, str]:
     if isinstance(body, dict):
         return str(body.get("detail", body.get("error", body))), str(body.get("code", ""))
     return str(body), ""
+
+
+_REFUSAL_RE = re.compile(r"detector '([^']*)' flagged (\d+) of the batch's (\d+) rows")
+
+
+def _refusal_facts(resp: Any, detail: str) -> dict[str, Any]:
+    """``flagged``, ``rows`` and ``detector`` of a 403 ``query_refused``: from the body's fields when the server
+    sends them, else read from its message (``detector 'prada' flagged 67 of the batch's 100 rows ...``)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    m = _REFUSAL_RE.search(detail)
+    facts: dict[str, Any] = {"detector": m.group(1), "flagged": int(m.group(2)), "rows": int(m.group(3))} if m else {}
+    for k in ("flagged", "rows", "detector"):
+        if body.get(k) is not None:
+            facts[k] = body[k]
+    return facts
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -134,6 +134,23 @@ _INFER_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: the JSON form of an inference request (the binary-tensor extension's body is described by its header)
+_INFER_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "inputs": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["name", "shape", "datatype"],
+            "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+                           "datatype": {"type": "string"}, "data": {"type": "array"},
+                           "parameters": {"type": "object"}}}},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"],
+                                               "properties": {"name": {"type": "string"}}}},
+        "parameters": {"type": "object"},
+    },
+}
+
+
 def v2_router(service: Any) -> "APIRouter":
     """The ``/v2`` routes serving ``service`` (the app's :class:`~modelsteal.serve.app._Service`)."""
     from fastapi import APIRouter, Request
@@ -180,7 +197,8 @@ def v2_router(service: Any) -> "APIRouter":
         return {"name": name, "ready": True}
 
     @router.post("/models/{name}/infer", summary="Answer an inference request (counted in the ledger)",
-                 responses=_INFER_ERRORS)
+                 responses=_INFER_ERRORS, openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": _INFER_REQUEST_SCHEMA}}}})
     async def infer_route(name: str, request: Request) -> Any:
         if name != model_name:
             return unknown_model(name)

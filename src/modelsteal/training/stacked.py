@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -72,13 +72,15 @@ def train_stacked(
     val: tuple[Tensor, Tensor] | None = None,
     device: torch.device | str | None = None,
     progress: bool | str = False,
+    on_epoch: Callable[[], None] | None = None,
 ) -> list[TrainHistory]:
     """Train every model of ``models`` in place on ``(x, targets[i])``, all in one stacked pass; returns one
     :class:`~modelsteal.training.TrainHistory` per model.
 
     ``targets[i]`` are soft labels ``(N, K)`` or class indices ``(N,)`` (all of one kind); ``generator`` draws
     the batch order as :func:`~modelsteal.training.train` would; ``val=(x_val, y_val)`` keeps each model's
-    best-validation epoch. Equivalent to ``[train(m, x, y, config=config, generator=copy_of(generator)) ...]``
+    best-validation epoch; ``on_epoch()`` is called after every epoch (a sweep's progress). Equivalent to
+    ``[train(m, x, y, config=config, generator=copy_of(generator)) ...]``
     up to floating-point summation order (see the module docstring). Example::
 
         histories = train_stacked([clone_a, clone_b], x, [answers_a, answers_b], config=TrainConfig(epochs=10))
@@ -143,6 +145,8 @@ def train_stacked(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(mean) / c:.3f}")
+            if on_epoch is not None:
+                on_epoch()
     finally:
         if bar is not None:
             bar.close()

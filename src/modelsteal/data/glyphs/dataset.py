@@ -198,10 +198,12 @@ def build_glyph_dataset(spec: GlyphSpec, *, data_dir: Path | None = None, seed: 
     )
     test_seed = seed + 1
     x_tr, y_tr = render_glyphs(
-        spec.chars, train_fs.fonts, per_class=spec.train_per_class, seed=seed, font_weights=train_fs.weights()
+        spec.chars, train_fs.fonts, per_class=spec.train_per_class, seed=seed, font_weights=train_fs.weights(),
+        progress=f"render {spec.name} (train)",
     )
     x_te, y_te = render_glyphs(
-        spec.chars, test_fs.fonts, per_class=spec.test_per_class, seed=test_seed, font_weights=test_fs.weights()
+        spec.chars, test_fs.fonts, per_class=spec.test_per_class, seed=test_seed, font_weights=test_fs.weights(),
+        progress=f"render {spec.name} (test)",
     )
     meta = {
         "description": f"{spec.name}: characters rendered from fonts by modelsteal.data.glyphs, a stand-in for "

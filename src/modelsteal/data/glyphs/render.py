@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,8 +24,10 @@ def render_glyphs(
     seed: int,
     augment: Augmentation | None = Augmentation(),  # noqa: B008 (a frozen dataclass)
     font_weights: Sequence[float] | None = None,
+    progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render ``per_class`` images of every class; returns ``x`` float32 (N, 1, 28, 28) and ``y`` int64.
+    ``progress``: the label of a progress bar on stderr (fonts' base glyphs, then images), or none.
 
     ``classes[i]`` is a string of the characters that stand for class ``i`` (``"aA"``: either case); each
     image draws one of them uniformly and a font from ``fonts`` (with probabilities ``font_weights``,
@@ -36,7 +39,14 @@ def render_glyphs(
         raise ValueError("render_glyphs needs at least one font, one class and per_class >= 1")
     chars = sorted({c for cls in classes for c in cls})
     index = {c: i for i, c in enumerate(chars)}
-    stack = torch.from_numpy(np.stack([base_glyph(f, c) for f in fonts for c in chars]))  # (fonts·chars, N, N)
+    pairs = [(f, c) for f in fonts for c in chars]
+    bar = _progress(progress, total=len(pairs) + per_class * len(classes))
+    bases = []
+    for f, c in pairs:
+        bases.append(base_glyph(f, c))
+        if bar is not None:
+            bar.update(1)
+    stack = torch.from_numpy(np.stack(bases))  # (fonts·chars, N, N)
 
     rng = np.random.default_rng(seed)
     p = None if font_weights is None else np.asarray(font_weights, dtype=np.float64) / np.sum(font_weights)
@@ -50,9 +60,24 @@ def render_glyphs(
     g = torch.Generator().manual_seed(seed)
     aug = augment or NO_AUGMENTATION
     out = np.empty((len(y), 1, SIZE, SIZE), dtype=np.uint8)
-    with torch.no_grad():
-        for start in range(0, len(y), _BATCH):
-            base = stack[glyph[start : start + _BATCH]].unsqueeze(1).float() / 255
-            x = _distort(base, aug, g)
-            out[start : start + len(x)] = (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(y), _BATCH):
+                base = stack[glyph[start : start + _BATCH]].unsqueeze(1).float() / 255
+                x = _distort(base, aug, g)
+                out[start : start + len(x)] = (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+                if bar is not None:
+                    bar.update(len(x))
+    finally:
+        if bar is not None:
+            bar.close()
     return out.astype(np.float32) / 255, y
+
+
+def _progress(label: str | None, *, total: int):  # noqa: ANN202
+    """A tqdm bar on stderr counting glyphs (``None`` without a label)."""
+    if not label:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="glyph", file=sys.stderr)
