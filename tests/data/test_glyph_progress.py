@@ -10,8 +10,8 @@ import re
 import pytest
 
 import modelsteal.data.glyphs as glyphs
-from modelsteal.data.glyphs import dataset as gset
 from modelsteal.cli.main import main
+from modelsteal.data.glyphs import dataset as gset
 
 
 def _tiny(spec: glyphs.GlyphSpec) -> glyphs.GlyphSpec:

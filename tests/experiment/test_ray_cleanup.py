@@ -18,7 +18,6 @@ import torch
 import yaml
 from cli_helpers import one_line_error
 
-import modelsteal.experiment.sweep as sweep_module
 import modelsteal.experiment.victims as victims_module
 from modelsteal.experiment.executors import make_executor
 
