@@ -22,8 +22,12 @@ Three steps, each batched (no Python loop over samples):
 
 3. **Hypothesis test** on the suspect: ``m`` private and ``m`` public samples (disjoint from those the
    regressor saw), embedded on the suspect and scored, give ``C`` and ``C₀``; the one-sided Welch t-test
-   (``scipy.stats.ttest_ind(C, C₀, equal_var=False, alternative="greater")``) of ``H0: μ ≤ μ₀`` gives the
-   p-value; ``stolen`` when it is below ``alpha``.
+   (``scipy.stats.ttest_ind(C − δ0, C₀, equal_var=False, alternative="greater")``) of ``H0: μ − μ₀ ≤ δ0``
+   gives the p-value; ``stolen`` when it is below ``alpha``. ``δ0`` is 0 (the paper's test) unless the null was
+   estimated from independent reference models (:meth:`DatasetInference.calibrate`): then it is the largest
+   mean difference ``μ̂ − μ̂₀`` any reference showed on the same samples, floored at 0
+   (:func:`~modelsteal.ownership.null.null_shift_upper_bound`), so a suspect must separate the private samples
+   more than every independent model the owner trained.
 
 Known weaknesses: a victim that does not overfit its training set (small margins gap) gives the test nothing to
 find; an independent model trained on data overlapping the victim's private set is (rightly, by the test's
@@ -49,6 +53,7 @@ from modelsteal.blackbox import BlackBox, PredictionAPI
 from modelsteal.data.registry import DatasetSplits
 from modelsteal.models.builders import model_device
 from modelsteal.ownership.base import NotFittedError, Verdict, Verifier, register_verifier
+from modelsteal.ownership.null import ReferenceNull, null_shift_upper_bound
 
 NORMS = ("l1", "l2", "linf")
 
@@ -248,6 +253,8 @@ class DatasetInference(Verifier):
 
     example_options = {"alpha": 0.05, "samples": 10, "fit_samples": 40, "directions": 4, "steps": 10}
     needs_data = True
+    null_hypothesis = ("the suspect is independent of the victim's private data: its scores on private samples "
+                       "exceed those on public samples by no more than an independent reference model's")
 
     def __init__(self, *, embedding: Literal["blind-walk", "mingd"] = "blind-walk", samples: int = 30,
                  fit_samples: int = 200, directions: int = 10, steps: int = 30, step_size: float = 0.1,
@@ -269,6 +276,7 @@ class DatasetInference(Verifier):
         self.mingd_steps, self.norms = mingd_steps, tuple(norms)
         self.regressor: Callable[[np.ndarray], np.ndarray] | None = None
         self._pools: dict[str, tuple[Tensor, Tensor]] = {}
+        self.reference_null: ReferenceNull | None = None
 
     # -- fitting: the regressor on the victim ------------------------------------------------------------
     def _fit(self, victim: nn.Module | BlackBox, *, data: DatasetSplits | None,
@@ -276,6 +284,11 @@ class DatasetInference(Verifier):
         assert data is not None  # needs_data
         if self.embedding == "mingd" and not isinstance(victim, nn.Module):
             raise ValueError("MinGD embeds with gradients: fit dataset inference on the victim model (an nn.Module)")
+        from modelsteal.ownership.commitments import check_commitment, private_data_commitment
+
+        self.commitment_checked = check_commitment(
+            "private_data", private_data_commitment(data.x_train, data.y_train), self.commitments,
+            evidence="the private data (the data's training split)")
         g = generator or torch.Generator().manual_seed(0)
         public_x = torch.cat([data.x_val, data.x_test])
         public_y = torch.cat([data.y_val, data.y_test])
@@ -311,6 +324,29 @@ class DatasetInference(Verifier):
         a walk cut short would bias the margins); MinGD sends no queries."""
         return 1 if self.embedding == "mingd" else 2 * self.samples * self.directions * self.steps
 
+    def budget_breakdown(self) -> str:
+        if self.embedding == "mingd":
+            return "MinGD sends no queries"
+        return (f"Blind Walk's worst case: 2 groups (private, public) x samples={self.samples} x "
+                f"directions={self.directions} x steps={self.steps} label queries")
+
+    @property
+    def null_shift(self) -> float:
+        """``δ0`` of the test: 0, or the reference models' bound after :meth:`calibrate`."""
+        return 0.0 if self.reference_null is None else self.reference_null.value
+
+    def calibrate(self, references: Sequence[BlackBox | nn.Module], *, seeds: Sequence[int] = (0,)) -> float:
+        """Set ``δ0`` from independent reference models: each is tested like a suspect at every seed of
+        ``seeds`` (the same samples a suspect gets at that seed) and ``δ0`` is the largest mean difference
+        ``μ̂ − μ̂₀``, floored at 0. Reference queries are not budgeted (the owner's own models). Returns ``δ0``."""
+        self._require_fitted()
+        if not references:
+            raise ValueError("dataset inference: calibrate needs at least one independent reference model")
+        self.reference_null = None
+        shifts = [self._test(r, seed=s)[1] for r in references for s in seeds]
+        self.reference_null = null_shift_upper_bound(shifts)
+        return self.reference_null.value
+
     # -- the test --------------------------------------------------------------------------------------
     def scores(self, features: Tensor) -> Tensor:
         """The regressor's score (logit of "private") for each embedding row."""
@@ -320,12 +356,27 @@ class DatasetInference(Verifier):
 
     def verify(self, suspect: BlackBox | nn.Module, *, budget: int, seed: int = 0) -> Verdict:
         """Embed ``m`` private and ``m`` public samples (drawn with ``seed``) on the suspect, score them with the
-        victim's regressor and run the one-sided Welch t-test."""
+        victim's regressor and run the one-sided Welch t-test of ``H0: μ − μ₀ <= δ0``."""
         if self.embedding == "mingd" and self.fitted and not isinstance(suspect, nn.Module):
             raise ValueError("MinGD needs white-box access to the suspect: pass the model (an nn.Module), or use "
                              "embedding=blind-walk for a black box")
-        box = self.check_suspect(suspect)
+        self.check_suspect(suspect)
         budget = self.check_budget(budget)
+        s, delta, used = self._test(suspect, seed=seed, budget=budget)
+        c, c0 = s[: self.samples], s[self.samples:]
+        t, p = welch_t_test(c - self.null_shift, c0)
+        return self.verdict(p_value=p, queries=used, evidence=s, t=t, delta_mu=delta,
+                            mean_private=float(c.mean()), mean_public=float(c0.mean()), m=self.samples,
+                            null_shift=self.null_shift, embedding=self.embedding,
+                            null_hypothesis=self.null_hypothesis,
+                            reference_shifts=None if self.reference_null is None else
+                            list(self.reference_null.per_reference),
+                            test="one-sided Welch t-test, H0: mu_private - mu_public <= null_shift")
+
+    def _test(self, suspect: BlackBox | nn.Module, *, seed: int, budget: int | None = None
+              ) -> tuple[Tensor, float, int]:
+        """``(scores of the m private then m public samples drawn with seed, their mean difference, queries)``."""
+        box = self.check_suspect(suspect)
         g = torch.Generator().manual_seed(seed)
         xs, ys = [], []
         for group in ("private", "public"):
@@ -333,15 +384,11 @@ class DatasetInference(Verifier):
             idx = torch.randperm(len(px), generator=g)[: self.samples]
             xs.append(px[idx])
             ys.append(py[idx])
-        counted = self.budgeted(box, budget=budget)
+        counted = self.budgeted(box, budget=budget if budget is not None else 2**62)
         model = suspect if isinstance(suspect, nn.Module) else None
         feats, _ = self._embed(model, counted, torch.cat(xs), torch.cat(ys), generator=g)
         s = self.scores(feats)
-        c, c0 = s[: self.samples], s[self.samples:]
-        t, p = welch_t_test(c, c0)
-        return self.verdict(p_value=p, queries=counted.used, evidence=s, t=t, delta_mu=float(c.mean() - c0.mean()),
-                            mean_private=float(c.mean()), mean_public=float(c0.mean()), m=self.samples,
-                            embedding=self.embedding, test="one-sided Welch t-test, H0: mu_private <= mu_public")
+        return s, float(s[: self.samples].mean() - s[self.samples:].mean()), counted.used
 
 
 def _fit_regressor(features: np.ndarray, member: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
