@@ -1,12 +1,16 @@
-"""``modelsteal verify``: is a suspect model derived from the victim? Prints the p-value and the verdict.
+"""``modelsteal verify``: were suspect models derived from the victim? Prints p-values and verdicts.
 
-The suspect is a checkpoint (``modelsteal train``), a clone's state dict (``modelsteal attack --save-clone``,
+Each suspect is a checkpoint (``modelsteal train``), a clone's state dict (``modelsteal attack --save-clone``,
 loaded into ``--suspect-arch``, default the victim's architecture), or the URL of a ``modelsteal serve`` instance
-(with ``--api-key``). Methods: ``dawn`` (needs ``--records``, the watermarked queries the dawn defense wrote with
-``--defense-option records=PATH``, and ``--key``, the defense's key), ``dataset-inference`` (the victim's own
-training data, reloaded from the dataset its checkpoint names with ``--data-seed``, the ``modelsteal train
---data-seed`` that split it, and checked against the fingerprint the checkpoint committed to), ``ewe`` (the watermark saved with an EWE victim's checkpoint). Everything a user can get
-wrong is checked before any model is queried or any embedding computed.
+(with ``--api-key``); several suspects share one fitted verifier (and one set of reference models) and get a
+table. Methods: ``dawn`` (needs ``--records``, the watermarked queries the dawn defense wrote with
+``--defense-option records=PATH``, ``--key``, the defense's key, and optionally ``--clients``),
+``dataset-inference`` (the victim's own training data, reloaded from the dataset its checkpoint names with
+``--data-seed``, the ``modelsteal train --data-seed`` that split it, and checked against the fingerprint the
+checkpoint committed to), ``ewe`` (the watermark saved with an EWE victim's checkpoint). ``--references N``
+estimates the null from N independent reference models (:mod:`modelsteal.ownership.null`); ``--commitment``
+checks the checkpoint against the digest published at training time. Everything a user can get wrong is checked
+before any model is queried or any embedding computed.
 """
 
 from __future__ import annotations

@@ -277,6 +277,7 @@ class DatasetInference(Verifier):
         self.regressor: Callable[[np.ndarray], np.ndarray] | None = None
         self._pools: dict[str, tuple[Tensor, Tensor]] = {}
         self.reference_null: ReferenceNull | None = None
+        self._saturated = 0.0
 
     # -- fitting: the regressor on the victim ------------------------------------------------------------
     def _fit(self, victim: nn.Module | BlackBox, *, data: DatasetSplits | None,
@@ -363,11 +364,12 @@ class DatasetInference(Verifier):
         self.check_suspect(suspect)
         budget = self.check_budget(budget)
         s, delta, used = self._test(suspect, seed=seed, budget=budget)
+        saturated = self._saturated
         c, c0 = s[: self.samples], s[self.samples:]
         t, p = welch_t_test(c - self.null_shift, c0)
         return self.verdict(p_value=p, queries=used, evidence=s, t=t, delta_mu=delta,
                             mean_private=float(c.mean()), mean_public=float(c0.mean()), m=self.samples,
-                            null_shift=self.null_shift, embedding=self.embedding,
+                            null_shift=self.null_shift, embedding=self.embedding, saturated=saturated,
                             null_hypothesis=self.null_hypothesis,
                             reference_shifts=None if self.reference_null is None else
                             list(self.reference_null.per_reference),
@@ -387,6 +389,10 @@ class DatasetInference(Verifier):
         counted = self.budgeted(box, budget=budget if budget is not None else 2**62)
         model = suspect if isinstance(suspect, nn.Module) else None
         feats, _ = self._embed(model, counted, torch.cat(xs), torch.cat(ys), generator=g)
+        # Blind Walk: the fraction of walks that never left the class within steps x step_size (a feature stuck
+        # at the cap carries no margin; many of them mean the walk is too short for this model)
+        cap = self.steps * self.step_size
+        self._saturated = float((feats >= cap - 1e-6).float().mean()) if self.embedding == "blind-walk" else 0.0
         s = self.scores(feats)
         return s, float(s[: self.samples].mean() - s[self.samples:].mean()), counted.used
 
