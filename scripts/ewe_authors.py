@@ -7,7 +7,8 @@ victim's argmax labels on its own training inputs, a fresh model of the same arc
 its watermark success rate; a clean model (no watermark) trained like the victim, on the same triggers. Writes
 ``<out>.csv`` and prints the means table::
 
-    OMP_NUM_THREADS=1 python scripts/ewe_authors.py --dataset mnist --seeds 0 1 2 --out results/ownership/ewe-authors-mnist
+    OMP_NUM_THREADS=1 python scripts/ewe_authors.py --dataset mnist --seeds 0 1 2 \
+        --out results/ownership/ewe-authors-mnist
 """
 
 from __future__ import annotations
