@@ -131,7 +131,7 @@ def test_dataset_inference_null_shift_is_the_largest_reference_difference(digits
     di = make_verifier("dataset-inference", samples=20, fit_samples=40, directions=4, steps=10, alpha=0.01)
     di.fit(victim, data=private)
     before = di.verify(victim, budget=10**6, seed=1)
-    deltas = [di._test(r, seed=s)[1] for r in refs for s in (0, 1)]
+    deltas = [float(pr.mean() - pu.mean()) for r in refs for s in (0, 1) for pr, pu, _ in [di._test(r, seed=s)]]
     shift = di.calibrate(refs, seeds=(0, 1))
     # catches: the mean of the references' differences, no floor at 0, the references' seeds ignored
     assert shift == pytest.approx(max(0.0, max(deltas))) and di.reference_null.per_reference == pytest.approx(deltas)
@@ -166,3 +166,27 @@ def test_dataset_inference_regressor_never_sees_the_test_pools(digits, digits_vi
         assert not bool(overlap.any()), f"{int(overlap.sum())} {group} test samples were fitted on"
     # and the pools hold everything else: private = the training split less the fit samples
     assert len(di._pools["private"][0]) == len(digits.x_train) - 50
+
+
+def test_dataset_inference_repeats_combine_disjoint_blocks_by_fisher(digits, digits_victim):
+    # catches: overlapping blocks (one draw reused), a mean of p-values instead of Fisher's combination, the
+    # budget not scaled by the repeats
+    from scipy.stats import combine_pvalues
+
+    di = make_verifier("dataset-inference", samples=10, fit_samples=40, directions=4, steps=30, step_size=0.2,
+                       repeats=3)
+    di.fit(digits_victim, data=digits)
+    assert di.min_queries() == 2 * 3 * 10 * 4 * 30
+    with pytest.raises(ValueError, match="repeats=3 x samples=10"):
+        di.verify(digits_victim, budget=7199)
+    v = di.verify(digits_victim, budget=7200, seed=2)
+    assert all(0 < q < 1 for q in v.details["block_p_values"])
+    s = torch.tensor(v.evidence, dtype=torch.float64)
+    priv, pub = s[:30], s[30:]
+    blocks = [ttest_ind(priv[i:i + 10], pub[i:i + 10], equal_var=False, alternative="greater").pvalue
+              for i in (0, 10, 20)]
+    assert v.details["block_p_values"] == pytest.approx(blocks)
+    assert v.p_value == pytest.approx(combine_pvalues(blocks, method="fisher").pvalue)
+    px = di._pools["private"][0]
+    idx = torch.randperm(len(px), generator=torch.Generator().manual_seed(2))[:30]
+    assert len(set(idx.tolist())) == 30  # three disjoint blocks of the pool
