@@ -54,6 +54,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=20, help="the authors' 10 plain + 10 watermark epochs")
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--variants", nargs="+", default=None, help="a subset of: authors-32, authors-0, ours")
     p.add_argument("--out", type=Path, default=Path("results/ownership/ewe-authors-mnist"))
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -62,7 +63,11 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         clean = None
-        for name, (opts, cfg) in variants(args.dataset, epochs=args.epochs, warmup=args.warmup).items():
+        chosen = variants(args.dataset, epochs=args.epochs, warmup=args.warmup)
+        keys = dict(zip(("authors-32", "authors-0", "ours"), chosen, strict=True))
+        if args.variants:
+            chosen = {keys[k]: chosen[keys[k]] for k in args.variants}
+        for name, (opts, cfg) in chosen.items():
             recipe = make_recipe("ewe", **opts)
             model = build_model(args.arch, input_shape=data.input_shape, num_classes=data.num_classes,
                                 mean=data.mean, std=data.std, seed=seed)
