@@ -67,3 +67,22 @@ def test_refinement_moves_triggers_away_from_the_target_until_the_threshold(digi
     with torch.no_grad():
         assert float(model(out)[:, 7].mean()) < float(model(x7)[:, 7].mean())
     assert float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def test_summed_cross_entropy_is_summed_on_task_steps_too():
+    # catches: only the watermark steps summed — under Adam, whose moments both kinds of step share, the task
+    # steps then shrink to nothing and the victim collapses to the target class (it did, in a first port)
+    from modelsteal.training.ewe import WATERMARK_KEY, EntangledLoss
+    from modelsteal.training.losses import soft_cross_entropy
+
+    model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, seed=0)
+    x, y = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 2, 3, 4, 5, 6])
+    layers = resolve_layers(model, None)[1]
+    summed = EntangledLoss(layers=layers, weight=0.0, ce_reduction="sum")
+    mean = EntangledLoss(layers=layers, weight=0.0)
+    ce = float(soft_cross_entropy(model(x), y))
+    assert float(summed(model, x, y, {})) == pytest.approx(6 * ce, rel=1e-5)
+    assert float(mean(model, x, y, {})) == pytest.approx(ce, rel=1e-5)
+    groups = torch.tensor([1, 1, 1, 0, 0, 0])
+    wm = EntangledLoss(layers=layers, weight=0.0, ce_reduction="sum")
+    assert float(wm(model, x, y, {WATERMARK_KEY: groups})) == pytest.approx(6 * ce, rel=1e-5)

@@ -172,15 +172,16 @@ class EntangledLoss(Loss):
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, extra: Mapping[str, Tensor]) -> Tensor:
         groups = extra.get(WATERMARK_KEY)
+        scale = len(x) if self.ce_reduction == "sum" else 1  # summed on task steps too: Adam shares its moments
         if groups is None or self.weight == 0:
-            return soft_cross_entropy(model(x), y)
+            return soft_cross_entropy(model(x), y) * scale
         log_t = self.log_t.to(x.device).requires_grad_(True)
         logits, snnls = layer_snnls(model, self.layers, x, groups, log_t.exp(), relative=self.relative,
                                     metric=self.metric)
         total_snnl = torch.stack(snnls).sum()
         (grad_t,) = torch.autograd.grad(total_snnl, log_t, retain_graph=True)
         self.log_t = (log_t - self.temperature_lr * grad_t).detach().cpu()
-        ce = soft_cross_entropy(logits, y) * (len(x) if self.ce_reduction == "sum" else 1)
+        ce = soft_cross_entropy(logits, y) * scale
         return ce - self.weight * total_snnl
 
     def __repr__(self) -> str:
