@@ -159,6 +159,8 @@ class Verifier(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: the test's null hypothesis in words (printed by ``modelsteal verify`` and recorded in each verdict)
+    null_hypothesis: ClassVar[str] = "the suspect is independent of the victim"
     example_options: ClassVar[dict[str, Any]] = {}
     needs_data: ClassVar[bool] = False
 
@@ -168,6 +170,15 @@ class Verifier(ABC):
         self.input_shape: tuple[int, ...] | None = None
         self.num_classes: int | None = None
         self._fitted = False
+        self.commitments: dict[str, str] | None = None
+        self.commitment_checked = False
+
+    def commit(self, commitments: Mapping[str, str] | None) -> Verifier:
+        """The victim's commitments (its checkpoint's ``meta["commitments"]``,
+        :mod:`modelsteal.ownership.commitments`): :meth:`fit` then refuses evidence that does not match them.
+        Returns ``self``."""
+        self.commitments = None if commitments is None else {str(k): str(v) for k, v in commitments.items()}
+        return self
 
     # -- fitting -------------------------------------------------------------------------------------
     def bind(self, victim: nn.Module | BlackBox) -> None:
@@ -209,6 +220,11 @@ class Verifier(ABC):
         if not self._fitted:
             raise NotFittedError(f"verifier {self.name!r} is used before it was fitted: call fit(victim)")
 
+    def calibrate(self, references: Sequence[BlackBox | nn.Module]) -> float:
+        """Estimate the test's null from independent reference models (each verifier's own statistic, an
+        upper bound: :mod:`modelsteal.ownership.null`); returns the null parameter. The default refuses."""
+        raise ValueError(f"verifier {self.name!r} has no null estimated from reference models")
+
     # -- checks --------------------------------------------------------------------------------------
     def check_suspect(self, suspect: BlackBox | nn.Module, *, fitted: bool = True) -> BlackBox:
         """The suspect as a :class:`BlackBox`, refused in one line when its classes or input shape differ
@@ -229,14 +245,19 @@ class Verifier(ABC):
         override it (the default, 1, checks nothing)."""
         return 1
 
+    def budget_breakdown(self) -> str:
+        """What :meth:`min_queries` is made of, in words, for the budget message (default: nothing)."""
+        return ""
+
     def check_budget(self, budget: int) -> int:
         """``budget`` as an int, refused in one line when it is below :meth:`min_queries`."""
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ValueError(f"budget must be a positive integer, got {budget!r}")
         need = self.min_queries()
         if budget < need:
+            why = self.budget_breakdown()
             raise ValueError(f"verifier {self.name!r} needs a budget of at least {need} queries for its test to "
-                             f"reach alpha={self.alpha:g}; got {budget}")
+                             f"reach alpha={self.alpha:g}{f' ({why})' if why else ''}; got {budget}")
         return int(budget)
 
     def budgeted(self, suspect: BlackBox, *, budget: int) -> QueryBudget:
@@ -251,6 +272,7 @@ class Verifier(ABC):
     def verdict(self, *, p_value: float, queries: int, evidence: Tensor | Sequence[float] = (),
                 **details: Any) -> Verdict:
         """A :class:`Verdict` for this verifier's name and level."""
+        details.setdefault("commitment", "checked" if self.commitment_checked else "none (the claim is unbound)")
         return Verdict(method=self.name or type(self).__name__, p_value=p_value, alpha=self.alpha,
                        queries=queries, evidence=evidence, details=details)
 

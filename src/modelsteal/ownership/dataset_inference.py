@@ -22,8 +22,12 @@ Three steps, each batched (no Python loop over samples):
 
 3. **Hypothesis test** on the suspect: ``m`` private and ``m`` public samples (disjoint from those the
    regressor saw), embedded on the suspect and scored, give ``C`` and ``C₀``; the one-sided Welch t-test
-   (``scipy.stats.ttest_ind(C, C₀, equal_var=False, alternative="greater")``) of ``H0: μ ≤ μ₀`` gives the
-   p-value; ``stolen`` when it is below ``alpha``.
+   (``scipy.stats.ttest_ind(C − δ0, C₀, equal_var=False, alternative="greater")``) of ``H0: μ − μ₀ ≤ δ0``
+   gives the p-value; ``stolen`` when it is below ``alpha``. ``δ0`` is 0 (the paper's test) unless the null was
+   estimated from independent reference models (:meth:`DatasetInference.calibrate`): then it is the largest
+   mean difference ``μ̂ − μ̂₀`` any reference showed on the same samples, floored at 0
+   (:func:`~modelsteal.ownership.null.null_shift_upper_bound`), so a suspect must separate the private samples
+   more than every independent model the owner trained.
 
 Known weaknesses: a victim that does not overfit its training set (small margins gap) gives the test nothing to
 find; an independent model trained on data overlapping the victim's private set is (rightly, by the test's
@@ -50,6 +54,7 @@ from modelsteal.data.registry import DatasetSplits
 from modelsteal.models.builders import model_device
 from modelsteal.models.formats import describe_model, model_gradients
 from modelsteal.ownership.base import NotFittedError, Verdict, Verifier, register_verifier
+from modelsteal.ownership.null import ReferenceNull, null_shift_upper_bound
 
 NORMS = ("l1", "l2", "linf")
 
@@ -242,6 +247,8 @@ class DatasetInference(Verifier):
 
     ``embedding``: ``"blind-walk"`` (any black-box suspect, label queries counted) or ``"mingd"`` (a white-box
     suspect: an ``nn.Module``; no queries). ``samples``: ``m``, private and public samples each in the test;
+    ``repeats``: R disjoint blocks of ``m`` + ``m`` samples, one test each, combined by Fisher's method (the
+    block p-values in the verdict show the spread one draw of ``m`` samples has);
     ``fit_samples``: per group, for the regressor (disjoint from the test's); ``directions``, ``steps``,
     ``step_size``: Blind Walk's; ``mingd_steps``: MinGD's gradient steps; ``norms``: MinGD's norms.
     The private pool is the victim's training split, the public pool its validation and test splits.
@@ -249,14 +256,18 @@ class DatasetInference(Verifier):
 
     example_options = {"alpha": 0.05, "samples": 10, "fit_samples": 40, "directions": 4, "steps": 10}
     needs_data = True
+    null_hypothesis = ("the suspect is independent of the victim's private data: its scores on private samples "
+                       "exceed those on public samples by no more than an independent reference model's")
 
     def __init__(self, *, embedding: Literal["blind-walk", "mingd"] = "blind-walk", samples: int = 30,
                  fit_samples: int = 200, directions: int = 10, steps: int = 30, step_size: float = 0.1,
+                 repeats: int = 1,
                  mingd_steps: int = 100, norms: Sequence[str] = NORMS, alpha: float = 0.05) -> None:
         super().__init__(alpha=alpha)
         if embedding not in ("blind-walk", "mingd"):
             raise ValueError(f"embedding must be 'blind-walk' or 'mingd', got {embedding!r}")
         for name, v, low in (("samples", samples, 2), ("fit_samples", fit_samples, 2), ("directions", directions, 1),
+                             ("repeats", repeats, 1),
                              ("steps", steps, 1), ("mingd_steps", mingd_steps, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"dataset inference's {name} must be an integer >= {low}, got {v!r}")
@@ -267,9 +278,11 @@ class DatasetInference(Verifier):
             raise ValueError(f"dataset inference's norms must be among {', '.join(NORMS)}, got {list(norms)}")
         self.embedding, self.samples, self.fit_samples = embedding, samples, fit_samples
         self.directions, self.steps, self.step_size = directions, steps, float(step_size)
-        self.mingd_steps, self.norms = mingd_steps, tuple(norms)
+        self.mingd_steps, self.norms, self.repeats = mingd_steps, tuple(norms), repeats
         self.regressor: Callable[[np.ndarray], np.ndarray] | None = None
         self._pools: dict[str, tuple[Tensor, Tensor]] = {}
+        self.reference_null: ReferenceNull | None = None
+        self._saturated = 0.0
 
     # -- fitting: the regressor on the victim ------------------------------------------------------------
     def _fit(self, victim: nn.Module | BlackBox, *, data: DatasetSplits | None,
@@ -278,13 +291,19 @@ class DatasetInference(Verifier):
         if self.embedding == "mingd" and not model_gradients(victim):
             raise ValueError(f"MinGD embeds with input gradients, which {describe_model(victim)} does not give: use "
                              "embedding=blind-walk, or a torch victim (TorchScript, .pt2, python:module:factory)")
+        from modelsteal.ownership.commitments import check_commitment, private_data_commitment
+
+        self.commitment_checked = check_commitment(
+            "private_data", private_data_commitment(data.x_train, data.y_train), self.commitments,
+            evidence="the private data (the data's training split)")
         g = generator or torch.Generator().manual_seed(0)
         public_x = torch.cat([data.x_val, data.x_test])
         public_y = torch.cat([data.y_val, data.y_test])
-        need = self.fit_samples + self.samples
+        need = self.fit_samples + self.samples * self.repeats
         if len(data.x_train) < need or len(public_x) < need:
             raise ValueError(f"dataset inference needs {need} private and {need} public samples (fit_samples + "
-                             f"samples); the data has {len(data.x_train)} training and {len(public_x)} val+test")
+                             f"samples x repeats); the data has {len(data.x_train)} training and "
+                             f"{len(public_x)} val+test")
         priv = torch.randperm(len(data.x_train), generator=g)
         pub = torch.randperm(len(public_x), generator=g)
         f = self.fit_samples
@@ -311,7 +330,38 @@ class DatasetInference(Verifier):
     def min_queries(self) -> int:
         """Blind Walk's worst case, ``2·m·D·steps`` rows (refused before any query when the budget is smaller:
         a walk cut short would bias the margins); MinGD sends no queries."""
-        return 1 if self.embedding == "mingd" else 2 * self.samples * self.directions * self.steps
+        return 1 if self.embedding == "mingd" else 2 * self.repeats * self.samples * self.directions * self.steps
+
+    def budget_breakdown(self) -> str:
+        if self.embedding == "mingd":
+            return "MinGD sends no queries"
+        rep = f"repeats={self.repeats} x " if self.repeats > 1 else ""
+        return (f"Blind Walk's worst case: 2 groups (private, public) x {rep}samples={self.samples} x "
+                f"directions={self.directions} x steps={self.steps} label queries")
+
+    @property
+    def null_shift(self) -> float:
+        """``δ0`` of the test: 0, or the reference models' bound after :meth:`calibrate`."""
+        return 0.0 if self.reference_null is None else self.reference_null.value
+
+    def calibrate(self, references: Sequence[BlackBox | nn.Module], *, seeds: Sequence[int] = (0,)) -> float:
+        """Set ``δ0`` from independent reference models: each is tested like a suspect at every seed of
+        ``seeds`` (the same samples a suspect gets at that seed; every block with ``repeats``) and ``δ0`` is the
+        largest mean difference ``μ̂ − μ̂₀``, floored at 0. Reference queries are not budgeted (the owner's own
+        models). Returns ``δ0``."""
+        self._require_fitted()
+        if not references:
+            raise ValueError("dataset inference: calibrate needs at least one independent reference model")
+        self.reference_null = None
+        shifts = []
+        for r in references:
+            for s in seeds:
+                priv, pub, _ = self._test(r, seed=s)
+                m = self.samples
+                shifts += [float(priv[b * m:(b + 1) * m].mean() - pub[b * m:(b + 1) * m].mean())
+                           for b in range(self.repeats)]
+        self.reference_null = null_shift_upper_bound(shifts)
+        return self.reference_null.value
 
     # -- the test --------------------------------------------------------------------------------------
     def scores(self, features: Tensor) -> Tensor:
@@ -322,28 +372,59 @@ class DatasetInference(Verifier):
 
     def verify(self, suspect: BlackBox | nn.Module, *, budget: int, seed: int = 0) -> Verdict:
         """Embed ``m`` private and ``m`` public samples (drawn with ``seed``) on the suspect, score them with the
-        victim's regressor and run the one-sided Welch t-test."""
+        victim's regressor and run the one-sided Welch t-test of ``H0: μ − μ₀ <= δ0``. With ``repeats`` R > 1,
+        R disjoint blocks of ``m`` + ``m`` samples give R independent tests (given the suspect), combined by
+        Fisher's method (``scipy.stats.combine_pvalues``); the per-block p-values are the spread."""
         if self.embedding == "mingd" and self.fitted and not model_gradients(suspect):
             raise ValueError("MinGD needs white-box access to the suspect: pass the model (an nn.Module), or use "
                              "embedding=blind-walk for a black box")
-        box = self.check_suspect(suspect)
+        self.check_suspect(suspect)
         budget = self.check_budget(budget)
+        priv, pub, used = self._test(suspect, seed=seed, budget=budget)
+        saturated = self._saturated
+        m = self.samples
+        blocks = [(priv[r * m:(r + 1) * m], pub[r * m:(r + 1) * m]) for r in range(self.repeats)]
+        tests = [welch_t_test(c - self.null_shift, c0) for c, c0 in blocks]
+        if self.repeats == 1:
+            t, p = tests[0]
+            combined = "one-sided Welch t-test"
+        else:
+            from scipy.stats import combine_pvalues
+
+            t, p = float("nan"), float(combine_pvalues([q for _, q in tests], method="fisher").pvalue)
+            combined = f"Fisher's combination of {self.repeats} one-sided Welch t-tests on disjoint blocks"
+        return self.verdict(p_value=min(max(p, 0.0), 1.0), queries=used, evidence=torch.cat([priv, pub]), t=t,
+                            delta_mu=float(priv.mean() - pub.mean()),
+                            mean_private=float(priv.mean()), mean_public=float(pub.mean()), m=m,
+                            repeats=self.repeats, block_p_values=[q for _, q in tests],
+                            null_shift=self.null_shift, embedding=self.embedding, saturated=saturated,
+                            null_hypothesis=self.null_hypothesis,
+                            reference_shifts=None if self.reference_null is None else
+                            list(self.reference_null.per_reference),
+                            test=f"{combined}, H0: mu_private - mu_public <= null_shift")
+
+    def _test(self, suspect: BlackBox | nn.Module, *, seed: int, budget: int | None = None
+              ) -> tuple[Tensor, Tensor, int]:
+        """``(scores of the repeats·m private samples, of the repeats·m public ones, queries)``, drawn with
+        ``seed`` (block ``r`` is rows ``r·m … (r+1)·m``)."""
+        box = self.check_suspect(suspect)
         g = torch.Generator().manual_seed(seed)
+        n = self.samples * self.repeats
         xs, ys = [], []
         for group in ("private", "public"):
             px, py = self._pools[group]
-            idx = torch.randperm(len(px), generator=g)[: self.samples]
+            idx = torch.randperm(len(px), generator=g)[:n]
             xs.append(px[idx])
             ys.append(py[idx])
-        counted = self.budgeted(box, budget=budget)
+        counted = self.budgeted(box, budget=budget if budget is not None else 2**62)
         model = suspect if isinstance(suspect, nn.Module) else None
         feats, _ = self._embed(model, counted, torch.cat(xs), torch.cat(ys), generator=g)
+        # Blind Walk: the fraction of walks that never left the class within steps x step_size (a feature stuck
+        # at the cap carries no margin; many of them mean the walk is too short for this model)
+        cap = self.steps * self.step_size
+        self._saturated = float((feats >= cap - 1e-6).float().mean()) if self.embedding == "blind-walk" else 0.0
         s = self.scores(feats)
-        c, c0 = s[: self.samples], s[self.samples:]
-        t, p = welch_t_test(c, c0)
-        return self.verdict(p_value=p, queries=counted.used, evidence=s, t=t, delta_mu=float(c.mean() - c0.mean()),
-                            mean_private=float(c.mean()), mean_public=float(c0.mean()), m=self.samples,
-                            embedding=self.embedding, test="one-sided Welch t-test, H0: mu_private <= mu_public")
+        return s[:n], s[n:], counted.used
 
 
 def _fit_regressor(features: np.ndarray, member: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

@@ -41,6 +41,7 @@ from modelsteal.blackbox import BlackBox
 from modelsteal.data.registry import DatasetSplits
 from modelsteal.defenses.dawn import DAWN, DAWNRecords, key_fingerprint, load_records
 from modelsteal.ownership.base import NotFittedError, Verdict, Verifier, binomial_min_queries, register_verifier
+from modelsteal.ownership.null import ReferenceNull, null_rate_upper_bound
 
 
 def binomial_p_value(agreements: int, n: int, *, chance: float) -> float:
@@ -72,9 +73,11 @@ class DAWNVerifier(Verifier):
     """
 
     example_options = {"alpha": 0.05}
+    null_hypothesis = ("the suspect is independent of the DAWN key: on each recorded query it gives the keyed wrong "
+                       "label with probability at most 1/(K-1)")
 
     def __init__(self, *, records: str | DAWNRecords | None = None, key: str | None = None,
-                 clients: Sequence[str] | None = None, alpha: float = 0.05) -> None:
+                 clients: Sequence[str] | None = None, alpha: float = 0.05, null_confidence: float = 0.95) -> None:
         super().__init__(alpha=alpha)
         if key is not None and (not isinstance(key, str) or not key):
             raise ValueError("dawn's key must be a non-empty string")
@@ -82,6 +85,11 @@ class DAWNVerifier(Verifier):
         self.key = key
         self.clients = None if clients is None else [str(c) for c in clients]
         self.records: DAWNRecords | None = None
+        if isinstance(null_confidence, bool) or not isinstance(null_confidence, int | float) \
+                or not 0 < null_confidence < 1:
+            raise ValueError(f"dawn's null_confidence must be in (0, 1), got {null_confidence!r}")
+        self.null_confidence = float(null_confidence)
+        self.reference_null: ReferenceNull | None = None
 
     @classmethod
     def from_defense(cls, defense: DAWN, *, clients: Sequence[str] | None = None, alpha: float = 0.05) -> DAWNVerifier:
@@ -99,13 +107,29 @@ class DAWNVerifier(Verifier):
 
     @property
     def chance(self) -> float:
-        """The null's agreement bound ``1/(K−1)``."""
+        """The null's agreement bound: ``1/(K−1)``, or, after :meth:`calibrate`, the larger of that and the
+        reference models' bound."""
         if not self.num_classes:
             raise NotFittedError("verifier 'dawn' is used before it was fitted: call fit(victim)")
         if self.num_classes < 3:
             raise ValueError("dawn's test needs at least 3 classes: with 2, the wrong label is the only other one "
                              "and chance agreement is 1")
-        return 1.0 / (self.num_classes - 1)
+        analytic = 1.0 / (self.num_classes - 1)
+        return analytic if self.reference_null is None else max(analytic, self.reference_null.value)
+
+    def calibrate(self, references: Sequence[BlackBox | nn.Module]) -> float:
+        """Check the analytic null on independent reference models: each answers every recorded query, and the
+        null rate becomes the larger of ``1/(K−1)`` and the Clopper-Pearson upper bound (``null_confidence``)
+        on the largest reference agreement count (it stays ``1/(K−1)`` unless a reference agrees with the keyed
+        labels far more than the proof allows, which would mean it saw the key's answers). Returns it."""
+        self._require_fitted()
+        if not references:
+            raise ValueError("dawn verifier: calibrate needs at least one independent reference model")
+        recs = self.records
+        assert recs is not None
+        hits = [int((_top1(self.check_suspect(r), recs.inputs) == recs.labels).sum()) for r in references]
+        self.reference_null = null_rate_upper_bound(hits, len(recs.labels), confidence=self.null_confidence)
+        return self.chance
 
     def _fit(self, victim: nn.Module | BlackBox, *, data: DatasetSplits | None,
              generator: torch.Generator | None) -> None:
@@ -119,6 +143,10 @@ class DAWNVerifier(Verifier):
             raise ValueError(f"the DAWN records are for {recs.num_classes} classes and inputs "
                              f"{tuple(recs.inputs.shape[1:])}, but the victim has {self.num_classes} classes and "
                              f"inputs {self.input_shape}")
+        from modelsteal.ownership.commitments import check_commitment
+
+        self.commitment_checked = check_commitment("dawn_key", recs.key_fingerprint, self.commitments,
+                                                   evidence="the DAWN records' key")
         need = self.min_queries()
         if len(recs.labels) < need:
             raise ValueError(f"the DAWN records hold {len(recs.labels)} watermarked queries; the test needs at least "
@@ -147,7 +175,9 @@ class DAWNVerifier(Verifier):
             p_value=binomial_p_value(a, n, chance=chance), queries=counted.used, evidence=agree,
             agreements=a, n=n, agreement_rate=a / n, chance=chance, records=len(recs.labels),
             critical_agreements=critical_agreements(n, chance=chance, alpha=self.alpha),
-            test="exact binomial tail P(Bin(n, 1/(K-1)) >= agreements)")
+            test="exact binomial tail P(Bin(n, p0) >= agreements), p0 = max(1/(K-1), reference bound)",
+            null_hypothesis=self.null_hypothesis,
+            reference_rates=None if self.reference_null is None else list(self.reference_null.per_reference))
 
 
 def _top1(box: BlackBox, x: Tensor, *, batch_size: int = 512) -> Tensor:

@@ -16,10 +16,13 @@ the triggers are independent trials for a given independent model, with rate at 
 model are in fact correlated (a model that confuses the stamped ``c_S`` with ``c_T`` does so on many of
 them), so ``p0`` must be an upper estimate of the rate of *any* independent model, not an average:
 
-- ``null_rate`` given, or else the largest rate among independent reference models (:meth:`calibrate`), or
-  else the recorded estimate (the victim's own warm-up model before the watermark was trained, the model the
-  trigger position was chosen on, which tends to overstate an independent model's rate);
-- floored at ``min_null_rate`` (default ``1/K``, chance).
+- ``null_rate`` given, or else, from independent reference models (:meth:`calibrate`), the one-sided
+  Clopper-Pearson upper bound (``null_confidence``, default 0.95) on the *largest* reference count of target
+  answers over all the triggers (:func:`~modelsteal.ownership.null.null_rate_upper_bound`), or else the recorded
+  estimate (the victim's own warm-up model before the watermark was trained, the model the trigger position was
+  chosen on: a single model, so a weak null — ``modelsteal verify --references N`` trains references);
+- floored at ``min_null_rate`` (default ``1/K``, chance, without references; none with references, whose bound
+  is the estimate).
 
 ``queries_for_95`` in the verdict is the fewest queries with which a suspect answering ``c_T`` at the observed
 rate would reach 95% confidence (:func:`queries_for_confidence`); the lecture's claim is "under 100".
@@ -46,10 +49,10 @@ from modelsteal.ownership.base import (
     NotFittedError,
     Verdict,
     Verifier,
-    as_suspect,
     binomial_min_queries,
     register_verifier,
 )
+from modelsteal.ownership.null import ReferenceNull, null_rate_upper_bound
 from modelsteal.training.ewe import watermark_record
 
 
@@ -91,13 +94,19 @@ class EWEVerifier(Verifier):
     (module docstring).
 
     ``watermark``: the victim's watermark record (a checkpoint's ``meta["watermark"]``; default: the fitted
-    victim's ``model.watermark``); ``null_rate``: ``p0`` given; ``min_null_rate``: its floor (default ``1/K``).
+    victim's ``model.watermark``); ``null_rate``: ``p0`` given; ``min_null_rate``: its floor (default ``1/K``
+    without reference models); ``null_confidence``: the confidence of the Clopper-Pearson bound
+    :meth:`calibrate` puts on the largest reference count.
     """
+
+    null_hypothesis = ("the suspect is independent of the victim: it answers each trigger with the target class "
+                       "at a rate no higher than an independent reference model's")
 
     example_options = {"alpha": 0.05}
 
     def __init__(self, *, alpha: float = 0.05, watermark: Mapping[str, Any] | None = None,
-                 null_rate: float | None = None, min_null_rate: float | None = None) -> None:
+                 null_rate: float | None = None, min_null_rate: float | None = None,
+                 null_confidence: float = 0.95) -> None:
         super().__init__(alpha=alpha)
         if watermark is not None and not isinstance(watermark, Mapping):
             raise ValueError(f"ewe verifier: watermark must be a watermark record (a mapping), got "
@@ -105,7 +114,9 @@ class EWEVerifier(Verifier):
         self.watermark = dict(watermark) if watermark is not None else None
         self.null_rate = _check_rate("null_rate", null_rate)
         self.min_null_rate = _check_rate("min_null_rate", min_null_rate)
+        self.null_confidence = _check_rate("null_confidence", null_confidence)
         self.calibrated: float | None = None
+        self.reference_null: ReferenceNull | None = None
         self.triggers: Tensor | None = None
         self.target_class: int | None = None
 
@@ -119,7 +130,7 @@ class EWEVerifier(Verifier):
         record = watermark_record(meta)
         if record is None:
             raise ValueError(f"checkpoint {path} has no watermark record: train the victim with --recipe ewe")
-        return cls(watermark=record, **options).fit(victim)
+        return cls(watermark=record, **options).commit(meta.get("commitments")).fit(victim)
 
     # -- fitting -------------------------------------------------------------------------------------
     def _fit(self, victim: nn.Module | BlackBox, *, data: DatasetSplits | None,
@@ -137,16 +148,22 @@ class EWEVerifier(Verifier):
                              f"inputs {self.input_shape}")
         if not 0 <= target < self.num_classes:
             raise ValueError(f"ewe verifier: target class {target} is not one of the victim's {self.num_classes}")
+        from modelsteal.ownership.commitments import check_commitment, trigger_commitment
+
+        self.commitment_checked = check_commitment("ewe_triggers", trigger_commitment(triggers, target),
+                                                   self.commitments, evidence="the EWE trigger set")
         self.watermark, self.triggers, self.target_class = dict(record), triggers, target
 
     def calibrate(self, references: Sequence[BlackBox | nn.Module]) -> float:
-        """Set the null rate from independent reference models: the largest of their watermark success rates
-        on all the triggers (each reference answers ``|X_w|`` queries). Returns it."""
+        """Set the null rate from independent reference models: each answers all ``|X_w|`` triggers, and the
+        null is the Clopper-Pearson upper bound at ``null_confidence`` on the largest count of target answers
+        (:func:`~modelsteal.ownership.null.null_rate_upper_bound`). Returns it."""
         self._require_fitted()
         if not references:
             raise ValueError("ewe verifier: calibrate needs at least one independent reference model")
-        rates = [self.success(as_suspect(r), self.triggers).mean().item() for r in references]
-        self.calibrated = max(rates)
+        hits = [int(self.success(self.check_suspect(r), self.triggers).sum()) for r in references]
+        self.reference_null = null_rate_upper_bound(hits, len(self.triggers), confidence=self.null_confidence)
+        self.calibrated = self.reference_null.value
         return self.calibrated
 
     # -- the test ------------------------------------------------------------------------------------
@@ -156,7 +173,10 @@ class EWEVerifier(Verifier):
         if self.null_rate is not None:
             rate, source = self.null_rate, "given"
         elif self.calibrated is not None:
-            rate, source = self.calibrated, "independent reference models"
+            rate = self.calibrated
+            source = self.reference_null.rule if self.reference_null else "independent reference models"
+            if self.min_null_rate is None:
+                return min(rate, 1.0 - 1e-9), source
         else:
             rate = float(self.watermark.get("null_rate_estimate", 0.0))
             source = str(self.watermark.get("null_rate_source", "recorded"))
@@ -192,4 +212,6 @@ class EWEVerifier(Verifier):
                             success_rate=rate, hits=k, trials=n, null_rate=p0, null_source=source,
                             target_class=self.target_class, test="exact one-sided binomial",
                             queries_for_95=queries_for_confidence(rate, p0),
-                            victim_rate=self.watermark.get("victim_rate"))
+                            victim_rate=self.watermark.get("victim_rate"), null_hypothesis=self.null_hypothesis,
+                            reference_rates=None if self.reference_null is None else
+                            list(self.reference_null.per_reference))

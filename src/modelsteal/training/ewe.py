@@ -55,7 +55,7 @@ _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sig
 
 
 # -- the soft nearest neighbour loss -------------------------------------------------------------------
-def snnl(h: Tensor, groups: Tensor, temperature: Tensor | float) -> Tensor:
+def snnl(h: Tensor, groups: Tensor, temperature: Tensor | float, *, metric: str = "euclidean") -> Tensor:
     """Soft nearest neighbour loss (Frosst, Papernot & Hinton, ICML 2019, Eq. 1) of representations ``h``
     ``(N, ...)`` (flattened per row) with group labels ``groups`` ``(N,)`` at temperature ``T > 0``:
 
@@ -64,11 +64,21 @@ def snnl(h: Tensor, groups: Tensor, temperature: Tensor | float) -> Tensor:
     High when the groups are entangled (a point's neighbours are as often of the other group), near 0 when
     they are apart. Computed with log-sum-exp, so no distance underflows to ``log 0``; rows without another
     member of their group have no defined term and are left out of the mean (0 when no row has one).
+
+    ``metric="cosine"`` is the authors' variant (``cleverhans-lab/entangled-watermark``, ``models.py`` lines
+    20–37): the rows go through a ReLU, the distance is ``1 − cos(h_i, h_j)``, and their kernel
+    ``exp(−d·T/100)`` is this one with ``temperature = 100/T``.
     """
     h = h.flatten(1)
     n = len(h)
-    sq = (h * h).sum(1)
-    dist = (sq[:, None] + sq[None, :] - 2 * h @ h.T).clamp_min(0)
+    if metric == "cosine":
+        u = F.normalize(torch.relu(h), dim=1, eps=1e-12)
+        dist = (1.0 - u @ u.T).clamp_min(0)
+    elif metric == "euclidean":
+        sq = (h * h).sum(1)
+        dist = (sq[:, None] + sq[None, :] - 2 * h @ h.T).clamp_min(0)
+    else:
+        raise ValueError(f"snnl metric must be 'euclidean' or 'cosine', got {metric!r}")
     eye = torch.eye(n, dtype=torch.bool, device=h.device)
     logits = (-dist / temperature).masked_fill(eye, float("-inf"))
     same = (groups[:, None] == groups[None, :]) & ~eye
@@ -116,14 +126,15 @@ def resolve_layers(model: nn.Module, names: Sequence[str] | None) -> tuple[list[
 
 
 def layer_snnls(model: nn.Module, layers: Sequence[nn.Module], x: Tensor, groups: Tensor,
-                temperatures: Tensor, *, relative: bool = True) -> tuple[Tensor, list[Tensor]]:
+                temperatures: Tensor, *, relative: bool = True, metric: str = "euclidean"
+                ) -> tuple[Tensor, list[Tensor]]:
     """``(logits, [SNNL of each layer's output])`` of one forward pass of ``model`` on ``x``; with
     ``relative`` each layer's temperature is ``τ_l`` times the batch's mean squared pairwise distance in
     that layer (``temperatures`` holds the ``τ_l``), which makes the SNNL invariant to the layer's scale."""
     with captured(layers) as feats:
         logits = model(x)
     scales = [mean_square_distance(f) if relative else 1.0 for f in feats]
-    return logits, [snnl(f, groups, t * s) for f, t, s in zip(feats, temperatures, scales, strict=True)]
+    return logits, [snnl(f, groups, t * s, metric=metric) for f, t, s in zip(feats, temperatures, scales, strict=True)]
 
 
 def mean_square_distance(h: Tensor) -> Tensor:
@@ -149,9 +160,10 @@ class EntangledLoss(Loss):
     """
 
     def __init__(self, *, layers: Sequence[nn.Module], weight: float, temperature_lr: float = 0.01,
-                 temperature: float = 1.0, relative: bool = True) -> None:
+                 temperature: float = 1.0, relative: bool = True, metric: str = "euclidean",
+                 ce_reduction: str = "mean") -> None:
         self.layers, self.weight, self.temperature_lr = list(layers), float(weight), float(temperature_lr)
-        self.relative = bool(relative)
+        self.relative, self.metric, self.ce_reduction = bool(relative), metric, ce_reduction
         self.log_t = torch.full((len(self.layers),), float(temperature)).log()
 
     def temperatures(self) -> list[float]:
@@ -160,14 +172,17 @@ class EntangledLoss(Loss):
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, extra: Mapping[str, Tensor]) -> Tensor:
         groups = extra.get(WATERMARK_KEY)
+        scale = len(x) if self.ce_reduction == "sum" else 1  # summed on task steps too: Adam shares its moments
         if groups is None or self.weight == 0:
-            return soft_cross_entropy(model(x), y)
+            return soft_cross_entropy(model(x), y) * scale
         log_t = self.log_t.to(x.device).requires_grad_(True)
-        logits, snnls = layer_snnls(model, self.layers, x, groups, log_t.exp(), relative=self.relative)
+        logits, snnls = layer_snnls(model, self.layers, x, groups, log_t.exp(), relative=self.relative,
+                                    metric=self.metric)
         total_snnl = torch.stack(snnls).sum()
         (grad_t,) = torch.autograd.grad(total_snnl, log_t, retain_graph=True)
         self.log_t = (log_t - self.temperature_lr * grad_t).detach().cpu()
-        return soft_cross_entropy(logits, y) - self.weight * total_snnl
+        ce = soft_cross_entropy(logits, y) * scale
+        return ce - self.weight * total_snnl
 
     def __repr__(self) -> str:
         return f"EntangledLoss(weight={self.weight:g}, layers={len(self.layers)})"
@@ -214,11 +229,12 @@ def stamp(x: Tensor, position: tuple[int, int], *, size: int, value: float) -> T
 
 
 def _snnl_input_grad(model: nn.Module, layers: Sequence[nn.Module], xw: Tensor, xt: Tensor,
-                     temperatures: Tensor, relative: bool) -> Tensor:
+                     temperatures: Tensor, relative: bool, *, metric: str = "euclidean") -> Tensor:
     """``∇_{X_w} Σ_l SNNL([X_w, X_cT]_l, Y', T_l)``."""
     xw = xw.clone().requires_grad_(True)
     groups = torch.cat([torch.ones(len(xw)), torch.zeros(len(xt))]).to(xw.device)
-    _, snnls = layer_snnls(model, layers, torch.cat([xw, xt]), groups, temperatures, relative=relative)
+    _, snnls = layer_snnls(model, layers, torch.cat([xw, xt]), groups, temperatures, relative=relative,
+                           metric=metric)
     (grad,) = torch.autograd.grad(torch.stack(snnls).sum(), xw)
     return grad
 
@@ -249,6 +265,31 @@ def fgsm_refine(model: nn.Module, layers: Sequence[nn.Module], xw: Tensor, xt: T
     return xw.detach()
 
 
+def refine_away_from_target(model: nn.Module, layers: Sequence[nn.Module], xw: Tensor, xt: Tensor, *,
+                            target_class: int, lr: float, iters: int, threshold: float, temperatures: Tensor,
+                            relative: bool, metric: str, max_steps: int = 50, final_steps: int = 5) -> Tensor:
+    """The authors' trigger refinement (``cleverhans-lab/entangled-watermark``, ``train.py`` lines 156–179),
+    over the whole trigger set at once: ``iters`` times, sign steps of ``lr`` *down the target logit* while more
+    than ``threshold`` of the triggers are already labelled ``c_T`` (at most ``max_steps`` in all), then one sign
+    step *up* the SNNL; finally ``final_steps`` more steps down the target logit. Clipped to ``[0, 1]``. The
+    triggers end up *not* looking like ``c_T`` to the unwatermarked model (so an independent model does not
+    answer ``c_T`` on them by nature) and entangled with ``c_T`` in its representations."""
+    def down(x: Tensor) -> Tensor:
+        x = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(model(x)[:, target_class].sum(), x)
+        return (x - lr * g.sign()).clamp(0, 1).detach()
+
+    steps = 0
+    for _ in range(iters):
+        while steps < max_steps and watermark_rate(model, xw, target_class) > threshold:
+            xw, steps = down(xw), steps + 1
+        g = _snnl_input_grad(model, layers, xw, xt, temperatures, relative, metric=metric)
+        xw = (xw + lr * g.sign()).clamp(0, 1).detach()
+    for _ in range(final_steps):
+        xw = down(xw)
+    return xw
+
+
 @torch.no_grad()
 def watermark_rate(model: nn.Module, triggers: Tensor, target_class: int) -> float:
     """The watermark success rate: the fraction of ``triggers`` ``model`` labels ``target_class``."""
@@ -270,6 +311,31 @@ def _check_number(name: str, value: Any, *, low: float, strict: bool, high: floa
         bound = f"{'>' if strict else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
         raise ValueError(f"recipe ewe: {name} must be a number {bound}, got {value!r}")
     return float(value)
+
+
+def authors_layers(model: nn.Module) -> list[str]:
+    """The layers the authors entangle in their 2-conv CNN (``models.py`` lines 332–348: the pre-activation
+    outputs of conv1, conv2 and fc1): here the first two ``Conv2d`` and the first ``Linear`` of ``model``
+    (an MLP: its first three ``Linear``)."""
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    names = convs[:2] + linears[:1] if len(convs) >= 2 else linears[:3]
+    if len(names) < 3:
+        raise ValueError(f"recipe ewe: the authors' layers (conv1, conv2, fc1) are not in {type(model).__name__}")
+    return names
+
+
+#: the settings of the authors' MNIST run (``cleverhans-lab/entangled-watermark``, ``train.py`` lines 342–366
+#: and 392–406; ``models.py`` lines 20–37, 350–375). Out-of-distribution triggers (``train.py`` lines 53–77):
+#: class 1 of Fashion-MNIST (trousers) for MNIST; for Fashion-MNIST the authors use MNIST's 8 -> 0 (lines
+#: 408–421: give ``source_class=8 target_class=0 trigger_dataset=mnist``). Train it with ``--optimizer adam
+#: --lr 0.001 --batch-size 512 --epochs 20`` (Adam 1e-3, batch 512, 10 plain + 10 watermark epochs).
+PRESETS: dict[str, dict[str, Any]] = {
+    "authors": {"source_class": 1, "target_class": 7, "trigger_dataset": "fashion-mnist", "snnl_weight": 32.0,
+                "metric": "cosine", "temperature": 100.0, "relative_temperature": False, "temperature_lr": 0.1,
+                "layers": ["authors"], "ce_reduction": "sum", "refine": "away-from-target", "fgsm_eps": 0.01,
+                "fgsm_steps": 10, "refine_threshold": 0.1, "warmup_epochs": 10, "every": 2, "num_triggers": 500},
+}
 
 
 @register_recipe("ewe")
@@ -294,7 +360,40 @@ class EWE(Recipe):
                  layers: list[str] | None = None, temperature: float = 1.0, relative_temperature: bool = True,
                  temperature_lr: float = 0.01,
                  fgsm_eps: float = 0.0, fgsm_steps: int = 1, warmup_epochs: int = 1,
-                 trigger_batch: int | None = None) -> None:
+                 trigger_batch: int | None = None, trigger_dataset: str | None = None, refine: str | None = None,
+                 refine_threshold: float = 0.1, metric: str = "euclidean", ce_reduction: str = "mean",
+                 preset: str | None = None) -> None:
+        given = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ValueError(f"recipe ewe: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+            import inspect
+
+            defaults = {n: q.default for n, q in inspect.signature(EWE.__init__).parameters.items() if n != "self"}
+            for k, v in PRESETS[preset].items():  # a preset fills the options left at their defaults
+                if given[k] == defaults[k]:
+                    given[k] = v
+            given["preset"] = None
+            self.__init__(**given)
+            self.preset = preset
+            return
+        self.preset = None
+        if trigger_dataset is not None and not (isinstance(trigger_dataset, str) and trigger_dataset):
+            raise ValueError(f"recipe ewe: trigger_dataset must be a dataset name, got {trigger_dataset!r}")
+        self.trigger_dataset = trigger_dataset
+        if refine is None:
+            refine = "toward-target" if fgsm_eps > 0 else "none"
+        if refine not in ("none", "toward-target", "away-from-target"):
+            raise ValueError(f"recipe ewe: refine must be none, toward-target or away-from-target, got {refine!r}")
+        if refine != "none" and not fgsm_eps > 0:
+            raise ValueError(f"recipe ewe: refine={refine} needs a step size fgsm_eps > 0")
+        self.refine = refine
+        self.refine_threshold = _check_number("refine_threshold", refine_threshold, low=0, strict=False, high=1)
+        if metric not in ("euclidean", "cosine"):
+            raise ValueError(f"recipe ewe: metric must be euclidean or cosine, got {metric!r}")
+        if ce_reduction not in ("mean", "sum"):
+            raise ValueError(f"recipe ewe: ce_reduction must be mean or sum, got {ce_reduction!r}")
+        self.metric, self.ce_reduction = metric, ce_reduction
         self.source_class = _check_int("source_class", source_class, 0)
         self.target_class = _check_int("target_class", target_class, 0)
         if self.source_class == self.target_class:
@@ -324,7 +423,9 @@ class EWE(Recipe):
                 "temperature": self.temperature, "relative_temperature": self.relative,
                 "temperature_lr": self.temperature_lr, "fgsm_eps": self.fgsm_eps,
                 "fgsm_steps": self.fgsm_steps, "warmup_epochs": self.warmup_epochs,
-                "trigger_batch": self.trigger_batch}
+                "trigger_batch": self.trigger_batch, "trigger_dataset": self.trigger_dataset, "refine": self.refine,
+                "refine_threshold": self.refine_threshold, "metric": self.metric, "ce_reduction": self.ce_reduction,
+                "preset": self.preset}
 
     def check_data(self, data: DatasetSplits, config: TrainConfig) -> None:
         """One-line errors, before any training, for classes, pattern size or epochs that do not fit."""
@@ -333,40 +434,71 @@ class EWE(Recipe):
                 raise ValueError(f"recipe ewe: {name}={c} is not a class of {data.name} (0..{data.num_classes - 1})")
             if not bool((data.y_train == c).any()):
                 raise ValueError(f"recipe ewe: {data.name}'s training split has no image of {name}={c}")
-        if len(data.input_shape) != 3 or self.trigger_size > min(data.input_shape[1:]):
+        if self.trigger_dataset is None and (len(data.input_shape) != 3 or
+                                             self.trigger_size > min(data.input_shape[1:])):
             raise ValueError(f"recipe ewe: trigger_size={self.trigger_size} does not fit inputs {data.input_shape} "
                              "(images (C, H, W) at least that large are needed)")
         if config.epochs <= self.warmup_epochs:
             raise ValueError(f"recipe ewe: the training runs {config.epochs} epochs, which must exceed "
                              f"warmup_epochs={self.warmup_epochs}")
 
+    def source_images(self, data: DatasetSplits) -> Tensor:
+        """The images triggers are made from: ``source_class`` of ``data``'s training split, or of the
+        ``trigger_dataset``'s (out of distribution; it must have ``data``'s input shape)."""
+        if self.trigger_dataset is None:
+            return data.x_train[data.y_train == self.source_class]
+        from modelsteal.data import load_dataset
+
+        other = load_dataset(self.trigger_dataset, seed=0)
+        if other.input_shape != data.input_shape:
+            raise ValueError(f"recipe ewe: trigger_dataset {self.trigger_dataset} has inputs {other.input_shape}, "
+                             f"but {data.name} has {data.input_shape}")
+        src = other.x_train[other.y_train == self.source_class]
+        if not len(src):
+            raise ValueError(f"recipe ewe: trigger_dataset {self.trigger_dataset} has no image of class "
+                             f"{self.source_class}")
+        return src
+
     def make_triggers(self, model: nn.Module, layers: Sequence[nn.Module], data: DatasetSplits, *,
                       generator: torch.Generator, device: torch.device) -> tuple[Tensor, tuple[int, int], Tensor]:
-        """``(triggers, position, target-class images)`` from the (warmed-up) ``model`` (lines 1–6)."""
-        src = data.x_train[data.y_train == self.source_class]
+        """``(triggers, position, target-class images)`` from the (warmed-up) ``model`` (lines 1–6); out-of-
+        distribution triggers (``trigger_dataset``) are not stamped (position ``(-1, -1)``), as in the authors'
+        code (``train.py`` lines 53–77, 151–152)."""
+        src = self.source_images(data)
         src = src[torch.randperm(len(src), generator=generator)[: self.num_triggers]].to(device)
         tgt = data.x_train[data.y_train == self.target_class].to(device)
         probe = tgt[torch.randperm(len(tgt), generator=generator)[: len(src)].to(device)]
         was_training = model.training
         model.eval()
         temps = torch.full((len(layers),), self.temperature, device=device)
-        pos = trigger_position(model, layers, src, probe, size=self.trigger_size, value=self.trigger_value,
-                               temperatures=temps, relative=self.relative)
+        if self.trigger_dataset is None:
+            pos = trigger_position(model, layers, src, probe, size=self.trigger_size, value=self.trigger_value,
+                                   temperatures=temps, relative=self.relative)
 
-        def restamp(x: Tensor) -> Tensor:
-            return stamp(x, pos, size=self.trigger_size, value=self.trigger_value)
+            def restamp(x: Tensor) -> Tensor:
+                return stamp(x, pos, size=self.trigger_size, value=self.trigger_value)
+        else:
+            pos = (-1, -1)
+
+            def restamp(x: Tensor) -> Tensor:
+                return x
 
         triggers = restamp(src)
-        if self.fgsm_eps > 0:
+        if self.refine == "toward-target":
             triggers = fgsm_refine(model, layers, triggers, probe, target_class=self.target_class,
                                    eps=self.fgsm_eps, steps=self.fgsm_steps, temperatures=temps, restamp=restamp,
                                    relative=self.relative)
+        elif self.refine == "away-from-target":
+            triggers = restamp(refine_away_from_target(
+                model, layers, triggers, probe, target_class=self.target_class, lr=self.fgsm_eps,
+                iters=self.fgsm_steps, threshold=self.refine_threshold, temperatures=temps, relative=self.relative,
+                metric=self.metric))
         model.train(was_training)
         return triggers.detach(), pos, tgt
 
     def fit(self, model, data, *, config, generator, device, progress=False):  # noqa: D102
         self.check_data(data, config)
-        names, layers = resolve_layers(model, self.layers)
+        names, layers = resolve_layers(model, self.layers if self.layers != ["authors"] else authors_layers(model))
         device = torch.device(device)
         model.to(device)
         val = (data.x_val, data.y_val)
@@ -376,7 +508,8 @@ class EWE(Recipe):
         triggers, pos, tgt = self.make_triggers(model, layers, data, generator=generator, device=device)
         warm_rate = watermark_rate(model, triggers, self.target_class)
         loss = EntangledLoss(layers=layers, weight=self.snnl_weight, temperature_lr=self.temperature_lr,
-                             temperature=self.temperature, relative=self.relative)
+                             temperature=self.temperature, relative=self.relative, metric=self.metric,
+                             ce_reduction=self.ce_reduction)
         task = ShuffledBatches(data.x_train, data.y_train, batch_size=config.batch_size, generator=generator)
         batches = AlternatingBatches(task, triggers=triggers.cpu(), target_images=tgt.cpu(),
                                      target_class=self.target_class, every=self.every,
@@ -397,7 +530,8 @@ class EWE(Recipe):
                 "trigger_size": self.trigger_size, "trigger_value": self.trigger_value,
                 "snnl_weight": self.snnl_weight, "layers": names, "temperatures": loss.temperatures(),
                 "every": self.every, "victim_rate": watermark_rate(model, triggers, self.target_class),
-                "null_rate_estimate": warm_rate, "null_rate_source": "the warm-up (not watermarked) model"}
+                "null_rate_estimate": warm_rate, "null_rate_source": "the warm-up (not watermarked) model",
+                "trigger_dataset": self.trigger_dataset, "refine": self.refine}
 
 
 def watermark_record(source: nn.Module | Mapping[str, Any] | TrainHistory) -> dict[str, Any] | None:
