@@ -223,3 +223,15 @@ def test_a_list_of_responses_runs_each_point_once_per_response(tmp_path):
     assert none["query_l1_mean"] == 0.0 and shuffled["query_l1_mean"] > 0.0
     rows = summarize_detection([none, shuffled])
     assert [r["response"] for r in rows] == ["none", "shuffle"]
+
+
+def test_a_committed_sweeps_point_keys_are_unchanged():
+    """New config fields (a victim's model file ``path``/``spec``, detectors) must not move the cache keys of
+    configs without them: every point of the committed digits sweep is found under its recorded key."""
+    import os
+
+    from modelsteal.experiment.config import load_config
+
+    keys = {p.key for p in plan(load_config("configs/reproduce-digits.yaml"))}
+    recorded = {f.removesuffix(".json") for f in os.listdir("results/reproduce-digits/points")}
+    assert keys == recorded

@@ -103,11 +103,15 @@ class VictimConfig:
         return self.recipe_name == "plain" and not self.recipe_options
 
     def identity(self) -> dict[str, Any]:
-        """What determines the trained victim (cache keys): every field, the recipe only when not plain, so
-        keys made before recipes existed stay valid."""
+        """What determines the trained victim (cache keys): every field, the recipe only when not plain and the
+        model file's ``path``/``spec`` only when given, so keys made before recipes and model files existed stay
+        valid."""
         d = asdict(self)
         if self.is_plain:
             d.pop("recipe")
+        for key in ("path", "spec"):
+            if d.get(key) is None:
+                d.pop(key)
         return d
 
 

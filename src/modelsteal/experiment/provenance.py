@@ -22,12 +22,15 @@ from modelsteal.experiment.results import read_provenance
 
 def config_hash(cfg: SweepConfig) -> str:
     """The sweep's identity as :func:`point_key` hashes it: every field of the config as run (overrides of
-    budgets, seeds, ``--only`` and the device included; an absent ``detector`` or ``benign`` section left out, so
-    configs made before them keep their hash)."""
+    budgets, seeds, ``--only`` and the device included; an absent ``detector`` or ``benign`` section, and an
+    absent model file ``victim.path``/``victim.spec``, left out, so configs made before them keep their hash)."""
     d = asdict(cfg)
     for key in ("detector", "benign"):
         if d.get(key) is None:
             d.pop(key, None)
+    for key in ("path", "spec"):  # a victim trained from its config: the hash it had before model files
+        if d["victim"].get(key) is None:
+            d["victim"].pop(key, None)
     return point_key(d)
 
 
