@@ -11,5 +11,6 @@ __all__ = [
     "attack_class", "available_attacks", "register_attack",
 ]
 
+import modelsteal.attacks.adaptive  # noqa: E402, F401  (registers the attacks that know the defense)
 import modelsteal.attacks.evasion  # noqa: E402, F401  (registers the attacks aimed at one defense)
 import modelsteal.attacks.tramer  # noqa: E402, F401  (registers the Tramèr et al. tabular attacks)

@@ -1,0 +1,5 @@
+"""Attackers that know the defense: query smoothing, restoration (D-DAE) and semi-supervised clones."""
+
+from modelsteal.attacks.adaptive.smoothing import QuerySmoothing, combine_answers
+
+__all__ = ["QuerySmoothing", "combine_answers"]
