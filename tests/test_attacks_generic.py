@@ -42,3 +42,32 @@ def test_tabular_attacks_point_to_their_command():
 def test_unknown_attack_lists_known():
     with pytest.raises(ValueError, match="known attacks: .*knockoff"):
         attack_class("steal-everything")
+
+
+@pytest.mark.parametrize("name", IMAGE_ATTACKS)
+def test_every_attack_has_the_top1_switch(name, digits_victim, digits, monkeypatch):
+    """``labels: argmax`` (issue 25's top-1 attacker) reaches the clone's training on every image attack: the
+    targets the returned clone trains on are class indices, never posteriors."""
+    from modelsteal import training
+
+    calls = []
+    real = training.train
+
+    def spy(model, x, y, **kw):
+        calls.append((model, y.clone()))
+        return real(model, x, y, **kw)
+
+    monkeypatch.setattr(training, "train", spy)
+    api = PredictionAPI(digits_victim)
+    attack = build_attack(
+        AttackConfig(name=name, clone="mlp", train={"epochs": 1, "lr": 0.05, "momentum": 0.9},
+                     options={"labels": "argmax"}),
+        victim_arch="mlp", transfer=(digits.x_train, digits.y_train), seeds=digits.x_val[:40],
+        device=torch.device("cpu"),
+    )
+    assert attack.labels == "argmax"
+    result = attack(api, budget=BUDGET, seed=0)
+    final = [y for m, y in calls if m is result.clone]
+    assert final, f"{name}: the returned clone was not trained through training.train"
+    y = final[-1]
+    assert y.ndim == 1 and not y.is_floating_point(), f"{name} trained its clone on soft targets under argmax"
