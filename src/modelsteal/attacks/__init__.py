@@ -14,5 +14,7 @@ __all__ = [
 ]
 
 import modelsteal.attacks.adaptive  # noqa: E402, F401  (registers the attacks that know the defense)
+import modelsteal.attacks.dfme  # noqa: E402, F401  (registers DFME)
 import modelsteal.attacks.evasion  # noqa: E402, F401  (registers the attacks aimed at one defense)
+import modelsteal.attacks.maze  # noqa: E402, F401  (registers MAZE)
 import modelsteal.attacks.tramer  # noqa: E402, F401  (registers the Tramèr et al. tabular attacks)
