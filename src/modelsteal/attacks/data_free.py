@@ -40,24 +40,26 @@ class Generator(nn.Module):
     """DFME's generator (Truong et al., CVPR 2021, Sec. 4; "GeneratorA" of the authors' ``dfme/network/gan.py``,
     from Fang et al.'s DFAD): ``z`` → linear → ``(128, H/4, W/4)`` → BN → ×2 upsample → conv 3×3 (128) → BN →
     LeakyReLU(0.2) → ×2 upsample → conv 3×3 (64) → BN → LeakyReLU(0.2) → conv 3×3 (C) → BN (no affine): the
-    pre-activations ``p``; ``forward`` applies ``a(p) = (tanh(p) + 1) / 2``."""
+    pre-activations ``p``; ``forward`` applies ``a(p) = (tanh(p) + 1) / 2``. ``width`` scales the channels
+    (128 and 64 in the paper; smaller ones make CPU runs affordable)."""
 
-    def __init__(self, *, nz: int, shape: tuple[int, int, int]) -> None:
+    def __init__(self, *, nz: int, shape: tuple[int, int, int], width: int = 128) -> None:
         super().__init__()
         c, h, w = shape
         if h % 4 or w % 4:
             raise ValueError(f"the generator makes images whose height and width are multiples of 4; the target "
                              f"takes {c}x{h}x{w}")
-        self.nz, self.shape = nz, shape
-        self.fc = nn.Linear(nz, 128 * (h // 4) * (w // 4))
+        self.nz, self.shape, self.width = nz, shape, width
+        half = max(1, width // 2)
+        self.fc = nn.Linear(nz, width * (h // 4) * (w // 4))
         self.body = nn.Sequential(
-            nn.BatchNorm2d(128), nn.Upsample(scale_factor=2), nn.Conv2d(128, 128, 3, padding=1),
-            nn.BatchNorm2d(128), nn.LeakyReLU(0.2), nn.Upsample(scale_factor=2), nn.Conv2d(128, 64, 3, padding=1),
-            nn.BatchNorm2d(64), nn.LeakyReLU(0.2), nn.Conv2d(64, c, 3, padding=1), nn.BatchNorm2d(c, affine=False))
+            nn.BatchNorm2d(width), nn.Upsample(scale_factor=2), nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width), nn.LeakyReLU(0.2), nn.Upsample(scale_factor=2), nn.Conv2d(width, half, 3, padding=1),
+            nn.BatchNorm2d(half), nn.LeakyReLU(0.2), nn.Conv2d(half, c, 3, padding=1), nn.BatchNorm2d(c, affine=False))
 
     def pre(self, z: Tensor) -> Tensor:
         c, h, w = self.shape
-        return self.body(self.fc(z).view(len(z), 128, h // 4, w // 4))
+        return self.body(self.fc(z).view(len(z), self.width, h // 4, w // 4))
 
     @staticmethod
     def activate(p: Tensor) -> Tensor:
@@ -130,7 +132,8 @@ class DataFreeAttack(Attack):
         epsilon: the finite-difference step ``ε``.
         generator_steps, clone_steps: steps of each per iteration (``n_G``, ``n_C``).
         replay_steps: clone steps on a batch drawn from every earlier query (MAZE's experience replay; 0: none).
-        nz: the generator's noise size; ``generator_lr``; ``generator_optimizer``: ``adam`` or ``sgd``.
+        nz: the generator's noise size; ``generator_width``: its channels (paper 128); ``generator_lr``;
+            ``generator_optimizer``: ``adam`` or ``sgd``.
         clone_lr, clone_momentum, clone_weight_decay: the clone's SGD (``train``'s settings are not used).
         **base: options of :class:`~modelsteal.attacks.base.Attack`.
     """
@@ -140,13 +143,14 @@ class DataFreeAttack(Attack):
 
     def __init__(self, *, disagreement: str = "l1", batch_size: int = 64, directions: int = 1, epsilon: float = 1e-3,
                  generator_steps: int = 1, clone_steps: int = 5, replay_steps: int = 0, nz: int = 256,
+                 generator_width: int = 128,
                  generator_lr: float = 1e-4, generator_optimizer: str = "adam", clone_lr: float = 0.1,
                  clone_momentum: float = 0.9, clone_weight_decay: float = 5e-4, **base: Any) -> None:
         super().__init__(**base)
         if disagreement not in DISAGREEMENTS:
             raise ValueError(f"unknown disagreement {disagreement!r}; known: {', '.join(DISAGREEMENTS)}")
         ints = {"batch_size": batch_size, "directions": directions, "generator_steps": generator_steps,
-                "clone_steps": clone_steps, "nz": nz}
+                "clone_steps": clone_steps, "nz": nz, "generator_width": generator_width}
         for k, v in ints.items():
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{k} must be an integer >= 1, got {v!r}")
@@ -159,6 +163,7 @@ class DataFreeAttack(Attack):
         self.kind, self.batch_size, self.m, self.epsilon = disagreement, batch_size, directions, float(epsilon)
         self.generator_steps, self.clone_steps, self.replay_steps = generator_steps, clone_steps, int(replay_steps)
         self.nz, self.generator_lr, self.generator_optimizer = nz, float(generator_lr), generator_optimizer
+        self.generator_width = generator_width
         self.clone_lr, self.clone_momentum = float(clone_lr), float(clone_momentum)
         self.clone_weight_decay = float(clone_weight_decay)
 
@@ -186,7 +191,8 @@ class DataFreeAttack(Attack):
         self.check(victim)
         clone = self.make_clone(victim, generator=generator)
         gseed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        gen = build_seeded(lambda: Generator(nz=self.nz, shape=tuple(victim.input_shape)),  # type: ignore[arg-type]
+        shape = tuple(victim.input_shape)
+        gen = build_seeded(lambda: Generator(nz=self.nz, shape=shape, width=self.generator_width),  # type: ignore[arg-type]
                            seed=gseed).to(self.device)
         opt_g = (torch.optim.Adam(gen.parameters(), lr=self.generator_lr) if self.generator_optimizer == "adam" else
                  torch.optim.SGD(gen.parameters(), lr=self.generator_lr, momentum=0.9, weight_decay=5e-4))
