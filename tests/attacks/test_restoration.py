@@ -48,6 +48,13 @@ def test_detector_finds_the_defense_and_the_clone_learns_from_restored_answers(d
     assert (defended.transfer_y - truth).abs().sum(1).mean() < 0.6 * (raw - truth).abs().sum(1).mean()
 
 
+def test_every_restorable_defense_is_accepted_with_its_own_strength_type(digits):
+    entries = [{"name": "rounding", "strength": 1}, {"name": "top-k", "strength": 2}, {"name": "label-only"},
+               {"name": "random-noise", "strength": 1.0}, {"name": "am", "strength": 0.95}]
+    attack = _attack(digits, defense=entries, strength=None, defense_options=None)
+    assert [s.strengths for s in attack.suspects] == [(1,), (2,), (None,), (1.0,), (0.95,)]
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"defense": "dawn"}, "cannot restore defense 'dawn'"),
     ({"defense": "mad", "strength": 2.5}, "out of range"),

@@ -17,7 +17,8 @@ Security and Privacy (S&P) 2023. The attacker
    given the defended one — this is its conditional mean, which the clone's soft cross-entropy consumes);
 5. queries the victim on random transfer inputs (Knockoff's sampling), lets the detector vote over all
    answers which defense is present, and trains the clone on the restored answers (on the raw ones when
-   the vote says "clean").
+   the vote says "clean", or when the detected defense's restorer did not bring held-out shadow answers
+   closer to the clean ones than the defended answers were).
 
 Every network here (shadow models, detector, restorers, clone) trains through the one loop
 (:func:`~modelsteal.training.train`). Shadow models, detector and restorers depend on the attack's options,
@@ -103,14 +104,14 @@ def parse_suspects(defense: Any, strength: Any, defense_options_: Mapping[str, A
         strengths = []
         for s in values:
             if s is None:  # no estimate: the defense's own example strength (none for label-only)
-                strengths.append(None if lo is None else float(defense_class(name).example_strength))
+                strengths.append(None if lo is None else defense_class(name).example_strength)
                 continue
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
                 raise ValueError(f"d-dae: the strength estimate of {name!r} must be a number, got {s!r}")
             if (lo is not None and s < lo) or (hi is not None and s > hi) or (name == "am" and s <= 0):
                 rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
                 raise ValueError(f"d-dae: strength estimate {s} of {name!r} is out of range; it must be in {rng}")
-            strengths.append(float(s))
+            strengths.append(s)  # as given: rounding's decimals stay an integer
         for s in strengths:  # the defense's own checks (option names, values), nothing built yet
             defense_options(name, strength=s, options=opts)
         out.append(Suspect(name=name, strengths=tuple(strengths), options=opts))
@@ -146,8 +147,9 @@ def _seeded_mlp(d_in: int, d_out: int, *, hidden: int, log_input: bool, seed: in
 
 @dataclass
 class Restoration:
-    """What the attacker learned from its shadow models: the detector, one restorer per suspected defense, and
-    held-out L1 distances (defended → clean, restored → clean) per defense."""
+    """What the attacker learned from its shadow models: the detector, a restorer per suspected defense (kept
+    only where it lowered the held-out L1 distance to the clean answers), and held-out L1 distances (defended →
+    clean, restored → clean) per defense."""
 
     labels: list[str]  # detector classes: "clean", then the suspects' names
     detector: nn.Module
@@ -161,7 +163,10 @@ class Restoration:
 
     @torch.no_grad()
     def restore(self, name: str, answers: Tensor) -> Tensor:
-        """Restored posteriors of defended ``answers`` under defense ``name``."""
+        """Restored posteriors of defended ``answers`` under defense ``name`` (the answers themselves when
+        that defense's restorer did not bring held-out answers closer to the clean ones)."""
+        if name not in self.restorers:
+            return answers
         return predict_logits(self.restorers[name], answers).softmax(dim=1)
 
 
@@ -299,6 +304,8 @@ class DDAE(KnockoffNets):
                 restored = predict_logits(net, d[mask], device=self.device).softmax(dim=1).cpu()
             heldout[s.name] = {"defended": float((d[mask] - clean[mask]).abs().sum(1).mean()),
                                "restored": float((restored - clean[mask]).abs().sum(1).mean())}
+            if heldout[s.name]["restored"] >= heldout[s.name]["defended"]:  # restoring would hurt: keep answers
+                restorers.pop(s.name)
             det_x.append(d[~mask])
             det_y.append(torch.full((int((~mask).sum()),), j + 1, dtype=torch.long))
         detector = _seeded_mlp(2 * k, len(self.suspects) + 1, hidden=128, log_input=False,
