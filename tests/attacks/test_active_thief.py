@@ -89,3 +89,11 @@ def test_uncertainty_round_takes_the_substitutes_most_uncertain_inputs(digits_vi
 def test_bad_options(bad, digits):
     with pytest.raises(ValueError):
         ActiveThief(transfer_set=digits.x_train, **bad)
+
+
+def test_faiss_and_torch_nearest_distances_agree():
+    pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(0)
+    pts, ctr = torch.rand(300, 10, generator=g), torch.rand(50, 10, generator=g)
+    assert torch.allclose(nearest_distance(pts, ctr, index="faiss"), nearest_distance(pts, ctr, index="torch"),
+                          atol=1e-4)
