@@ -3,7 +3,7 @@
 eps 0.9, whose shadow answers it computes itself); the clone trains for the same epochs where the attack trains
 one. Prints seconds per 1,000 queries and the ratio to Knockoff's.
 
-Run: PYTHONPATH=src OMP_NUM_THREADS=1 python bench/adaptive_cost.py [--budget 2000]
+Run: PYTHONPATH=src OMP_NUM_THREADS=1 python bench/adaptive_cost.py [--budget 1000]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ ATTACKS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget", type=int, default=2000)
+    ap.add_argument("--budget", type=int, default=1000)
     args = ap.parse_args()
     torch.set_num_threads(1)
     d = load_dataset("digits")
