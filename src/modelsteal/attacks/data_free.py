@@ -223,8 +223,8 @@ class DataFreeAttack(Attack):
                 n = min(self.batch_size, victim.remaining)
                 if n == 0:
                     break
-                with torch.no_grad():
-                    gen.eval()
+                with torch.no_grad():  # batch statistics, as the authors' student steps use G (train mode)
+                    gen.train()
                     x = gen(torch.randn(n, self.nz, generator=noise).to(self.device)).cpu()
                 answers = self.query_all(victim, x)
                 clone_queries += n
