@@ -15,13 +15,18 @@ from modelsteal.models import build_model
 
 IMAGE_ATTACKS = image_attacks()
 BUDGET = 257  # not a multiple of anything convenient
+#: data-free attacks (DFME, MAZE) learn from millions of generator queries, not 257: here they run with a batch
+#: that fits the budget and only their budget is checked (tests/attacks/test_data_free.py checks their promise)
+DATA_FREE = {n for n in IMAGE_ATTACKS if getattr(attack_class(n), "data_free", False)}
+SMALL_DATA_FREE = {"batch_size": 16, "directions": 1}
 
 
 @pytest.mark.parametrize("name", IMAGE_ATTACKS)
 def test_every_attack_respects_its_budget_and_learns(name, digits_victim, digits):
     api = PredictionAPI(digits_victim)
     attack = build_attack(
-        AttackConfig(name=name, clone="mlp", train={"epochs": 6, "lr": 0.05, "momentum": 0.9}),
+        AttackConfig(name=name, clone="mlp", train={"epochs": 6, "lr": 0.05, "momentum": 0.9},
+                     options=SMALL_DATA_FREE if name in DATA_FREE else {}),
         victim_arch="mlp",
         transfer=(digits.x_train, digits.y_train),
         seeds=digits.x_val[:40],
@@ -30,6 +35,8 @@ def test_every_attack_respects_its_budget_and_learns(name, digits_victim, digits
     result = attack(api, budget=BUDGET, seed=0)
     assert result.queries == api.total_queries <= BUDGET  # all client keys together (sybil uses many)
     assert result.queries >= BUDGET - 10, f"{name} left {BUDGET - result.queries} queries unspent"
+    if name in DATA_FREE:
+        return
     assert attacker_accuracy(result.clone, digits.x_test, digits.y_test) > 0.3  # chance is 0.1
 
 
@@ -60,3 +67,32 @@ def test_only_stackable_attacks_hand_over_their_clones_training():
         attack_class("knockoff-filter")(transfer_set=pool, clone="mlp").begin(api, budget=12, seed=0)
     with pytest.raises(TypeError, match="Broken is stackable but defines no collect"):
         type("Broken", (Attack,), {"stackable": True, "run": lambda self, victim, *, generator: None})
+
+
+@pytest.mark.parametrize("name", IMAGE_ATTACKS)
+def test_every_attack_has_the_top1_switch(name, digits_victim, digits, monkeypatch):
+    """``labels: argmax`` (issue 25's top-1 attacker) reaches the clone's training on every image attack: the
+    targets the returned clone trains on are class indices, never posteriors."""
+    from modelsteal import training
+
+    calls = []
+    real = training.train
+
+    def spy(model, x, y, **kw):
+        calls.append((model, y.clone()))
+        return real(model, x, y, **kw)
+
+    monkeypatch.setattr(training, "train", spy)
+    api = PredictionAPI(digits_victim)
+    attack = build_attack(
+        AttackConfig(name=name, clone="mlp", train={"epochs": 1, "lr": 0.05, "momentum": 0.9},
+                     options={"labels": "argmax", **(SMALL_DATA_FREE if name in DATA_FREE else {})}),
+        victim_arch="mlp", transfer=(digits.x_train, digits.y_train), seeds=digits.x_val[:40],
+        device=torch.device("cpu"),
+    )
+    assert attack.labels == "argmax"
+    result = attack(api, budget=BUDGET, seed=0)
+    final = [y for m, y in calls if m is result.clone]
+    assert final, f"{name}: the returned clone was not trained through training.train"
+    y = final[-1]
+    assert y.ndim == 1 and not y.is_floating_point(), f"{name} trained its clone on soft targets under argmax"

@@ -42,12 +42,19 @@ BATTERY: tuple[BatteryEntry, ...] = (
                  summary="JBDA on labels only, Papernot et al.'s label-only attacker"),
 )
 
-#: attackers that join the battery when registered (the "attackers that know the defense" issue)
-OPTIONAL: tuple[BatteryEntry, ...] = tuple(
-    BatteryEntry(n, n, summary=f"adaptive attacker {n}")
-    for n in ("smoothing", "activethief", "d-dae", "s4l", "dfme", "maze")
+#: the attackers that know the defense or need no transfer set (:mod:`modelsteal.attacks.adaptive`, ActiveThief,
+#: DFME, MAZE): run when named in ``--attackers`` (or ``all``), not by default. They cost 1.9x (ActiveThief),
+#: 2.2x (semi-supervised) and 9.7x (D-DAE) Knockoff's time per query, D-DAE needs the suspected defense named in
+#: its options, and DFME/MAZE need budgets far above the ladder's first rungs (``bench/adaptive_cost.py``).
+OPTIONAL: tuple[BatteryEntry, ...] = (
+    BatteryEntry("smoothing", "smoothing", summary="query smoothing: augmented copies per input, answers averaged"),
+    BatteryEntry("active-thief", "active-thief", summary="ActiveThief (Pal et al.), active selection from the pool"),
+    BatteryEntry("semi-supervised", "semi-supervised",
+                 summary="Knockoff with a consistency loss on the unqueried pool (semi-supervised clone)"),
+    BatteryEntry("d-dae", "d-dae", summary="D-DAE (Chen et al.): detect and restore the defense's perturbation"),
+    BatteryEntry("dfme", "dfme", images=True, summary="DFME (Truong et al.), data-free, zeroth-order gradients"),
+    BatteryEntry("maze", "maze", images=True, summary="MAZE (Kariyappa et al.), data-free, zeroth-order gradients"),
 )
-
 #: the attackers that face every defense at the top rung (the strongest against perturbing defenses: the
 #: argmax attacker ignores everything a defense does that keeps the top-1 label)
 DEFENSE_ATTACKERS: tuple[str, ...] = ("knockoff-random", "knockoff-argmax")
@@ -67,12 +74,15 @@ def known_entries() -> list[BatteryEntry]:
 
 
 def select(labels: list[str] | None, *, images: bool) -> list[BatteryEntry]:
-    """The entries named by ``labels`` (``None``: the whole battery that applies; ``all`` too), in battery
+    """The entries named by ``labels`` (``None``: the default :data:`BATTERY`; ``all``: the optional attackers
+    too), in battery
     order; image-only attackers left out when the inputs are not images. A ``ValueError`` names an unknown
     label and lists the known ones."""
     known = known_entries()
     by_label = {e.label: e for e in known}
-    if labels is None or labels == ["all"]:
+    if labels is None:
+        chosen = [e for e in known if e in BATTERY]
+    elif labels == ["all"]:
         chosen = known
     else:
         unknown = [lab for lab in labels if lab not in by_label]

@@ -33,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="defenses to compare for a local model (default: mad reverse-sigmoid, 3 strengths each; "
                         "none given: no comparison)")
     p.add_argument("--attacks", nargs="+", default=None, metavar="LABEL",
-                   help="attackers of the battery to run (default: all that apply)")
+                   help="attackers of the battery to run (default: the default battery that applies; all: the adaptive "
+                        "attackers too)")
     p.add_argument("--defense-attacks", nargs="+", default=None, metavar="LABEL",
                    help="attackers that face every defense at the top rung (default: knockoff-random "
                         "knockoff-argmax)")
