@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=16, help="rows per request (default 16)")
     p.add_argument("--requests", type=int, default=40, help="requests per client (default 40)")
     p.add_argument("--warmup", type=int, default=20, help="warm-up requests per target (default 20)")
+    p.add_argument("--delay-ms", type=float, default=2.0,
+                   help="the gateway's --max-batch-delay-ms (default 2; 0 turns its batching off)")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every target this many times, interleaved, and keep each one's best (default 1)")
     return p.parse_args(argv)
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                     extra = ["--strength", "0.5"] if defense != "none" else []
                     srv = ServerProcess(model=work / "unused", store=store_url, log_path=work / f"gw-{defense}.log",
                                         args=["--upstream", upstream.endpoint, "--dataset", "digits", "--defense",
-                                              defense, *extra, "--eval-size", "0"])
+                                              defense, *extra, "--eval-size", "0",
+                                              "--max-batch-delay-ms", str(args.delay_ms)])
                     i = srv.argv.index("--model")
                     del srv.argv[i:i + 2]
                     gateways[defense] = (srv.start(), key)

@@ -179,3 +179,23 @@ def test_prada_in_a_gateway_keeps_each_client_state_in_the_store(upstream, tmp_p
     entries = store.detector_entries(store.clients()[0].id)
     assert len(entries) == 3 and all("prada" in e.detector for e in entries)  # one journalled change per request
     store.close()
+
+
+@pytest.mark.parametrize("delay_ms", [0.0, 2.0], ids=["batching-off", "batching-on"])
+def test_the_gateway_asks_its_upstream_once_per_row(upstream, tmp_path, delay_ms):
+    """The batcher asks the upstream before its inference lock (prefetch) and the forward under the lock reuses
+    that answer: a request of 5 rows costs the upstream 5 rows, not 10 (a prefetch whose memo did not match
+    would ask twice), with batching on and off."""
+    from fastapi.testclient import TestClient
+
+    cfg = ServeConfig(upstream=upstream.url, upstream_timeout=2.0, store=str(tmp_path / "l.db"))
+    api, info = build_api(cfg)
+    store = open_store(cfg.store)
+    key = store.create_key(name="a")[1]
+    client = TestClient(create_app(api, store=store, info=info, max_batch_delay_ms=delay_ms))
+    x = torch.rand(5, *SHAPE)
+    r = client.post("/v1/predict", headers={"Authorization": f"Bearer {key}"}, json={"inputs": x.tolist()})
+    assert r.status_code == 200, r.text
+    assert torch.allclose(torch.tensor(r.json()["outputs"]), upstream.posteriors(x), atol=1e-6)
+    assert upstream.rows == 5
+    store.close()

@@ -49,6 +49,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import Tensor
 
 from modelsteal.blackbox import PredictionAPI
@@ -129,6 +130,7 @@ class BatchRunner:
             return
         jobs = list(pending)
         try:
+            self._prefetch(pending)
             for _ in range(_STATE_RETRIES):
                 with self.lock:
                     pending = self._attempt(pending)
@@ -143,6 +145,15 @@ class BatchRunner:
                     job.error = e
             if not isinstance(e, Exception):
                 raise
+
+    def _prefetch(self, jobs: list[Job]) -> None:
+        """A gateway's model (:class:`~modelsteal.serve.upstream.UpstreamModel`) asks its upstream for the batch
+        here, before the inference lock, so that batches answered in other threads (batching off: each request in
+        its own) wait on the upstream concurrently; the forward under the lock then uses that answer."""
+        prefetch = getattr(self.api.model, "prefetch", None)
+        if prefetch is not None:
+            prefetch(torch.cat([torch.as_tensor(j.x, dtype=torch.float32).reshape(-1, *self.api.input_shape)
+                                for j in jobs]))
 
     def _attempt(self, jobs: list[Job]) -> list[Job]:
         """Score, answer and commit ``jobs`` once; the jobs to score again (their client's journal moved)."""

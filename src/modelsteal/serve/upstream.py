@@ -11,7 +11,8 @@ data the upstream labels, and the detectors that need only inputs and answers (P
 How: the upstream becomes an ``nn.Module`` (:class:`UpstreamModel`) whose ``forward`` returns the log of the
 upstream's probabilities, so that :class:`~modelsteal.PredictionAPI`'s softmax gives them back and every
 defense, detector and output format runs unchanged. The server's dynamic batcher (:mod:`modelsteal.serve.batcher`)
-sends the requests of one batch to the upstream as one call.
+sends the requests of one batch to the upstream as one call, before it takes its inference lock
+(:meth:`UpstreamModel.prefetch`), so that batches answered in different threads wait on the upstream concurrently.
 
 Failures: a refused connection, a 5xx, a 4xx (the gateway checked the input, so the upstream's refusal is the
 upstream's fault) or a malformed or wrong-shaped answer is a 502 to the caller, a timeout a 504
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -71,9 +73,21 @@ class UpstreamModel(nn.Module):
         self.input_shape = tuple(box.input_shape)
         self.num_classes = int(box.num_classes)
         self._anchor = nn.Parameter(torch.empty(0), requires_grad=False)  # where the answers go (device)
+        self._memo = threading.local()
+
+    def prefetch(self, x: Tensor) -> None:
+        """Ask the upstream for ``x`` now (the server calls this outside its inference lock); the next
+        ``forward`` of the same rows in this thread uses the answer instead of asking again."""
+        self._memo.value = (x, self.ask(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        probs = self.ask(x.detach().to("cpu", torch.float32))
+        memo = getattr(self._memo, "value", None)
+        self._memo.value = None
+        xc = x.detach().to("cpu", torch.float32)
+        if memo is not None and memo[0].shape == xc.shape and torch.equal(memo[0], xc):
+            probs = memo[1]
+        else:
+            probs = self.ask(xc)
         return torch.log(probs).to(self._anchor.device)
 
     def ask(self, x: Tensor) -> Tensor:
