@@ -9,43 +9,11 @@ import pytest
 import torch
 
 from modelsteal import PredictionAPI
-from modelsteal.attacks import JBDA, TrainConfig, attack_class
+from modelsteal.attacks import JBDA, attack_class
 from modelsteal.attacks.evasion import Interleave, KeyPool, Sybil
 from modelsteal.detectors import make_detector
 
-TRAIN = TrainConfig(epochs=2, lr=0.05, momentum=0.9)
-
-
-class Recorder:
-    """A black box that records every row it forwards, with the client key it came under."""
-
-    def __init__(self, api: PredictionAPI) -> None:
-        self.api = api
-        self.num_classes, self.input_shape = api.num_classes, api.input_shape
-        self.rows: list[torch.Tensor] = []
-        self.clients: list[str] = []
-
-    def query(self, x, *, client="default"):
-        out = self.api.query(x, client=client)
-        self.rows.append(x.detach().clone())
-        self.clients += [client] * len(x)
-        return out
-
-    def flags(self, client):
-        return self.api.flags(client)
-
-    @property
-    def stream(self) -> torch.Tensor:
-        return torch.cat(self.rows)
-
-
-def _prada_api(victim, digits, **api_options) -> PredictionAPI:
-    det = make_detector("prada").fit(victim, digits)
-    return PredictionAPI(victim, detector=det, response="none", **api_options)
-
-
-def _jbda(digits, **options):
-    return JBDA(seed_set=digits.x_val[:50], clone="mlp", train=TRAIN, **options)
+from .helpers import TRAIN, Recorder, jbda, prada_api
 
 
 # -- budgets -------------------------------------------------------------------------------------------------
@@ -69,7 +37,7 @@ def test_detection_report_counts_queries_to_the_first_flag(digits_victim, digits
     """One key carrying plain JBDA is flagged; with batches of one row the reported count is the exact position
     of the first flagged query, which a fresh PRADA replaying the recorded stream confirms. Bug caught: the
     count taken before the batch is added, or the total of all keys reported for one key."""
-    api = _prada_api(digits_victim, digits)
+    api = prada_api(digits_victim, digits)
     rec = Recorder(api)
     jbda = JBDA(seed_set=digits.x_val[:100], clone="mlp", train=TRAIN, query_batch_size=1)
     result = Sybil(attack=jbda, clients=2, max_per_key=400, assign="contiguous")(rec, budget=800, seed=0)
@@ -126,13 +94,13 @@ def test_bad_options_are_one_line_value_errors(name, options, message, digits):
 def test_bad_inputs_are_refused_before_any_query(digits_victim, digits):
     api = PredictionAPI(digits_victim)
     with pytest.raises(ValueError, match="needs natural in-distribution inputs"):
-        Interleave(attack=_jbda(digits))
+        Interleave(attack=jbda(digits))
     with pytest.raises(ValueError, match="natural inputs have shape"):
-        Interleave(attack=_jbda(digits), natural=torch.zeros(5, 3))(api, budget=50)
+        Interleave(attack=jbda(digits), natural=torch.zeros(5, 3))(api, budget=50)
     with pytest.raises(ValueError, match="give its options to it"):
-        Sybil(attack=_jbda(digits), attack_options={"step": 0.2})
+        Sybil(attack=jbda(digits), attack_options={"step": 0.2})
     with pytest.raises(ValueError, match="give its options to it"):
-        Interleave(attack=_jbda(digits), natural=digits.x_test, clone="lenet")
+        Interleave(attack=jbda(digits), natural=digits.x_test, clone="lenet")
     with pytest.raises(ValueError, match="one distinct name per box"):
         KeyPool([api, api], names=["a", "a"])
     with pytest.raises(ValueError, match="at least one black box"):

@@ -8,37 +8,9 @@ import pytest
 import torch
 
 from modelsteal import PredictionAPI
-from modelsteal.attacks import JBDA, TrainConfig
 from modelsteal.attacks.evasion import Interleave
 
-TRAIN = TrainConfig(epochs=2, lr=0.05, momentum=0.9)
-
-
-class Recorder:
-    """A black box that records every row it forwards, with the client key it came under."""
-
-    def __init__(self, api: PredictionAPI) -> None:
-        self.api = api
-        self.num_classes, self.input_shape = api.num_classes, api.input_shape
-        self.rows: list[torch.Tensor] = []
-        self.clients: list[str] = []
-
-    def query(self, x, *, client="default"):
-        out = self.api.query(x, client=client)
-        self.rows.append(x.detach().clone())
-        self.clients += [client] * len(x)
-        return out
-
-    def flags(self, client):
-        return self.api.flags(client)
-
-    @property
-    def stream(self) -> torch.Tensor:
-        return torch.cat(self.rows)
-
-
-def _jbda(digits, **options):
-    return JBDA(seed_set=digits.x_val[:50], clone="mlp", train=TRAIN, **options)
+from .helpers import Recorder, jbda
 
 
 # -- interleaving ------------------------------------------------------------------------------------------
@@ -50,7 +22,7 @@ def test_interleaving_fraction_is_exact_at_every_prefix(fraction, digits_victim,
     api = PredictionAPI(digits_victim)
     rec = Recorder(api)
     natural = digits.x_test
-    result = Interleave(attack=_jbda(digits), natural=natural, fraction=fraction)(rec, budget=240, seed=1)
+    result = Interleave(attack=jbda(digits), natural=natural, fraction=fraction)(rec, budget=240, seed=1)
     stream = rec.stream.flatten(1)
     is_natural = (torch.cdist(stream, natural.flatten(1)) == 0).any(dim=1)
     prefix = is_natural.long().cumsum(0)
@@ -66,9 +38,9 @@ def test_interleaving_leaves_the_inner_attack_unchanged(digits_victim, digits):
     """With half the stream natural, the inner attack makes the queries it makes alone on half the budget, and
     fraction 0 is the inner attack itself. Bug caught: the natural order drawn from the attack's generator
     (shifting the inner attack's random choices), or natural answers handed to the inner attack."""
-    alone = _jbda(digits)(PredictionAPI(digits_victim), budget=150, seed=2)
+    alone = jbda(digits)(PredictionAPI(digits_victim), budget=150, seed=2)
     for fraction, budget in [(0.5, 300), (0.0, 150)]:
-        mixed = Interleave(attack=_jbda(digits), natural=digits.x_test, fraction=fraction)(
+        mixed = Interleave(attack=jbda(digits), natural=digits.x_test, fraction=fraction)(
             PredictionAPI(digits_victim), budget=budget, seed=2)
         assert torch.equal(alone.transfer_x, mixed.transfer_x)
         assert torch.equal(alone.transfer_y, mixed.transfer_y)

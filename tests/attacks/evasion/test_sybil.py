@@ -7,43 +7,10 @@ import pytest
 import torch
 
 from modelsteal import PredictionAPI
-from modelsteal.attacks import JBDA, TrainConfig
+from modelsteal.attacks import JBDA
 from modelsteal.attacks.evasion import KeyPool, Sybil
-from modelsteal.detectors import make_detector
 
-TRAIN = TrainConfig(epochs=2, lr=0.05, momentum=0.9)
-
-
-class Recorder:
-    """A black box that records every row it forwards, with the client key it came under."""
-
-    def __init__(self, api: PredictionAPI) -> None:
-        self.api = api
-        self.num_classes, self.input_shape = api.num_classes, api.input_shape
-        self.rows: list[torch.Tensor] = []
-        self.clients: list[str] = []
-
-    def query(self, x, *, client="default"):
-        out = self.api.query(x, client=client)
-        self.rows.append(x.detach().clone())
-        self.clients += [client] * len(x)
-        return out
-
-    def flags(self, client):
-        return self.api.flags(client)
-
-    @property
-    def stream(self) -> torch.Tensor:
-        return torch.cat(self.rows)
-
-
-def _jbda(digits, **options):
-    return JBDA(seed_set=digits.x_val[:50], clone="mlp", train=TRAIN, **options)
-
-
-def _prada_api(victim, digits, **api_options) -> PredictionAPI:
-    det = make_detector("prada").fit(victim, digits)
-    return PredictionAPI(victim, detector=det, response="none", **api_options)
+from .helpers import TRAIN, Recorder, jbda, prada_api
 
 
 class OneKey:
@@ -67,11 +34,11 @@ def test_sybil_keys_stay_under_the_cap_and_their_union_is_the_inner_attack(assig
     generator (its queries would differ from the inner attack's alone)."""
     budget = 200
     plain = Recorder(PredictionAPI(digits_victim))
-    alone = _jbda(digits)(plain, budget=budget, seed=3)
-    n_keys, per_key = Sybil(attack=_jbda(digits), clients=clients, max_per_key=cap).plan(budget)
+    alone = jbda(digits)(plain, budget=budget, seed=3)
+    n_keys, per_key = Sybil(attack=jbda(digits), clients=clients, max_per_key=cap).plan(budget)
     api = PredictionAPI(digits_victim, budget=per_key)  # a per-key budget: one row too many raises
     spread = Recorder(api)
-    result = Sybil(attack=_jbda(digits), clients=clients, max_per_key=cap, assign=assign)(spread, budget=budget,
+    result = Sybil(attack=jbda(digits), clients=clients, max_per_key=cap, assign=assign)(spread, budget=budget,
                                                                                           seed=3)
     keys = [f"sybil-{i}" for i in range(n_keys)]
     counts = [api.queries(k) for k in keys]
@@ -95,10 +62,10 @@ def test_sybil_through_a_key_pool_of_single_key_boxes(digits_victim, digits):
     answering every key from its first box, or Sybil inventing key names the pool does not hold."""
     api = PredictionAPI(digits_victim)
     pool = KeyPool([OneKey(api, f"key-{i}") for i in range(4)], names=["a", "b", "c", "d"])
-    result = Sybil(attack=_jbda(digits), max_per_key=50)(pool, budget=200, seed=0)
+    result = Sybil(attack=jbda(digits), max_per_key=50)(pool, budget=200, seed=0)
     assert [api.queries(f"key-{i}") for i in range(4)] == [50, 50, 50, 50] == result.info["queries_per_key"]
     with pytest.raises(ValueError, match="needs 5 keys but the KeyPool holds 4"):
-        Sybil(attack=_jbda(digits), max_per_key=40)(pool, budget=200, seed=0)
+        Sybil(attack=jbda(digits), max_per_key=40)(pool, budget=200, seed=0)
     assert api.total_queries == 200  # refused before any query
 
 
@@ -134,7 +101,7 @@ def test_sybil_over_http_one_key_per_client(digits_victim, digits, tmp_path):
 
     store = open_store(tmp_path / "ledger.db")
     keys = [store.create_key(name=f"k{i}")[1] for i in range(5)]
-    app = create_app(_prada_api(digits_victim, digits), store=store)
+    app = create_app(prada_api(digits_victim, digits), store=store)
     pool = _http_pool(app, keys)
     seeds = digits.x_val[:100]
     spread = Sybil(attack=JBDA(seed_set=seeds, clone="mlp", train=TRAIN), max_per_key=100)(pool, budget=400, seed=0)
