@@ -39,36 +39,32 @@ Example::
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at runtime, and
 # the fastapi/starlette names they use are imported lazily inside create_app.
-import base64
-import dataclasses
-import hashlib
-import json
 import logging
 import math
 import os
-import threading
 import time
-from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
 from modelsteal.blackbox import PredictionAPI, QueryRefusedError
 from modelsteal.serve import require
-from modelsteal.serve.batcher import Batcher, BatchRunner, Job
-from modelsteal.serve.codec import ENCODINGS, APIError, check_batch, decode_request, encode_tensor, parse_request
+from modelsteal.serve.codec import ENCODINGS, APIError, decode_request, encode_tensor
 from modelsteal.serve.config import CONFIG_ENV, ServeConfig, build_api, default_max_body_bytes
-from modelsteal.serve.detector_state import DetectorJournal
+from modelsteal.serve.openapi import (
+    AUTH_RESPONSES,
+    ERROR_RESPONSES,
+    PREDICT_ANSWER,
+    USAGE,
+    error_response,
+    ok_response,
+    predict_schema,
+)
+from modelsteal.serve.service import Service
 from modelsteal.serve.store import (
     AuthenticationError,
     BudgetExhaustedError,
     ClientInfo,
     IdempotencyConflict,
-    IdempotencyKey,
-    IdempotentReplay,
-    LedgerEntry,
     RateLimitedError,
     Store,
     open_store,
@@ -86,194 +82,6 @@ log = logging.getLogger("modelsteal.serve")
 
 
 # -- the application ----------------------------------------------------------------------------------------
-def _predict_schema(input_shape: tuple[int, ...], max_batch: int, input_range: tuple[float, float]) -> dict[str, Any]:
-    """The ``/v1/predict`` body as JSON Schema, exact for nested arrays (``1..max_batch`` rows of the input
-    shape, numbers in the input range); the compact object's byte length must match its shape, which JSON
-    Schema cannot say (the server answers 422 when it does not)."""
-    row: dict[str, Any] = {"type": "number", "minimum": input_range[0], "maximum": input_range[1]}
-    for size in reversed(input_shape):
-        row = {"type": "array", "minItems": int(size), "maxItems": int(size), "items": row}
-    return {
-        "type": "object",
-        "required": ["inputs"],
-        "additionalProperties": False,
-        "properties": {
-            "inputs": {
-                "description": "A batch (N, *input_shape) of raw values in the model's range: nested arrays of "
-                               "numbers, or the compact {dtype: float32, shape, base64} object.",
-                "oneOf": [
-                    {"type": "array", "minItems": 1, "maxItems": int(max_batch), "items": row},
-                    {
-                        "type": "object",
-                        "required": ["shape", "base64"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "dtype": {"type": "string", "enum": ["float32"]},
-                            "shape": {"type": "array", "minItems": len(input_shape) + 1,
-                                      "maxItems": len(input_shape) + 1, "items": {"type": "integer", "minimum": 1}},
-                            "base64": {"type": "string", "description": "little-endian float32 bytes, base64"},
-                        },
-                    },
-                ],
-            },
-            "encoding": {"type": "string", "enum": list(ENCODINGS),
-                         "description": "encoding of the outputs; defaults to that of the inputs"},
-        },
-    }
-
-
-_ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["detail", "code"],
-    "properties": {"detail": {"type": "string", "description": "what is wrong, in one sentence"},
-                   "code": {"type": "string", "description": "a stable machine-readable code, e.g. budget_exhausted"}},
-}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
-
-
-_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _error("Malformed JSON or a bad Idempotency-Key header"),
-    401: _error("Missing or invalid API key"),
-    403: _error("Revoked key, query budget exhausted, or batch refused by the detector (query_refused)"),
-    409: _error("A request with the same Idempotency-Key is still being answered"),
-    413: _error("Body or batch too large"),
-    422: _error("Inputs of the wrong shape, dtype or range, or NaN/Inf; or an Idempotency-Key reused for other "
-                "inputs"),
-    429: _error("Rate limit exceeded (see Retry-After)"),
-    500: _error("Internal error (a bug: the request was not counted)"),
-}
-_AUTH_RESPONSES = {k: _ERROR_RESPONSES[k] for k in (401, 403)}
-
-_PREDICT_ANSWER: dict[str, Any] = {
-    "type": "object",
-    "required": ["outputs", "queries", "remaining", "ledger_id"],
-    "properties": {
-        "outputs": {"description": "the (N, K) answers, in the request's encoding",
-                    "oneOf": [{"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-                              {"type": "object", "required": ["dtype", "shape", "base64"],
-                               "properties": {"dtype": {"type": "string"},
-                                              "shape": {"type": "array", "items": {"type": "integer"}},
-                                              "base64": {"type": "string"}}}]},
-        "queries": {"type": "integer", "description": "this key's queries, this request included"},
-        "remaining": {"type": ["integer", "null"], "description": "queries left in the budget (null: no budget)"},
-        "ledger_id": {"type": "integer", "description": "the ledger entry that counts this request"},
-    },
-}
-_USAGE: dict[str, Any] = {
-    "type": "object",
-    "required": ["client", "queries", "requests", "budget", "remaining", "flags", "flagged", "refused"],
-    "properties": {
-        "client": {"type": "string"}, "key_prefix": {"type": "string"},
-        "queries": {"type": "integer"}, "requests": {"type": "integer"},
-        "budget": {"type": ["integer", "null"]}, "remaining": {"type": ["integer", "null"]},
-        "rate_limit": {"type": ["number", "null"]},
-        "flags": {"type": "object", "properties": {"budget_exhausted": {"type": "boolean"},
-                                                   "rate_limited": {"type": "boolean"}}},
-        "flagged": {"type": "integer", "description": "queries the detector flagged, refused ones included"},
-        "refused": {"type": "object", "description": "requests and queries the detector's refuse response refused",
-                    "properties": {"requests": {"type": "integer"}, "queries": {"type": "integer"}}},
-    },
-}
-
-
-def _ok(schema: dict[str, Any], description: str = "Successful Response") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-class _Service:
-    """The state one app instance shares between requests: API, store, limits, the inference lock and the
-    batcher (:mod:`modelsteal.serve.batcher`)."""
-
-    def __init__(self, api: PredictionAPI, store: Store, *, max_batch: int, max_body_bytes: int,
-                 input_range: tuple[float, float], tolerance: float, record_inputs: bool,
-                 info: dict[str, Any], max_batch_rows: int = 256, max_batch_delay_ms: float = 2.0,
-                 idempotency_window_s: float = 86_400.0, snapshot_every: int | None = 1000) -> None:
-        self.api = api
-        self.store = store
-        self.max_batch = max_batch
-        self.max_body_bytes = max_body_bytes
-        self.input_range = input_range
-        self.tolerance = tolerance
-        self.record_inputs = record_inputs
-        self.info = info
-        self.idempotency_window_s = float(idempotency_window_s)
-        self.lock = threading.Lock()
-        detector = api.detector
-        self.journal = (DetectorJournal(detector, store, snapshot_every=snapshot_every)
-                        if detector is not None and detector.stateful else None)
-        self.runner = BatchRunner(api, store, journal=self.journal, lock=self.lock)
-        self.batcher = Batcher(self.runner.run, max_rows=max_batch_rows, max_delay_s=max_batch_delay_ms / 1000)
-
-    def answer(self, client: ClientInfo, body: bytes, *, idempotency_key: str | None = None,
-               arrival: Any = None) -> bytes:
-        """The whole ``/v1/predict`` path off the event loop: decode, :meth:`answer_rows`, encode."""
-        arr, encoding = parse_request(body, max_batch=self.max_batch)
-        y, entry, updated = self.answer_rows(client, arr, encode=lambda y: encode_tensor(y, encoding),
-                                             idempotency_key=idempotency_key, arrival=arrival)
-        payload = {"outputs": y, "queries": updated.queries, "remaining": updated.remaining, "ledger_id": entry.id}
-        return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
-
-    def answer_rows(self, client: ClientInfo, x: Any, *, encode: Callable[[Any], Any] | None = None,
-                    idempotency_key: str | None = None, arrival: Any = None) -> tuple[Any, LedgerEntry, ClientInfo]:
-        """Answer a decoded batch ``x`` (an array or tensor ``(N, *input_shape)``), whatever protocol carried it:
-        validate it (:func:`check_batch`), record its rows in the ledger (budget and rate limit checked there),
-        answer it in a batch with other requests (:mod:`modelsteal.serve.batcher`), and return ``(answer, ledger
-        entry, updated client)``; ``encode`` (optional) turns the ``(N, K)`` answer into what the protocol sends,
-        inside the same release-on-failure guard: a request that fails anywhere before its answer is encoded is
-        taken back out of the ledger. With ``idempotency_key``, a retry of a request this client made within
-        the window returns the stored answer (and the entry it was counted under) without counting or scoring
-        anything again. ``arrival``: the request's token from ``batcher.arriving()`` (a batch waits for the
-        requests still being read)."""
-        x = check_batch(x, input_shape=self.api.input_shape, max_batch=self.max_batch,
-                        input_range=self.input_range, tolerance=self.tolerance)
-        blob = x.numpy().astype("<f4", copy=False).tobytes() if (self.record_inputs or idempotency_key) else None
-        idem = None if idempotency_key is None else IdempotencyKey(
-            idempotency_key, _fingerprint(x, blob), self.idempotency_window_s)
-        job = Job(client, x, inputs=blob if self.record_inputs else None, idempotency=idem)
-        try:
-            y = self.batcher.submit(job, arrival)  # reserved (budget, rate limit, key) with its batch, answered
-            out = encode(y) if encode is not None else y
-        except IdempotentReplay as replay:
-            return self._replayed(client, replay, encode)
-        except QueryRefusedError:
-            raise  # the batch's commit kept the refusal and took the entry back out of the ledger
-        except BaseException:
-            if job.entry is not None:
-                try:
-                    self.store.release(job.entry.id)
-                except Exception:  # noqa: BLE001 - keep the original error; an over-count is the safe side
-                    log.exception("could not release ledger entry %s after a failed request", job.entry.id)
-            raise
-        assert job.entry is not None and job.updated is not None
-        return out, job.entry, job.updated
-
-    def _replayed(self, client: ClientInfo, replay: IdempotentReplay,
-                  encode: Callable[[Any], Any] | None) -> tuple[Any, LedgerEntry, ClientInfo]:
-        """The stored outcome of an earlier request with the same idempotency key: its answer, or its refusal."""
-        stored = json.loads(replay.answer)
-        if replay.status != 200:
-            raise QueryRefusedError(stored["detail"], flagged=stored.get("flagged"))
-        arr = np.frombuffer(base64.b64decode(stored["base64"]), dtype="<f4").reshape(stored["shape"])
-        y = torch.from_numpy(arr.copy())
-        entry = LedgerEntry(id=int(stored["ledger_id"]), client_id=client.id, n=int(stored["n"]),
-                            created_at=float(stored["created_at"]))
-        then = dataclasses.replace(client, queries=int(stored["queries"]))
-        return (encode(y) if encode is not None else y), entry, then
-
-    def close(self) -> None:
-        self.batcher.close()
-
-
-def _fingerprint(x: Any, blob: bytes | None) -> str:
-    """SHA-256 of a validated batch's shape and float32 bytes: a retry must carry the same inputs."""
-    h = hashlib.sha256(repr(tuple(x.shape)).encode())
-    h.update(blob if blob is not None else x.numpy().astype("<f4", copy=False).tobytes())
-    return h.hexdigest()
-
-
 def _idempotency_key(request: "Request") -> str | None:
     """The ``Idempotency-Key`` header (1 to 255 visible ASCII characters), ``None`` when absent."""
     key = request.headers.get("idempotency-key")
@@ -295,7 +103,7 @@ def _bearer(request: "Request") -> str:
     return key.strip()
 
 
-async def admit(service: "_Service", request: "Request", *, idempotency_key: str | None = None) -> ClientInfo:
+async def admit(service: "Service", request: "Request", *, idempotency_key: str | None = None) -> ClientInfo:
     """The caller's key, authenticated; an exhausted budget or rate limit refused before the body is read (a retry
     carrying an ``Idempotency-Key`` is let through to the ledger, which replays an answered one)."""
     from starlette.concurrency import run_in_threadpool
@@ -400,7 +208,7 @@ def create_app(
     limit = max_body_bytes or default_max_body_bytes(max_batch=max_batch, input_shape=api.input_shape)
     if limit < 1:
         raise ValueError(f"max_body_bytes must be >= 1, got {limit}")
-    service = _Service(api, the_store, max_batch=max_batch, max_body_bytes=limit,
+    service = Service(api, the_store, max_batch=max_batch, max_body_bytes=limit,
                        input_range=(float(input_range[0]), float(input_range[1])), tolerance=float(range_tolerance),
                        record_inputs=record_inputs, info=dict(info or {}), max_batch_rows=max_batch_rows,
                        max_batch_delay_ms=max_batch_delay_ms, idempotency_window_s=idempotency_window_s,
@@ -479,14 +287,14 @@ def create_app(
     @app.post(
         "/v1/predict",
         summary="Answer a batch of queries",
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _predict_schema(
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": predict_schema(
             tuple(api.input_shape), max_batch, service.input_range)}}},
                        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                                        "description": "a client-chosen key per request (e.g. a UUID): a retry "
                                                       "with the same key and inputs replays the stored answer "
                                                       "without counting it again"}]},
-        responses={200: _ok(_PREDICT_ANSWER, "The answers"), **_ERROR_RESPONSES},
+        responses={200: ok_response(PREDICT_ANSWER, "The answers"), **ERROR_RESPONSES},
     )
     async def predict(request: Request) -> Response:
         """Answer ``{"inputs": X}`` with ``{"outputs": Y}``; every row is counted in the ledger first."""
@@ -505,7 +313,7 @@ def create_app(
         return Response(payload, media_type="application/json")
 
     @app.get("/v1/usage", summary="The caller's own usage",
-             responses={200: _ok(_USAGE, "This key's usage"), **_AUTH_RESPONSES})
+             responses={200: ok_response(USAGE, "This key's usage"), **AUTH_RESPONSES})
     async def usage(request: Request) -> dict[str, Any]:
         """The caller's query count, budget, rate limit, flags, flagged queries (refused ones included) and
         refused requests (only ever its own)."""
@@ -542,9 +350,9 @@ def create_app(
     app.include_router(v2_router(service))  # the Open Inference Protocol, same keys, ledger and API
 
     @app.get("/healthz", summary="Liveness and store health",
-             responses={200: _ok({"type": "object", "required": ["status"],
+             responses={200: ok_response({"type": "object", "required": ["status"],
                                   "properties": {"status": {"type": "string"}}}, "Healthy"),
-                        503: _error("The ledger store does not answer")})
+                        503: error_response("The ledger store does not answer")})
     async def healthz() -> Response:
         """``{"status": "ok"}`` when the ledger answers; 503 otherwise."""
         try:

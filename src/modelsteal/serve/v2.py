@@ -12,8 +12,9 @@ Beside ``/v1`` the server answers, for its one model (named by ``info["model_nam
   probabilities as the ``probabilities`` output (FP32 ``[N, K]``), with ``parameters`` ``{"queries",
   "remaining", "ledger_id"}``.
 
-An inference goes through exactly the path of ``/v1/predict`` (:meth:`_Service.answer_rows`: validation,
-the ledger with budget and rate limit, detector, defense, output format). Every error is the protocol's
+An inference goes through exactly the path of ``/v1/predict``
+(:meth:`~modelsteal.serve.service.Service.answer_rows`: validation, the ledger with budget and rate limit,
+detector, defense, output format). Every error is the protocol's
 ``{"error": message}`` (plus our ``"code"``): 400 for a malformed request (wrong input name, datatype,
 shape against data, NaN/Inf, values out of range), 401/403 for keys, budgets and refused batches, 404 for an
 unknown model or path, 413 for a batch or body too large, 429 with ``Retry-After``, 502/504 when a
@@ -152,7 +153,7 @@ _INFER_REQUEST_SCHEMA: dict[str, Any] = {
 
 
 def v2_router(service: Any) -> "APIRouter":
-    """The ``/v2`` routes serving ``service`` (the app's :class:`~modelsteal.serve.app._Service`)."""
+    """The ``/v2`` routes serving ``service`` (the app's :class:`~modelsteal.serve.service.Service`)."""
     from fastapi import APIRouter, Request
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
