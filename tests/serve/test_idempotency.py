@@ -27,7 +27,7 @@ PRADA = ["--detector", "prada", "--detector-option", "min_stream=20", "--detecto
          "--detector-tnr", "none", "--eval-size", "0"]
 
 if os.environ.get("MODELSTEAL_TEST_POSTGRES") == "1":
-    from test_serve_postgres import pg_url  # noqa: F401 - the throwaway PostgreSQL cluster fixture
+    from .test_postgres import pg_url  # noqa: F401 - the throwaway PostgreSQL cluster fixture
 
 
 class DroppingProxy:

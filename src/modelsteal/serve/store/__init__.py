@@ -32,9 +32,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from modelsteal.serve.store.base import (
-    KEY_PREFIX,
-    SCHEMA_VERSION,
+from modelsteal.serve.store.base import KEY_PREFIX, SCHEMA_VERSION, Store, _redact, hash_key, new_key
+from modelsteal.serve.store.postgres import PostgresStore
+from modelsteal.serve.store.records import (
     AuthenticationError,
     BudgetExhaustedError,
     ClientInfo,
@@ -47,12 +47,7 @@ from modelsteal.serve.store.base import (
     RateLimitedError,
     RequestRecord,
     StateEntry,
-    Store,
-    _redact,
-    hash_key,
-    new_key,
 )
-from modelsteal.serve.store.postgres import PostgresStore
 from modelsteal.serve.store.sqlite import SQLiteStore
 
 __all__ = [

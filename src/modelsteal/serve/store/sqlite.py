@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from modelsteal.serve.store.base import SCHEMA_VERSION, LedgerWriteError, Store
+from modelsteal.serve.store.base import SCHEMA_VERSION, Store
+from modelsteal.serve.store.records import LedgerWriteError
 
 __all__ = ["LedgerWriteError", "SQLiteStore"]
 
