@@ -68,22 +68,29 @@ class KnockoffNets(Attack):
         job = self.collect(victim, generator=generator)
         return job.result(job.train_alone())
 
-    def collect(self, victim: QueryBudget, *, generator: torch.Generator) -> CloneJob:
-        """Sample, query and select; the clone is built (seeded) but not trained."""
+    def query_copies(self, victim: QueryBudget, *, copies: int, augment: str | None,
+                     generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample ``remaining // copies`` images, query each ``copies`` times (each copy transformed by
+        ``augment`` when given): ``(images, queries, answers)``, the copies of one image consecutive."""
         if tuple(self.transfer_set.shape[1:]) != tuple(victim.input_shape):
             raise ValueError(
                 f"transfer set images have shape {tuple(self.transfer_set.shape[1:])}, the victim "
                 f"expects {tuple(victim.input_shape)}"
             )
-        q = self.queries_per_image
-        idx = self.sample(victim.remaining // q, generator)
+        idx = self.sample(victim.remaining // copies, generator)
         if len(idx) == 0:
-            raise ValueError(f"a budget of {victim.budget} is too small for {q} queries per image")
+            raise ValueError(f"a budget of {victim.budget} is too small for {copies} copies (queries) per image")
         images = self.transfer_set[idx]
-        queries = images.repeat_interleave(q, dim=0)
-        if self.query_augment is not None:
-            queries = QUERY_AUGMENTATIONS[self.query_augment](queries, generator)
-        answers = self.query_all(victim, queries)
+        queries = images.repeat_interleave(copies, dim=0)
+        if augment is not None:
+            queries = QUERY_AUGMENTATIONS[augment](queries, generator)
+        return images, queries, self.query_all(victim, queries)
+
+    def collect(self, victim: QueryBudget, *, generator: torch.Generator) -> CloneJob:
+        """Sample, query and select; the clone is built (seeded) but not trained."""
+        q = self.queries_per_image
+        images, queries, answers = self.query_copies(victim, copies=q, augment=self.query_augment,
+                                                     generator=generator)
         if self.query_augment is None and q > 1:
             x, answers = images, answers.view(len(images), q, -1).mean(dim=1)  # nquery: average the n answers
         else:

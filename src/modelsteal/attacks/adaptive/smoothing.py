@@ -89,18 +89,8 @@ class QuerySmoothing(KnockoffNets):
         self.copies, self.augment, self.combine = copies, augment, combine
 
     def collect(self, victim: QueryBudget, *, generator: torch.Generator) -> CloneJob:
-        if tuple(self.transfer_set.shape[1:]) != tuple(victim.input_shape):
-            raise ValueError(f"transfer set images have shape {tuple(self.transfer_set.shape[1:])}, the victim "
-                             f"expects {tuple(victim.input_shape)}")
         k = self.copies
-        idx = self.sample(victim.remaining // k, generator)
-        if len(idx) == 0:
-            raise ValueError(f"a budget of {victim.budget} is too small for {k} copies per image")
-        images = self.transfer_set[idx]
-        queries = images.repeat_interleave(k, dim=0)
-        if self.augment is not None:
-            queries = QUERY_AUGMENTATIONS[self.augment](queries, generator)
-        raw = self.query_all(victim, queries)
+        images, _, raw = self.query_copies(victim, copies=k, augment=self.augment, generator=generator)
         answers = combine_answers(raw.view(len(images), k, -1), self.combine)
         y = self.targets(answers)
         clone = self.make_clone(victim, generator=generator)
