@@ -271,8 +271,8 @@ class DDAE(KnockoffNets):
                                              x_test=sx[:1], y_test=sy[:1], num_classes=num_classes)
                         d.fit(m, data, generator=torch.Generator().manual_seed(
                             int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) + i))
-                    api = PredictionAPI(m, defense=d, device=self.device)
-                    blocks.append(torch.cat([api.query(xb).cpu() for xb in x.split(self.query_batch_size)]))
+                    api = PredictionAPI(m, defense=d, device=self.device, batch_size=self.query_batch_size)
+                    blocks.append(api.query(x).cpu())  # the API answers (and defends) in sub-batches itself
             defended[s.name] = torch.cat(blocks)
         return defended
 
