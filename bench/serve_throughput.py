@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,9 @@ import torch
 from modelsteal.models import build_model, save_checkpoint
 from modelsteal.serve.store import open_store
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _load import run_load  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arch", default="lenet", help="victim architecture (default lenet)")
     p.add_argument("--input-shape", default="1,28,28", help="C,H,W (default 1,28,28)")
     p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--clients", type=int, default=8, help="concurrent client threads (default 8)")
+    p.add_argument("--clients", type=int, default=8, help="concurrent client connections (default 8)")
     p.add_argument("--requests", type=int, default=40, help="requests per client (default 40)")
     p.add_argument("--rows", type=int, default=1, help="rows (queries) per request (default 1)")
     p.add_argument("--warmup", type=int, default=20, help="warm-up requests before timing (default 20)")
@@ -147,38 +149,13 @@ def run_one(spec: str, *, args: argparse.Namespace, ckpt: Path, work: Path, batc
         with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
             for i in range(args.warmup):
                 http.post("/v1/predict", json=bodies[i % len(bodies)]).raise_for_status()
-        latencies: list[float] = []
-        errors: list[str] = []
-        lock = threading.Lock()
-        start = threading.Barrier(args.clients + 1)
-
-        def client(c: int) -> None:
-            mine: list[float] = []
-            with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
-                start.wait()
-                for i in range(args.requests):
-                    t0 = time.perf_counter()
-                    r = http.post("/v1/predict", json=bodies[(c + i) % len(bodies)])
-                    mine.append(time.perf_counter() - t0)
-                    if r.status_code != 200:
-                        with lock:
-                            errors.append(f"{r.status_code}: {r.text[:200]}")
-                        return
-            with lock:
-                latencies.extend(mine)
-
-        threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
-        for t in threads:
-            t.start()
         synced = _syncs(trace)
-        start.wait()
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join(timeout=600)
-        wall = time.perf_counter() - t0
+        stats = run_load(server.url, "/v1/predict", bodies, headers=headers, clients=args.clients,
+                         requests=args.requests)
         synced = _syncs(trace) - synced
-        if errors:
-            raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
+        latencies, wall = stats.latencies, stats.wall
+        if stats.errors:
+            raise RuntimeError(f"{len(stats.errors)} requests failed, e.g. {stats.errors[0]}")
         used = httpx.get(server.url + "/v1/usage", headers=headers, timeout=10).json()["queries"]
     finally:
         server.stop()

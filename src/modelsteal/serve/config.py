@@ -68,6 +68,9 @@ class ServeConfig:
     max_batch_delay_ms: float = 2.0
     idempotency_window_s: float = 86_400.0
     snapshot_every: int | None = 1000
+    #: serve a convolutional model on the CPU in channels-last layout (oneDNN's fast path; answers may differ
+    #: from the checkpoint's in the last bit); ``False`` (``--exact-layout``) keeps the checkpoint's layout
+    fast_layout: bool = True
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -148,6 +151,7 @@ def build_api(config: ServeConfig) -> tuple[PredictionAPI, dict[str, Any]]:
     victim's data) and output format (no budget: the ledger enforces budgets). Returns the API and a
     description for ``/v1/info``."""
     from modelsteal.defenses.base import fit_defense, make_defense
+    from modelsteal.models.builders import cpu_fast_layout
     from modelsteal.models.formats import ModelSpec, load_model
     from modelsteal.outputs import make_output
 
@@ -171,6 +175,8 @@ def build_api(config: ServeConfig) -> tuple[PredictionAPI, dict[str, Any]]:
         raise ValueError(f"unknown output option(s) {', '.join(unknown)}; known: k (top-k), decimals (rounded)")
     output = make_output(config.output, **out_opts)
     response = _response(config, defense=defense, model=model, dataset=meta.get("dataset")) if detector else "none"
+    if config.fast_layout:
+        model = cpu_fast_layout(model)  # after fitting: only the served forward changes layout
     api = PredictionAPI(model, defense=defense, detector=detector, response=response, output=output, budget=None,
                         input_shape=meta["input_shape"], num_classes=meta["num_classes"], device=config.device)
     info = {

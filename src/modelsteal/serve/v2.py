@@ -24,6 +24,7 @@ gateway's upstream failed.
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at runtime.
 import logging
 import math
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -83,8 +84,29 @@ def model_metadata(service: Any, name: str) -> dict[str, Any]:
 
 
 def infer(service: Any, client: Any, body: bytes, *, header_length: str | None, name: str) -> tuple[bytes, int | None]:
-    """Answer one inference request body for ``client`` (off the event loop): parse, check the input's
-    name, datatype and shape, :meth:`answer_rows`, encode. Returns the body and the binary header length."""
+    """Answer one inference request body for ``client`` in a worker thread: parse, check the input's name,
+    datatype and shape, :meth:`answer_rows`, encode. Returns the body and the binary header length."""
+    req, x, binary = _infer_input(service, body, header_length=header_length, name=name)
+    y, entry, updated = service.answer_rows(client, x, encode=_finite_array)
+    return _infer_output(req, name, y, entry, updated, binary=binary)
+
+
+async def infer_async(service: Any, client: Any, body: bytes, *, header_length: str | None,
+                      name: str) -> tuple[bytes, int | None]:
+    """:func:`infer` on the event loop for a body of at most ``INLINE_BODY_BYTES`` (in a worker thread above)."""
+    from modelsteal.serve.service import INLINE_BODY_BYTES
+
+    if len(body) > INLINE_BODY_BYTES:
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(partial(infer, service, client, body, header_length=header_length, name=name))
+    req, x, binary = _infer_input(service, body, header_length=header_length, name=name)
+    y, entry, updated = await service.answer_rows_async(client, x, encode=_finite_array)
+    return _infer_output(req, name, y, entry, updated, binary=binary)
+
+
+def _infer_input(service: Any, body: bytes, *, header_length: str | None, name: str) -> tuple[Any, Any, bool]:
+    """The parsed request, its input rows and whether the output is asked in binary."""
     req = parse_infer_request(body, header_length=header_length)
     if len(req.inputs) != 1:
         raise APIError(400, "bad_request", f"model {name!r} takes one input {INPUT_NAME!r}; got {len(req.inputs)}")
@@ -97,8 +119,10 @@ def infer(service: Any, client: Any, body: bytes, *, header_length: str | None, 
         raise APIError(400, "bad_output_name", f"model {name!r} has no output {unknown[0]!r}; its output is "
                        f"{OUTPUT_NAME!r}")
     x = tensor_to_array(tensor, max_batch=service.max_batch)
-    binary = req.outputs.get(OUTPUT_NAME, req.binary_output)
-    y, entry, updated = service.answer_rows(client, x, encode=_finite_array)
+    return req, x, req.outputs.get(OUTPUT_NAME, req.binary_output)
+
+
+def _infer_output(req: Any, name: str, y: Any, entry: Any, updated: Any, *, binary: bool) -> tuple[bytes, int | None]:
     ledger = {"queries": updated.queries, "remaining": updated.remaining, "ledger_id": entry.id}
     return encode_infer_response(model_name=name, id=req.id, outputs=[(OUTPUT_NAME, y, binary)], parameters=ledger)
 
@@ -209,8 +233,8 @@ def v2_router(service: Any) -> "APIRouter":
                 body = await read_body(request, limit=service.max_body_bytes)
             except ClientDisconnect:
                 return Response(status_code=400)
-            payload, length = await run_in_threadpool(infer, service, client, body,
-                                                      header_length=request.headers.get(HEADER_LENGTH), name=name)
+            payload, length = await infer_async(service, client, body,
+                                                header_length=request.headers.get(HEADER_LENGTH), name=name)
         except Exception as e:  # noqa: BLE001 - every failure is answered in the protocol's error form
             return as_v2_error(e)
         if length is None:
