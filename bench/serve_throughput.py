@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="serve with dynamic batching on, off, or both in one run (default both)")
     p.add_argument("--delay-ms", type=float, default=2.0, help="--max-batch-delay-ms when on (default 2)")
     p.add_argument("--max-batch-rows", type=int, default=256, help="--max-batch-rows when on (default 256)")
+    p.add_argument("--ledger-sync", choices=["full", "normal"], default="full",
+                   help="the server's --ledger-sync (default full: a flush per batch before it is answered)")
     p.add_argument("--count-fsyncs", action="store_true",
                    help="count the server's fsync/fdatasync calls per answered row (under strace)")
     args = p.parse_args(argv)
@@ -136,7 +138,8 @@ def run_one(spec: str, *, args: argparse.Namespace, ckpt: Path, work: Path, batc
     delay = args.delay_ms if batching == "on" else 0.0
     argv = [sys.executable, "-m", "modelsteal", "serve", "--model", str(ckpt), "--store", store_url,
             "--port", "0", "--log-level", "warning", "--no-access-log", "--threads", str(args.threads),
-            "--defense", name, *opts, "--max-batch-delay-ms", str(delay), "--max-batch-rows", str(args.max_batch_rows)]
+            "--defense", name, *opts, "--max-batch-delay-ms", str(delay), "--max-batch-rows", str(args.max_batch_rows),
+            "--ledger-sync", args.ledger_sync]
     trace = work / f"strace-{tag}.txt"
     if args.count_fsyncs:
         argv = ["strace", "-f", "--seccomp-bpf", "-e", "trace=fsync,fdatasync", "-o", str(trace), *argv]
@@ -185,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         modes = ["off", "on"] if args.batching == "both" else [args.batching]
         print(f"modelsteal serve on loopback: {args.arch} {shape} -> {args.classes} classes, {args.clients} clients x "
               f"{args.requests} requests x {args.rows} row(s), server torch threads {args.threads}, "
-              f"SQLite ledger (WAL, synchronous=FULL), {os.cpu_count()} CPUs; batching {'/'.join(modes)} "
+              f"SQLite ledger (WAL, --ledger-sync {args.ledger_sync}), {os.cpu_count()} CPUs; "
+              f"batching {'/'.join(modes)} "
               f"(on: --max-batch-delay-ms {args.delay_ms:g} --max-batch-rows {args.max_batch_rows})"
               + ("; fsyncs counted under strace" if args.count_fsyncs else ""))
         results = {(spec, mode): run_one(spec, args=args, ckpt=ckpt, work=work, batching=mode)

@@ -43,12 +43,14 @@ from modelsteal.serve.store import open_store  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clients", type=int, default=16, help="concurrent client threads (default 16)")
+    p.add_argument("--clients", type=int, default=16, help="concurrent client connections (default 16)")
     p.add_argument("--rows", type=int, default=16, help="rows per request (default 16)")
     p.add_argument("--requests", type=int, default=40, help="requests per client (default 40)")
     p.add_argument("--warmup", type=int, default=20, help="warm-up requests per target (default 20)")
     p.add_argument("--delay-ms", type=float, default=2.0,
                    help="the gateway's --max-batch-delay-ms (default 2; 0 turns its batching off)")
+    p.add_argument("--ledger-sync", choices=["full", "normal"], default="full",
+                   help="the gateway's --ledger-sync (default full: a flush per batch before it is answered)")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every target this many times, interleaved, and keep each one's best (default 1)")
     return p.parse_args(argv)
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                     extra = ["--strength", "0.5"] if defense != "none" else []
                     srv = ServerProcess(model=work / "unused", store=store_url, log_path=work / f"gw-{defense}.log",
                                         args=["--upstream", upstream.endpoint, "--dataset", "digits", "--defense",
-                                              defense, *extra, "--eval-size", "0",
+                                              defense, *extra, "--eval-size", "0", "--ledger-sync", args.ledger_sync,
                                               "--max-batch-delay-ms", str(args.delay_ms)])
                     i = srv.argv.index("--model")
                     del srv.argv[i:i + 2]
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                     targets[f"gateway v1, {defense}"] = (srv.url + "/v1/predict", [_v1_body(x) for x in xs], auth)
                 print(f"gateway (modelsteal serve --upstream) in front of MLServer {mls.MODEL_NAME} (logistic "
                       f"regression, 64 features) on loopback: {args.clients} clients x {args.requests} requests x "
-                      f"{args.rows} rows, best of {args.rounds} round(s)", flush=True)
+                      f"{args.rows} rows, best of {args.rounds} round(s); gateway --ledger-sync {args.ledger_sync}",
+                      flush=True)
                 results: dict[str, dict[str, float]] = {}
                 for _ in range(args.rounds):
                     for name, (url, bodies, headers) in targets.items():

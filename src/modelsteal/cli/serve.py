@@ -60,6 +60,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=1024, help="most rows per request (default 1024)")
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default: from --max-batch)")
     p.add_argument("--record-inputs", action="store_true", help="store every query's inputs in the ledger")
+    p.add_argument("--ledger-sync", choices=["full", "normal"], default="full",
+                   help="full (default): a ledger commit is on disk before the request is answered (survives a "
+                        "power loss); normal: handed to the OS / database server (survives kill -9 of the server, "
+                        "not a machine crash) and no flush wait per batch")
     p.add_argument("--exact-layout", action="store_true",
                    help="keep the checkpoint's memory layout (by default a convolutional model on the CPU is served "
                         "channels-last: 1.8-2.5x faster at batch 10-32, answers equal up to the last bit)")
@@ -144,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         defense_options=parse_options(args.defense_option, flag="--defense-option"), strength=args.strength,
         output=args.output, output_options=parse_options(args.output_option, flag="--output-option"),
         store=args.store, max_batch=args.max_batch, max_body_bytes=args.max_body_bytes,
-        record_inputs=args.record_inputs, fast_layout=not args.exact_layout,
+        record_inputs=args.record_inputs, fast_layout=not args.exact_layout, ledger_sync=args.ledger_sync,
         device=str(resolve_device(args.device)), torch_threads=args.threads,
         model_format=args.format, model_weights=args.weights, model_spec_file=args.spec,
         model_spec=model_spec(args).to_dict(),
@@ -155,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     # traceback from inside a worker.
     check_detector(config)  # before the victim is loaded
     api, info = build_api(config)
-    store = open_store(config.store)
+    store = open_store(config.store, sync=config.ledger_sync)
     active = store.clients(include_revoked=False)
     if not active:
         print(f"modelsteal serve: warning: no active API keys in {store.url}; create one with "

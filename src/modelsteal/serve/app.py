@@ -172,11 +172,13 @@ def create_app(
     max_batch_delay_ms: float = 2.0,
     idempotency_window_s: float = 86_400.0,
     snapshot_every: int | None = 1000,
+    ledger_sync: str = "full",
 ) -> "FastAPI":
     """The FastAPI application serving ``api`` behind the keys and ledger of ``store``.
 
-    ``store`` is a :class:`Store` (owned by the caller) or a URL for :func:`open_store` (opened now, closed
-    when the app shuts down). Build ``api`` with ``budget=None``: the ledger is the source of truth for
+    ``store`` is a :class:`Store` (owned by the caller) or a URL for :func:`open_store` (opened now with
+    ``ledger_sync`` as its ``sync``, closed when the app shuts down).
+    Build ``api`` with ``budget=None``: the ledger is the source of truth for
     budgets, shared by every worker process using the same store.
 
     Concurrent requests are answered in batches (:mod:`modelsteal.serve.batcher`) of at most
@@ -203,7 +205,7 @@ def create_app(
     if api.budget is not None:
         raise ValueError("serve a PredictionAPI built with budget=None: budgets are per key, in the store")
     owns_store = not isinstance(store, Store)
-    the_store = store if isinstance(store, Store) else open_store(store)
+    the_store = store if isinstance(store, Store) else open_store(store, sync=ledger_sync)
     limit = max_body_bytes or default_max_body_bytes(max_batch=max_batch, input_shape=api.input_shape)
     if limit < 1:
         raise ValueError(f"max_body_bytes must be >= 1, got {limit}")
@@ -366,7 +368,8 @@ def create_app_from_config(config: "ServeConfig") -> "FastAPI":
     """Build the API and the app from a :class:`ServeConfig` (what each uvicorn worker does)."""
     api, info = build_api(config)
     return create_app(
-        api, store=config.store, max_batch=config.max_batch, max_body_bytes=config.max_body_bytes,
+        api, store=config.store, ledger_sync=config.ledger_sync, max_batch=config.max_batch,
+        max_body_bytes=config.max_body_bytes,
         input_range=config.input_range, range_tolerance=config.range_tolerance,
         record_inputs=config.record_inputs, info=info, max_batch_rows=config.max_batch_rows,
         max_batch_delay_ms=config.max_batch_delay_ms, idempotency_window_s=config.idempotency_window_s,

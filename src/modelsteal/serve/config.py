@@ -71,6 +71,7 @@ class ServeConfig:
     #: serve a convolutional model on the CPU in channels-last layout (oneDNN's fast path; answers may differ
     #: from the checkpoint's in the last bit); ``False`` (``--exact-layout``) keeps the checkpoint's layout
     fast_layout: bool = True
+    ledger_sync: str = "full"  #: :func:`~modelsteal.serve.store.open_store`'s ``sync``
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -61,23 +61,36 @@ __all__ = [
 DEFAULT_STORE = "modelsteal.db"
 
 
-def open_store(url: str | Path | None = None) -> Store:
+#: the ledger's durability settings (:func:`open_store`'s ``sync``)
+SYNC_MODES = ("full", "normal")
+
+
+def open_store(url: str | Path | None = None, *, sync: str = "full") -> Store:
     """Open (creating if needed) the store at ``url``.
 
     ``url`` is a SQLite path (``ledger.db``), ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or
     ``postgresql://user:password@host:port/dbname`` (also ``postgres://``). ``None`` means
     ``modelsteal.db`` in the working directory. Anything else is a ``ValueError`` saying what is accepted.
+
+    ``sync``: when a committed write is durable. ``"full"`` (default): on disk before the commit returns
+    (SQLite ``synchronous=FULL``, PostgreSQL ``synchronous_commit=on``): it survives a power loss. ``"normal"``:
+    handed to the operating system (SQLite WAL with ``synchronous=NORMAL``) or to the database server
+    (PostgreSQL ``synchronous_commit=off``) before the commit returns: it survives ``kill -9`` of the serving
+    process, but the last commits can be lost if the machine (or the database server) crashes, and each commit
+    no longer waits for the disk's flush.
     """
+    if sync not in SYNC_MODES:
+        raise ValueError(f"ledger sync must be one of {', '.join(SYNC_MODES)}, got {sync!r}")
     url = str(url) if url is not None else DEFAULT_STORE
     if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
-        return PostgresStore(url.replace("postgresql+psycopg://", "postgresql://", 1))
+        return PostgresStore(url.replace("postgresql+psycopg://", "postgresql://", 1), sync=sync)
     if url.startswith("sqlite://"):
         path = url[len("sqlite://"):]
         if path.startswith("/"):
             path = path[1:]
         if not path or path == ":memory:":
             raise ValueError("the store must be a file: an in-memory SQLite database would lose the ledger")
-        return SQLiteStore(path)
+        return SQLiteStore(path, sync=sync)
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url):
         raise ValueError(
             f"unsupported store URL {_redact(url)!r}; use a SQLite path (ledger.db), sqlite:///path or "
@@ -85,4 +98,4 @@ def open_store(url: str | Path | None = None) -> Store:
         )
     if not url.strip():
         raise ValueError("empty store URL")
-    return SQLiteStore(url)
+    return SQLiteStore(url, sync=sync)

@@ -90,7 +90,7 @@ class PostgresStore(Store):
     _placeholder = "%s"
     _for_update = " FOR UPDATE"
 
-    def __init__(self, url: str, *, pool_size: int = 8, connect_timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, *, pool_size: int = 8, connect_timeout_s: float = 10.0, sync: str = "full") -> None:
         try:
             import psycopg
         except ImportError:
@@ -100,6 +100,7 @@ class PostgresStore(Store):
             ) from None
         self._psycopg = psycopg
         self.url = url
+        self._sync = sync
         self._connect_timeout = connect_timeout_s
         self._pool: queue.LifoQueue[Any] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(pool_size)
@@ -120,6 +121,8 @@ class PostgresStore(Store):
 
     def _connect(self) -> Any:
         conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout)))
+        if self._sync != "full":
+            conn.execute("SET synchronous_commit TO off")  # survives our kill -9, not the database server's crash
         with self._all_lock:
             self._all.append(conn)
         return conn

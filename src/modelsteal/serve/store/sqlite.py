@@ -96,7 +96,7 @@ class SQLiteStore(Store):
     request waiting; a batch's records go in one more (:meth:`Store.commit_batch`).
     """
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0, sync: str = "full") -> None:
         self.path = Path(path).expanduser()
         self.url = f"sqlite:///{self.path}"
         if not self.path.parent.is_dir():
@@ -115,7 +115,7 @@ class SQLiteStore(Store):
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise ValueError(f"SQLite store {self.path} could not switch to WAL mode (got {mode!r})")
-            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA synchronous=FULL" if sync == "full" else "PRAGMA synchronous=NORMAL")
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             self._conn.execute("PRAGMA foreign_keys=ON")
             with self._transaction(write=True) as cur:
