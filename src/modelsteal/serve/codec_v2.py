@@ -185,6 +185,8 @@ def tensor_to_array(t: InferTensor, *, max_batch: int, datatypes: Sequence[str] 
         return np.frombuffer(t.data, dtype=dtype).reshape(t.shape)
     if not isinstance(t.data, list):
         raise _bad(f"{where}: 'data' must be a list of numbers")
+    if len(t.data) == need and all(type(v) is float or type(v) is int for v in t.data):  # flat: the common case
+        return _numbers(t.data, t, dtype)
     flat = _flatten(t.data, limit=need + 1)
     if len(flat) != need:
         held = f"more than {need}" if len(flat) > need else str(len(flat))
@@ -192,11 +194,16 @@ def tensor_to_array(t: InferTensor, *, max_batch: int, datatypes: Sequence[str] 
     if any(isinstance(v, bool) or not isinstance(v, int | float) for v in flat):
         bad = next(v for v in flat if isinstance(v, bool) or not isinstance(v, int | float))
         raise _bad(f"{where}: 'data' must hold numbers, found {type(bad).__name__} {bad!r:.40}")
+    return _numbers(flat, t, dtype)
+
+
+def _numbers(flat: list[Any], t: Any, dtype: np.dtype) -> np.ndarray:
+    """``flat`` (checked numbers, row-major) as ``dtype`` of ``t``'s shape."""
     with np.errstate(over="ignore"):
         try:
             return np.asarray(flat, dtype=np.float64).astype(dtype).reshape(t.shape)
         except OverflowError:
-            raise _bad(f"{where}: 'data' holds an integer too large for {t.datatype}") from None
+            raise _bad(f"input {t.name!r}: 'data' holds an integer too large for {t.datatype}") from None
 
 
 def _flatten(data: list[Any], *, limit: int) -> list[Any]:
