@@ -224,3 +224,94 @@ def test_batching_options_mistakes_are_one_line(tmp_path, capsys, argv, message)
     assert main(["serve", "--model", str(ckpt), "--store", str(tmp_path / "s.db"), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_two_workers_score_batches_in_arrival_order_when_a_flush_is_slow(tmp_path, digits, digits_victim):
+    # Bugs caught: with two batcher workers, a batch whose reservation committed first scored before an earlier
+    # batch still waiting on its flush (PRADA would see a client's requests out of order, and the states would
+    # differ from one-by-one); a ticket never passed after a batch (the next worker would hang); tickets issued
+    # outside the queue's lock (out of arrival order).
+    store = open_store(tmp_path / "ledger.db")
+    clients = {n: store.create_key(name=n)[0] for n in ("alice", "bob", "carol")}
+    api = _api(digits, digits_victim, response="none", defense=None)
+    runner = BatchRunner(api, store, journal=DetectorJournal(api.detector, store), lock=threading.Lock())
+    scored: list[str] = []
+    query_many = api.query_many
+
+    def recording(requests, **kw):
+        scored.extend(who for who, _ in requests)
+        return query_many(requests, **kw)
+
+    api.query_many = recording  # type: ignore[method-assign]
+    reserve_many = store.reserve_many
+    calls = [0]
+
+    def slow_first(requests, **kw):
+        calls[0] += 1
+        if calls[0] == 1:
+            time.sleep(0.4)  # the first batch's flush is slow: the second batch reserves meanwhile
+        return reserve_many(requests, **kw)
+
+    store.reserve_many = slow_first  # type: ignore[method-assign]
+    batcher = Batcher(runner.run, max_rows=64, max_delay_s=0.001, workers=2, turnstile=runner.turnstile)
+    requests = _requests(digits)[:6]
+    jobs = _jobs(clients, requests)
+    out: dict[int, torch.Tensor] = {}
+
+    def send(i: int) -> None:
+        out[i] = batcher.submit(jobs[i])
+
+    threads = []
+    for i in range(len(jobs)):  # one after the other: batch 0 = request 0 (slow flush), the rest after it
+        threads.append(threading.Thread(target=send, args=(i,)))
+        threads[-1].start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join(timeout=30)
+    batcher.close()
+    assert not any(t.is_alive() for t in threads) and len(out) == len(jobs)
+    assert calls[0] >= 2  # the later requests were reserved while the first batch was still flushing
+    assert scored == [who for who, _ in requests]  # scored in arrival order all the same
+    ref = _api(digits, digits_victim, response="none", defense=None)
+    for i, (who, x) in enumerate(requests):
+        assert torch.allclose(out[i], ref.query(x, client=who), atol=1e-6)
+    for who in clients:
+        assert api.detector.state_dict(who) == ref.detector.state_dict(who), who
+    store.close()
+
+
+def test_the_event_loop_awaits_its_batch_and_a_cancelled_wait_still_counts():
+    # Bugs caught: a waiter resolved with another job's answer, a future never resolved (the request hangs), a
+    # cancelled wait (client gone) that kills the batch or leaves its job unanswered, batching off not run.
+    import asyncio
+
+    seen: list[int] = []
+
+    def run(jobs: list[Job]) -> None:
+        seen.append(len(jobs))
+        time.sleep(0.05)
+        for j in jobs:
+            j.answer = j.x * 2
+
+    batcher = Batcher(run, max_rows=100, max_delay_s=0.01)
+    xs = [torch.full((1, 3), float(i)) for i in range(6)]
+    jobs = [Job(None, x) for x in xs]  # type: ignore[arg-type]
+
+    async def main() -> list[torch.Tensor]:
+        tasks = [asyncio.create_task(batcher.submit_async(j)) for j in jobs]
+        await asyncio.sleep(0.005)
+        tasks[-1].cancel()  # the client of the last request went away while its batch runs
+        done = await asyncio.gather(*tasks[:-1])
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[-1]
+        return done
+
+    answers = asyncio.run(main())
+    for x, y in zip(xs, answers):
+        assert torch.equal(y, x * 2)
+    jobs[-1].done.wait(5)
+    assert torch.equal(jobs[-1].answer, xs[-1] * 2)  # its batch answered (and would have counted) it
+    assert sum(seen) == 6 and len(seen) <= 2
+    batcher.close()
+    off = Batcher(run, max_rows=100, max_delay_s=0)
+    assert torch.equal(asyncio.run(off.submit_async(Job(None, xs[3]))), xs[3] * 2)  # type: ignore[arg-type]

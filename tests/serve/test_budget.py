@@ -69,3 +69,33 @@ def test_a_request_refused_for_budget_never_reaches_the_model_or_the_defense(tmp
     anyio.run(scenario)
     store.close()
     assert seen == [(200, 3, 3), (403, 3, 3), (200, 5, 5), (403, 5, 5)]
+
+
+def test_a_key_revoked_while_cached_is_refused_by_the_ledger_and_never_answered(tmp_path):
+    # Bugs caught: a request answered on the strength of the authentication cache (the key revoked, or the budget
+    # lowered, a second earlier) instead of the ledger's own check in the reservation's transaction.
+    import anyio
+
+    model = _CountingModel()
+    api = PredictionAPI(model, input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES)
+    model.rows = 0
+    store = open_store(tmp_path / "ledger.db")
+    _, key = store.create_key(name="soon-revoked")
+    app = create_app(api, store=store)
+    x = torch.rand(2, *INPUT_SHAPE, generator=torch.Generator().manual_seed(1))
+    statuses: list[int] = []
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app",
+                                     headers={"Authorization": f"Bearer {key}"}) as http:
+            statuses.append((await http.post("/v1/predict", json={"inputs": x.tolist()})).status_code)
+            store.revoke("soon-revoked")  # within the cache's second: admit() still sees the key as valid
+            r = await http.post("/v1/predict", json={"inputs": x.tolist()})
+            statuses.append(r.status_code)
+            assert "revoked" in r.json()["detail"]
+
+    anyio.run(scenario)
+    assert statuses == [200, 403]
+    assert model.rows == 2 and sum(e.n for e in store.ledger()) == 2  # the second request: not run, not counted
+    store.close()

@@ -20,8 +20,9 @@ from modelsteal.serve.store import open_store  # noqa: E402
 N_KEYS, THREADS_PER_KEY, MAX_ROWS = 3, 3, 8
 
 
-@pytest.mark.parametrize("batching", [["--max-batch-delay-ms", "0"], ["--max-batch-delay-ms", "5"]],
-                         ids=["batching-off", "batching-on"])
+@pytest.mark.parametrize("batching", [["--max-batch-delay-ms", "0"], ["--max-batch-delay-ms", "5"],
+                                      ["--max-batch-delay-ms", "5", "--batch-workers", "2", "--ledger-sync", "normal"]],
+                         ids=["batching-off", "batching-on", "two-workers-sync-normal"])
 def test_every_answered_query_survives_kill_9(tmp_path, batching):
     ckpt = make_checkpoint(tmp_path / "victim.pt")
     store_url = str(tmp_path / "ledger.db")

@@ -242,3 +242,12 @@ def test_decode_rejects_nan_and_inf_and_tolerates_tiny_overshoot():
             _decode(bad)
     x, _ = _decode({"inputs": [[[[1 + 1e-9, -1e-9], [0, 1]]]]})
     assert x.min() == 0 and x.max() == 1
+
+
+@pytest.mark.parametrize("sync, pragma", [("full", 2), ("normal", 1)])
+def test_ledger_sync_sets_sqlite_synchronous(tmp_path, sync, pragma):
+    # Bugs caught: --ledger-sync ignored (always FULL, or NORMAL by default: the power-loss promise gone).
+    with open_store(tmp_path / f"{sync}.db", sync=sync) as store:
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == pragma
+    with pytest.raises(ValueError, match="ledger sync must be one of full, normal"):
+        open_store(tmp_path / "x.db", sync="off")

@@ -72,6 +72,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-batch-delay-ms", type=float, default=2.0, metavar="MS",
                    help="dynamic batching: a batch runs when full or when its oldest request has waited this "
                         "long (default 2; 0 turns batching off)")
+    p.add_argument("--batch-workers", type=int, default=1, metavar="N",
+                   help="dynamic batching: threads that run batches in turn, one batch's ledger flush overlapping "
+                        "the previous batch's inference, arrival order kept (default 1; 2 pays when inference or "
+                        "the upstream is slow against the flush)")
     p.add_argument("--idempotency-window", type=float, default=86400.0, metavar="SECONDS",
                    help="how long a request's Idempotency-Key replays its stored answer (default 86400)")
     p.add_argument("--journal-snapshot-every", type=int, default=1000, metavar="N",
@@ -123,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-batch must be >= 1, got {args.max_batch}")
     if args.max_batch_rows < 1:
         raise ValueError(f"--max-batch-rows must be >= 1, got {args.max_batch_rows}")
+    if not 1 <= args.batch_workers <= 16:
+        raise ValueError(f"--batch-workers must be in 1..16, got {args.batch_workers}")
     if not 0 <= args.max_batch_delay_ms <= 10_000:
         raise ValueError(f"--max-batch-delay-ms must be in 0..10000, got {args.max_batch_delay_ms:g}")
     if not args.idempotency_window > 0:
@@ -153,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         model_format=args.format, model_weights=args.weights, model_spec_file=args.spec,
         model_spec=model_spec(args).to_dict(),
         max_batch_rows=args.max_batch_rows, max_batch_delay_ms=args.max_batch_delay_ms,
+        batch_workers=args.batch_workers,
         idempotency_window_s=args.idempotency_window, snapshot_every=args.journal_snapshot_every or None,
     )
     # Build everything once here so that a bad checkpoint, defense or store is a one-line error, not a
@@ -185,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers == 1:
         app = create_app(api, store=store, max_batch=config.max_batch, max_body_bytes=config.max_body_bytes,
                          record_inputs=config.record_inputs, info=info, max_batch_rows=config.max_batch_rows,
-                         max_batch_delay_ms=config.max_batch_delay_ms,
+                         max_batch_delay_ms=config.max_batch_delay_ms, batch_workers=config.batch_workers,
                          idempotency_window_s=config.idempotency_window_s, snapshot_every=config.snapshot_every)
         server = uvicorn.Server(uvicorn.Config(app, **common))
         freeze_startup_objects()

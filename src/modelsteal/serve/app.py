@@ -170,6 +170,7 @@ def create_app(
     info: dict[str, Any] | None = None,
     max_batch_rows: int = 256,
     max_batch_delay_ms: float = 2.0,
+    batch_workers: int = 1,
     idempotency_window_s: float = 86_400.0,
     snapshot_every: int | None = 1000,
     ledger_sync: str = "full",
@@ -183,7 +184,8 @@ def create_app(
 
     Concurrent requests are answered in batches (:mod:`modelsteal.serve.batcher`) of at most
     ``max_batch_rows`` rows, formed when full or when the oldest has waited ``max_batch_delay_ms``
-    (0: no batching). An ``Idempotency-Key`` header makes a retry within ``idempotency_window_s`` seconds
+    (0: no batching), run by ``batch_workers`` threads in turn (arrival order kept). An
+    ``Idempotency-Key`` header makes a retry within ``idempotency_window_s`` seconds
     replay the stored answer. A stateful detector's journal is compacted into a snapshot every
     ``snapshot_every`` entries per client (``None``: never).
     """
@@ -212,7 +214,8 @@ def create_app(
     service = Service(api, the_store, max_batch=max_batch, max_body_bytes=limit,
                        input_range=(float(input_range[0]), float(input_range[1])), tolerance=float(range_tolerance),
                        record_inputs=record_inputs, info=dict(info or {}), max_batch_rows=max_batch_rows,
-                       max_batch_delay_ms=max_batch_delay_ms, idempotency_window_s=idempotency_window_s,
+                       max_batch_delay_ms=max_batch_delay_ms, batch_workers=batch_workers,
+                       idempotency_window_s=idempotency_window_s,
                        snapshot_every=snapshot_every)
 
     @asynccontextmanager
@@ -335,6 +338,7 @@ def create_app(
             "encodings": list(ENCODINGS),
             "batching": {"max_batch_rows": service.batcher.max_rows,
                          "max_batch_delay_ms": 1000 * service.batcher.max_delay_s,
+                         "workers": service.batcher.workers,
                          "batches": service.runner.batches, "requests": service.runner.requests},
             "version": __version__,
             "defense": {"name": "none"} if service.api.defense is None else {
@@ -372,7 +376,8 @@ def create_app_from_config(config: "ServeConfig") -> "FastAPI":
         max_body_bytes=config.max_body_bytes,
         input_range=config.input_range, range_tolerance=config.range_tolerance,
         record_inputs=config.record_inputs, info=info, max_batch_rows=config.max_batch_rows,
-        max_batch_delay_ms=config.max_batch_delay_ms, idempotency_window_s=config.idempotency_window_s,
+        max_batch_delay_ms=config.max_batch_delay_ms, batch_workers=config.batch_workers,
+        idempotency_window_s=config.idempotency_window_s,
         snapshot_every=config.snapshot_every,
     )
 

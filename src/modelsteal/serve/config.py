@@ -66,6 +66,7 @@ class ServeConfig:
     model_spec: dict[str, Any] = field(default_factory=dict)
     max_batch_rows: int = 256
     max_batch_delay_ms: float = 2.0
+    batch_workers: int = 1
     idempotency_window_s: float = 86_400.0
     snapshot_every: int | None = 1000
     #: serve a convolutional model on the CPU in channels-last layout (oneDNN's fast path; answers may differ

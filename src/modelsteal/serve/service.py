@@ -41,7 +41,7 @@ class Service:
                  input_range: tuple[float, float], tolerance: float, record_inputs: bool,
                  info: dict[str, Any], max_batch_rows: int = 256, max_batch_delay_ms: float = 2.0,
                  idempotency_window_s: float = 86_400.0, snapshot_every: int | None = 1000,
-                 batch_workers: int = 2, auth_cache_s: float = 1.0) -> None:
+                 batch_workers: int = 1, auth_cache_s: float = 1.0) -> None:
         self.api = api
         self.store = store
         self.max_batch = max_batch
