@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the gateway's --max-batch-delay-ms (default 2; 0 turns its batching off)")
     p.add_argument("--ledger-sync", choices=["full", "normal"], default="full",
                    help="the gateway's --ledger-sync (default full: a flush per batch before it is answered)")
+    p.add_argument("--batch-workers", type=int, default=1, help="the gateway's --batch-workers (default 1)")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every target this many times, interleaved, and keep each one's best (default 1)")
     return p.parse_args(argv)
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                     srv = ServerProcess(model=work / "unused", store=store_url, log_path=work / f"gw-{defense}.log",
                                         args=["--upstream", upstream.endpoint, "--dataset", "digits", "--defense",
                                               defense, *extra, "--eval-size", "0", "--ledger-sync", args.ledger_sync,
+                                              "--batch-workers", str(args.batch_workers),
                                               "--max-batch-delay-ms", str(args.delay_ms)])
                     i = srv.argv.index("--model")
                     del srv.argv[i:i + 2]
