@@ -242,6 +242,12 @@ def v2_router(service: Any) -> "APIRouter":
         return Response(payload, media_type="application/octet-stream",
                         headers={"Inference-Header-Content-Length": str(length)})
 
+    async def infer_served(request: Request) -> Any:
+        return await infer_route(model_name, request)
+
+    #: the served model's infer route, for the app's hot path (app.py ``HotPath``)
+    router.hot_routes = {("POST", f"/v2/models/{model_name}/infer"): infer_served}  # type: ignore[attr-defined]
+
     @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
     async def not_found(path: str) -> Any:
         return JSONResponse({"error": f"no such endpoint: /v2/{path}", "code": "not_found"}, status_code=404)
