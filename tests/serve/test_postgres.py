@@ -196,3 +196,15 @@ def test_two_workers_share_the_postgres_ledger(pg_url, tmp_path):
             assert usage["queries"] == sent[name] and usage["requests"] == 80
         info = httpx.get(server.url + "/v1/info", timeout=10).json()
         assert info["num_classes"] == NUM_CLASSES
+
+
+@pytest.mark.parametrize("sync, setting", [("full", "on"), ("normal", "off")])
+def test_postgres_ledger_sync_sets_synchronous_commit(pg_url, sync, setting):
+    # Bugs caught: --ledger-sync normal ignored on PostgreSQL (every commit still waits for the WAL flush), or
+    # applied by default (the durability promise silently weakened).
+    with open_store(pg_url, sync=sync) as store:
+        with store._transaction(write=False) as cur:
+            assert cur.execute("SHOW synchronous_commit").fetchone()[0] == setting
+        client, _ = store.create_key(name=f"pg-sync-{sync}")
+        entry, after = store.reserve(client.id, 3)
+        assert after.queries == 3 and store.ledger()[-1].id == entry.id
