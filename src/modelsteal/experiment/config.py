@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -371,8 +371,9 @@ def select_scale(raw: Any, scale: str | None = None) -> Any:
     return _merge(base, scales[scale])
 
 
-def load_config(path: str | Path, *, scale: str | None = None) -> SweepConfig:
-    """Read and validate a YAML sweep config, at ``scale`` (:func:`select_scale`; default its own settings)."""
+def read_config_file(path: str | Path, parse: Callable[[Any], Any]) -> Any:
+    """``parse`` of the YAML in ``path``: a missing file is a ``FileNotFoundError``, invalid YAML and every
+    ``ConfigError`` of ``parse`` one line led by the file's name."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
@@ -381,6 +382,11 @@ def load_config(path: str | Path, *, scale: str | None = None) -> SweepConfig:
     except yaml.YAMLError as e:
         raise ConfigError(yaml_error_line(path, e)) from None
     try:
-        return parse_config(select_scale(raw, scale))
+        return parse(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def load_config(path: str | Path, *, scale: str | None = None) -> SweepConfig:
+    """Read and validate a YAML sweep config, at ``scale`` (:func:`select_scale`; default its own settings)."""
+    return read_config_file(path, lambda raw: parse_config(select_scale(raw, scale)))
