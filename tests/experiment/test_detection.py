@@ -251,3 +251,15 @@ def test_a_refused_attack_is_a_record_of_the_refusal_and_the_sweep_goes_on(tmp_p
     assert refused["queries"] == refused["queries_to_detection"] - 1  # every row before the flagged one
     header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
     assert "refused" in header and len((tmp_path / "results.csv").read_text().splitlines()) == 3
+
+
+def test_a_detection_sweeps_attack_row_reproduces_exactly_and_a_benign_row_is_refused(tmp_path):
+    """reproduce re-runs one attack row of a sweep with benign clients as a one-point sweep (before: the benign
+    clients came along and the re-run returned four records for one)."""
+    from modelsteal.experiment.reproduce import reproduce
+
+    run_sweep(parse_config(RAW), out_dir=tmp_path, progress=False, plots=False)
+    (point,) = reproduce(tmp_path, rows=[1], tolerance=0.0)
+    assert point.within and point.now == point.committed
+    with pytest.raises(ValueError, match="is a benign client's"):
+        reproduce(tmp_path, rows=[2], tolerance=0.0)

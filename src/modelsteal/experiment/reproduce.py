@@ -151,7 +151,10 @@ def check_victim(cfg: SweepConfig, prov: dict[str, Any]) -> Path:
 
 
 def point_config(cfg: SweepConfig, row: dict[str, Any]) -> SweepConfig:
-    """``cfg`` reduced to the one point of ``row`` (defense entry, strength, attack, budget, seed)."""
+    """``cfg`` reduced to the one point of ``row`` (defense entry, strength, attack, budget, seed; the detector's
+    response of the row, and no benign clients)."""
+    if row["attack"] == "benign" and cfg.benign is not None:
+        raise ValueError(f"row {_describe(row)} is a benign client's (no clone to compare); re-run an attack's row")
     strength = row.get("strength")
     defense = next((d for d in cfg.defenses if d.display == row["defense"]
                     and any(_same(s, strength) for s in d.strengths)), None)
@@ -161,8 +164,11 @@ def point_config(cfg: SweepConfig, row: dict[str, Any]) -> SweepConfig:
     if int(row["budget"]) not in cfg.budgets or int(row["seed"]) not in cfg.seeds:
         raise ValueError(f"row {_describe(row)} has a budget or seed the recorded config does not sweep")
     one = DefenseConfig(name=defense.name, strengths=[strength], options=defense.options, label=defense.label)
+    detector = cfg.detector
+    if detector is not None and len(detector.responses) > 1:
+        detector = replace(detector, response=row.get("response") or detector.responses[0])
     return replace(cfg, defenses=[one], attacks=[attack], budgets=[int(row["budget"])],
-                   seeds=[int(row["seed"])])
+                   seeds=[int(row["seed"])], detector=detector, benign=None)
 
 
 #: the columns that must come out as committed for a point to count as made from the same victim and defense
