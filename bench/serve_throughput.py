@@ -32,15 +32,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from modelsteal.models import build_model, save_checkpoint
-from modelsteal.serve.store import open_store
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _http_load import closed_loop  # noqa: E402
+
+from modelsteal.models import build_model, save_checkpoint  # noqa: E402
+from modelsteal.serve.store import open_store  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -144,41 +146,10 @@ def run_one(spec: str, *, args: argparse.Namespace, ckpt: Path, work: Path, batc
     try:
         bodies = [_body(torch.rand(args.rows, *shape, generator=torch.Generator().manual_seed(i)))
                   for i in range(16)]
-        with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
-            for i in range(args.warmup):
-                http.post("/v1/predict", json=bodies[i % len(bodies)]).raise_for_status()
-        latencies: list[float] = []
-        errors: list[str] = []
-        lock = threading.Lock()
-        start = threading.Barrier(args.clients + 1)
-
-        def client(c: int) -> None:
-            mine: list[float] = []
-            with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
-                start.wait()
-                for i in range(args.requests):
-                    t0 = time.perf_counter()
-                    r = http.post("/v1/predict", json=bodies[(c + i) % len(bodies)])
-                    mine.append(time.perf_counter() - t0)
-                    if r.status_code != 200:
-                        with lock:
-                            errors.append(f"{r.status_code}: {r.text[:200]}")
-                        return
-            with lock:
-                latencies.extend(mine)
-
-        threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
-        for t in threads:
-            t.start()
-        synced = _syncs(trace)
-        start.wait()
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join(timeout=600)
-        wall = time.perf_counter() - t0
+        latencies, wall, synced = closed_loop(server.url + "/v1/predict", bodies, headers=headers,
+                                              clients=args.clients, requests=args.requests, warmup=args.warmup,
+                                              at_start=lambda: _syncs(trace))
         synced = _syncs(trace) - synced
-        if errors:
-            raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
         used = httpx.get(server.url + "/v1/usage", headers=headers, timeout=10).json()["queries"]
     finally:
         server.stop()

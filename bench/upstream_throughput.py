@@ -24,15 +24,15 @@ import base64
 import statistics
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mlserver_helpers as mls  # noqa: E402
+from _http_load import closed_loop  # noqa: E402
 from serve_helpers import ServerProcess  # noqa: E402
 
 from modelsteal.data import load_dataset  # noqa: E402
@@ -64,41 +64,8 @@ def _v1_body(x: torch.Tensor) -> dict[str, Any]:
 def measure(url: str, bodies: list[dict[str, Any]], *, headers: dict[str, str], args: argparse.Namespace,
             ) -> dict[str, float]:
     """rows/s, p50 and p99 (ms) of ``--clients`` threads posting ``bodies`` to ``url``."""
-    import httpx
-
-    with httpx.Client(headers=headers, timeout=60) as http:
-        for i in range(args.warmup):
-            http.post(url, json=bodies[i % len(bodies)]).raise_for_status()
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    start = threading.Barrier(args.clients + 1)
-
-    def client(c: int) -> None:
-        mine: list[float] = []
-        with httpx.Client(headers=headers, timeout=60) as http:
-            start.wait()
-            for i in range(args.requests):
-                t0 = time.perf_counter()
-                r = http.post(url, json=bodies[(c + i) % len(bodies)])
-                mine.append(time.perf_counter() - t0)
-                if r.status_code != 200:
-                    with lock:
-                        errors.append(f"{r.status_code}: {r.text[:200]}")
-                    return
-        with lock:
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join(timeout=600)
-    wall = time.perf_counter() - t0
-    if errors:
-        raise RuntimeError(f"{len(errors)} requests to {url} failed, e.g. {errors[0]}")
+    latencies, wall, _ = closed_loop(url, bodies, headers=headers, clients=args.clients, requests=args.requests,
+                                     warmup=args.warmup)
     q = statistics.quantiles(latencies, n=100, method="inclusive")
     n = args.clients * args.requests
     return {"rows_s": n * args.rows / wall, "p50": q[49] * 1e3, "p99": q[98] * 1e3}
