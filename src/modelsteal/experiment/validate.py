@@ -19,6 +19,7 @@ from modelsteal.devices import resolve_device
 from modelsteal.experiment.config import (
     BenignConfig,
     ConfigError,
+    DefenseConfig,
     DetectorConfig,
     SweepConfig,
     config_entry,
@@ -69,10 +70,8 @@ def validate_sweep(cfg: SweepConfig) -> None:
                     victim_recipe(defended_victim_config(cfg.victim, d, strength))
                 elif d.name.strip().lower() in ("none", "undefended"):
                     make_defense(d.name, strength=strength, **d.options)  # refuses a strength or options
-                else:  # cheap: defenses train in bind() or fit(), never in the constructor
-                    cls, kwargs = defense_options(d.name, strength=strength, options=d.options,
-                                                  hint=_SWEEP_STRENGTH_HINT)
-                    cls(**kwargs)
+                else:
+                    check_defense(d, strength, hint=_SWEEP_STRENGTH_HINT)
     if cfg.detector is not None:
         check_detector_config(cfg.detector)
     for i, a in enumerate(cfg.attacks):
@@ -87,6 +86,14 @@ def validate_sweep(cfg: SweepConfig) -> None:
             check_train(a.train)
 
 _SWEEP_STRENGTH_HINT = "give it as the defense's strengths: [...]"
+
+
+def check_defense(d: DefenseConfig, strength: float | None, *, hint: str | None = None) -> None:
+    """The defense entry ``d`` at ``strength``: its name, options and strength checked against its constructor by
+    building it (cheap: defenses train in ``bind()`` or ``fit()``, never in the constructor); a ``ValueError`` names
+    what is wrong (``hint``: how to give a missing strength). Sweeps and audits check their defenses here."""
+    cls, kwargs = defense_options(d.name, strength=strength, options=d.options, hint=hint)
+    cls(**kwargs)
 
 
 def check_architecture(name: Any) -> None:
