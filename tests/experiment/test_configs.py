@@ -24,10 +24,18 @@ def test_configs_are_shipped() -> None:
     assert {"pp-table1-fashion-mnist.yaml", "pp-table1-mnist.yaml", "pp-fig4-fashion-mnist.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_parses_and_names_what_exists(path: Path) -> None:
-    cfg = load_config(path)
-    assert cfg.name == path.stem
+def _scales(path: Path) -> list[str]:
+    return [s for s in config_scales(yaml.safe_load(path.read_text())) if s != DEFAULT_SCALE]
+
+
+#: every config at every scale it offers
+SCALED = [(p, scale) for p in CONFIGS for scale in [DEFAULT_SCALE, *_scales(p)]]
+
+
+@pytest.mark.parametrize(("path", "scale"), SCALED, ids=lambda v: v.stem if isinstance(v, Path) else v)
+def test_config_parses_and_names_what_exists(path: Path, scale: str) -> None:
+    cfg = load_config(path, scale=scale)
+    assert cfg.name == (path.stem if scale == DEFAULT_SCALE else f"{path.stem}-{scale}")
     validate_sweep(cfg)  # recipes, defenses at every strength, attacks: what a sweep checks before training
     for d in cfg.defenses:
         for strength in d.strengths:
@@ -40,10 +48,6 @@ def test_config_parses_and_names_what_exists(path: Path) -> None:
         shape = (3, 32, 32) if cfg.victim.dataset.startswith("cifar") else (1, 28, 28)
         build_model(a.clone or cfg.victim.arch, input_shape=shape, num_classes=10, seed=0)
     assert cfg.budgets and all(b > 0 for b in cfg.budgets) and cfg.seeds
-
-
-def _scales(path: Path) -> list[str]:
-    return [s for s in config_scales(yaml.safe_load(path.read_text())) if s != DEFAULT_SCALE]
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if _scales(p)], ids=lambda p: p.stem)
