@@ -7,7 +7,7 @@ same defender accuracy (92%) ... the predictions of PP have lower Hellinger dist
 with the true predictions". Hellinger distance per row: ``||√y − √ỹ||₂ / √2``
 (:func:`modelsteal.metrics.hellinger_distance`).
 
-Setting: the outlier-exposure MNIST LeNet of ``configs/adaptive-misinformation/am-fig4-mnist-cpu.yaml``
+Setting: the outlier-exposure MNIST LeNet of ``configs/adaptive-misinformation/am-fig4-mnist.yaml --scale cpu``
 (``--victim``); AM (Eq. 9–11,
 ν = 1000) at ``--tau`` with f̂ trained ``--fhat-epochs`` epochs by Eq. 7 (:meth:`Defense.fit`, seed 0); MAD (L1, last
 layer) at the ε whose defender accuracy is closest to AM's, found by bisection over ``[--eps-lo, --eps-hi]``
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args(argv)
     if not args.victim.exists():
-        p.error(f"victim {args.victim} not found (run configs/adaptive-misinformation/am-fig4-mnist-cpu.yaml first)")
+        p.error(f"victim {args.victim} not found (run configs/adaptive-misinformation/am-fig4-mnist.yaml "
+                "--scale cpu first)")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     victim, meta = load_checkpoint(args.victim)

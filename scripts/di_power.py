@@ -21,21 +21,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
 
 from modelsteal import PredictionAPI
 from modelsteal.attacks import KnockoffNets, TrainConfig
 from modelsteal.data import load_dataset
-from modelsteal.models import build_model
+from modelsteal.experiment.ownership import fit_true_labels as fit
 from modelsteal.ownership.dataset_inference import DatasetInference
-from modelsteal.training import accuracy, train
-
-
-def fit(data, arch: str, seed: int, x: Tensor, y: Tensor, *, epochs: int) -> nn.Module:  # noqa: ANN001
-    m = build_model(arch, input_shape=data.input_shape, num_classes=10, mean=data.mean, std=data.std, seed=seed)
-    train(m, x, y, config=TrainConfig(epochs=epochs, lr=0.05, momentum=0.9),
-          generator=torch.Generator().manual_seed(seed))
-    return m.eval()
+from modelsteal.training import accuracy
 
 
 def main() -> None:

@@ -26,24 +26,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from modelsteal.attacks import TrainConfig
 from modelsteal.data import load_dataset
+from modelsteal.experiment.ownership import fit_true_labels as fit
 from modelsteal.models import build_model
 from modelsteal.ownership.commitments import CommitmentError, trigger_commitment
 from modelsteal.ownership.false_claims import craft_false_triggers
 from modelsteal.ownership.null import clopper_pearson_interval
 from modelsteal.ownership.references import REFERENCE_ARCHS
 from modelsteal.ownership.watermark import EWEVerifier
-from modelsteal.training import make_recipe, train, watermark_rate
-
-
-def fit(data, arch: str, seed: int, x: Tensor, y: Tensor, *, epochs: int) -> nn.Module:  # noqa: ANN001
-    m = build_model(arch, input_shape=data.input_shape, num_classes=10, mean=data.mean, std=data.std, seed=seed)
-    train(m, x, y, config=TrainConfig(epochs=epochs, lr=0.05, momentum=0.9),
-          generator=torch.Generator().manual_seed(seed))
-    return m.eval()
+from modelsteal.training import make_recipe, watermark_rate
 
 
 def main() -> None:

@@ -418,9 +418,9 @@ def test_authors_configs_build(victim_name: str, digits) -> None:
     from modelsteal.experiment.points import build_attack
 
     root = Path(__file__).parents[2] / "configs" / "prediction-poisoning"
-    for suffix in ("-cpu", ""):
-        cfg = load_config(root / f"pp-table1-authors-{victim_name}{suffix}.yaml")
-        ours = load_config(root / f"pp-table1-{victim_name}{suffix}.yaml")
+    for scale in ("cpu", "full"):
+        cfg = load_config(root / f"pp-table1-authors-{victim_name}.yaml", scale=scale)
+        ours = load_config(root / f"pp-table1-{victim_name}.yaml", scale=scale)
         assert cfg.victim == ours.victim and cfg.transfer == ours.transfer
         labels = [a.display for a in cfg.attacks]
         assert labels == ["jbda-authors", "jb-self-authors", "jb-top3-authors", "jb-top3-authors-fixed"]

@@ -46,6 +46,16 @@ def test_test_labels_outside_the_targets_classes(capsys, tmp_path, victim_path):
     assert not (tmp_path / "o" / "points").exists()
 
 
+def test_a_test_set_of_another_input_size_is_refused_not_resized(capsys, tmp_path, victim_path):
+    """A 16x16 test set would be shrunk to the digits victim's 8x8 and measure it on data it never saw."""
+    gray16 = _image_folder(tmp_path / "gray16", classes=10, mode="L", size=16)
+    one_line_error(capsys, _audit(tmp_path / "o", victim_path, "--test", f"image-folder:{gray16}"),
+                   "1x16x16 inputs", "the target takes 1x8x8", "never resized")
+    assert not (tmp_path / "o" / "points").exists()
+    gray8 = _image_folder(tmp_path / "gray8", classes=12, mode="L", size=8)  # same size: on to the label check
+    one_line_error(capsys, _audit(tmp_path / "o", victim_path, "--test", f"image-folder:{gray8}"), "labels 0..11")
+
+
 def test_unknown_pool_and_attacker(capsys, tmp_path, victim_path):
     argv = ["audit", "--target", victim_path, "--pool", "nonsense", "--out", tmp_path / "o"]
     one_line_error(capsys, argv, "unknown source 'nonsense'", "sample-patches")

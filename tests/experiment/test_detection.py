@@ -235,3 +235,31 @@ def test_a_committed_sweeps_point_keys_are_unchanged():
     keys = {p.key for p in plan(load_config("configs/reproduce-digits.yaml"))}
     recorded = {f.removesuffix(".json") for f in os.listdir("results/reproduce-digits/points")}
     assert keys == recorded
+
+
+def test_a_refused_attack_is_a_record_of_the_refusal_and_the_sweep_goes_on(tmp_path):
+    """With ``response: refuse`` PRADA stops JBDA at its first flag: the point's record says so (refused, the
+    queries bought, no clone) instead of the sweep ending in a traceback; the same point answered normally is
+    flagged at the same query and runs to its budget. One query per request: the refused batch is the flagged row."""
+    raw = {**RAW, "detector": {**RAW["detector"], "response": ["none", "refuse"]}}
+    raw.pop("benign")
+    answered, refused = run_sweep(parse_config(raw), out_dir=tmp_path, progress=False, plots=True)
+    assert answered["queries"] == 240 and answered["attacker_accuracy"] is not None and "refused" not in answered
+    assert refused["refused"] is True and "refused" in refused["refusal"]
+    assert refused["attacker_accuracy"] is None and refused["fidelity"] is None
+    assert refused["queries_to_detection"] == answered["queries_to_detection"]
+    assert refused["queries"] == refused["queries_to_detection"] - 1  # every row before the flagged one
+    header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+    assert "refused" in header and len((tmp_path / "results.csv").read_text().splitlines()) == 3
+
+
+def test_a_detection_sweeps_attack_row_reproduces_exactly_and_a_benign_row_is_refused(tmp_path):
+    """reproduce re-runs one attack row of a sweep with benign clients as a one-point sweep (before: the benign
+    clients came along and the re-run returned four records for one)."""
+    from modelsteal.experiment.reproduce import reproduce
+
+    run_sweep(parse_config(RAW), out_dir=tmp_path, progress=False, plots=False)
+    (point,) = reproduce(tmp_path, rows=[1], tolerance=0.0)
+    assert point.within and point.now == point.committed
+    with pytest.raises(ValueError, match="is a benign client's"):
+        reproduce(tmp_path, rows=[2], tolerance=0.0)

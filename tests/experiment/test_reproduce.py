@@ -12,6 +12,7 @@ import yaml
 from cli_helpers import one_line_error
 
 from modelsteal.cli.main import main
+from modelsteal.experiment.config import select_scale
 from modelsteal.experiment.environment import file_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,9 +186,12 @@ def test_every_committed_pp_result_records_committed_victims_and_its_config(out)
     assert victim.startswith("results/victims/") and prov["victim_sha256"] == file_sha256(ROOT / victim)
     for path, sha in prov["victims"].items():
         assert file_sha256(ROOT / path) == sha, path
-    # the config it names is the committed file of that name (the -b50000 runs: with --budget 50000)
-    (path,) = (ROOT / "configs").rglob(f"{prov['config_name']}.yaml")  # configs/<paper>/<name>.yaml
-    source = yaml.safe_load(path.read_text())
+    # the config it names is the committed file of that name, at the scale its -cpu suffix names (the -b50000 runs:
+    # with --budget 50000)
+    name = prov["config_name"]
+    (path,) = (ROOT / "configs").rglob(f"{name.removesuffix('-cpu')}.yaml")  # configs/<paper>/<name>.yaml
+    source = select_scale(yaml.safe_load(path.read_text()), "cpu" if name.endswith("-cpu") else None)
+    assert source["name"] == name
     assert {k: prov["config"]["victim"][k] for k in source["victim"]} == source["victim"]
     if not (out / "results.csv").exists():  # a `modelsteal angles` directory (Fig. 6): one row per epsilon
         summary = list(csv.DictReader(open(out / "angles-summary.csv")))

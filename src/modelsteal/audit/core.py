@@ -45,7 +45,8 @@ def parse_defense(text: str) -> DefenseConfig:
     """``NAME`` or ``NAME:S1,S2,…`` (strengths) as a :class:`DefenseConfig`, checked at every strength (nothing is
     trained); a ``ValueError`` names the defense and what is wrong."""
     from modelsteal.defenses import available_defenses
-    from modelsteal.defenses.base import defense_class, defense_options
+    from modelsteal.defenses.base import defense_class
+    from modelsteal.experiment.validate import check_defense
 
     name, _, rest = str(text).partition(":")
     name = name.strip().lower().replace("_", "-")
@@ -66,13 +67,13 @@ def parse_defense(text: str) -> DefenseConfig:
         strengths = [cls.example_strength * f for f in (0.5, 1.0, 2.0)]
     else:
         raise ValueError(f"--defenses {name}: give strengths, e.g. {name}:0.1,0.5")
+    d = DefenseConfig(name=name, strengths=strengths)
     for s in strengths:
         try:
-            c, kwargs = defense_options(name, strength=s, options={})
-            c(**kwargs)
+            check_defense(d, s)
         except ValueError as e:
             raise ValueError(f"--defenses {text} at strength {s}: {e}") from None
-    return DefenseConfig(name=name, strengths=strengths)
+    return d
 
 
 def _context(target: Target, data: Any, clone: str) -> str:

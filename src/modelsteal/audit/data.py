@@ -108,6 +108,8 @@ def load_test(source: str, *, reference: Any, num_classes: int) -> tuple[Tensor,
     cfg = parse_source(source, default_split="test")
     if cfg.source != "dataset":
         raise ValueError(f"--test {source}: needs labelled data (a dataset or image-folder:PATH)")
+    if cfg.dataset != getattr(reference, "name", None):
+        _check_test_shape(source, load_dataset(cfg.dataset, data_dir=cfg.data_dir), reference=reference)
     try:
         x, y = build_transfer_set(cfg, victim_data=reference)
     except ValueError as e:
@@ -122,6 +124,16 @@ def load_test(source: str, *, reference: Any, num_classes: int) -> tuple[Tensor,
         raise ValueError(f"--test {source} has labels {lo}..{hi}, outside the target's {num_classes} classes "
                          f"(0..{num_classes - 1})")
     return x, y
+
+
+def _check_test_shape(source: str, data: Any, *, reference: Any) -> None:
+    """A test set measures the target on its own task: a dataset whose inputs have another shape is refused,
+    never resized to fit (the attacker's pool may be; its labels are then checked against the classes)."""
+    shape, want = tuple(data.input_shape), tuple(reference.input_shape)
+    if shape != want:
+        raise ValueError(f"--test {source} has {'x'.join(map(str, shape))} inputs, the target takes "
+                         f"{'x'.join(map(str, want))}: a test set must be the target's own kind of data (it is never "
+                         "resized; resized data can go in --pool)")
 
 
 def cluster_labels(x: Tensor, *, clusters: int, seed: int = 0) -> Tensor:

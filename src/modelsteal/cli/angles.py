@@ -18,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="YAML sweep config: victim, transfer, one mad defense, one attack, one budget")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--scale", default=None, metavar="NAME",
+                   help="the config's scale (a name of its `scales` section, e.g. cpu; default full)")
     p.add_argument("--budget", type=int, default=None, help="override the number of queried images")
     p.add_argument("--eval-every", type=int, default=100, help="online steps between test-loss evaluations")
     p.add_argument("--eval-size", type=int, default=2000, help="test images used for the test loss")
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from modelsteal.experiment.validate import validate_sweep
     from modelsteal.experiment.victims import load_or_train_victim
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, scale=args.scale)
     validate_sweep(cfg)
     dcfg, acfg = cfg.defenses[0], cfg.attacks[0]
     if not dcfg.name.startswith("mad"):

@@ -31,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--metric", default="attacker_accuracy", help="results.csv column to compare")
     p.add_argument("--config", default=None,
                    help="for results made before provenance was recorded: the config file they were made with")
+    p.add_argument("--scale", default=None, metavar="NAME",
+                   help="with --config: the scale the results were made at (a name of the config's `scales` "
+                   "section, e.g. cpu; default full, the file's own settings)")
     p.add_argument("--record", action="store_true",
                    help="with --config: when every re-run point reproduces (the victim's accuracy exactly), write "
                    "DIR/provenance.json (marked reconstructed) and fill results.csv's victim_sha256")
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
                          "--config CONFIG")
     device = None if args.device == "auto" else args.device  # auto: the recorded config's device
     results = reproduce(args.dir, points=args.points, rows=args.rows, tolerance=args.tolerance,
-                        metric=args.metric, device=device, config=args.config, progress=not args.quiet)
+                        metric=args.metric, device=device, config=args.config, scale=args.scale,
+                        progress=not args.quiet)
     width = max(len(c.point) for c in results)
     print(f"{'point':{width}s}  committed      now     diff  within")
     for c in results:
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(results) - bad} of {len(results)} point(s) reproduced within {tolerances} ({args.metric})")
     if args.record:
         try:
-            path = record_reconstructed(Path(args.dir), committed_config(Path(args.dir), config=args.config)[0],
+            path = record_reconstructed(Path(args.dir), committed_config(Path(args.dir), config=args.config,
+                                                                          scale=args.scale)[0],
                                         results, device=device)
         except ValueError as e:  # a result, not a mistake: the table above says which point
             print(f"error: {e}", file=sys.stderr)

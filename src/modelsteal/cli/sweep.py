@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="YAML sweep config (see configs/)")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--scale", default=None, metavar="NAME",
+                   help="run the config at this scale: a name of its `scales` section (e.g. cpu, the committed "
+                   "CPU-scale runs); default full, the file's own settings")
     p.add_argument("--budget", type=int, nargs="+", default=None, help="override the config's budgets")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cached_only and (args.backend != "serial" or args.workers is not None):
         raise ValueError("--cached-only computes nothing; --backend and --workers do not apply")
     executor = make_executor(args.backend, workers=args.workers, address=args.address, num_gpus=args.gpus_per_task)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, scale=args.scale)
     if args.budget:
         if any(b < 1 for b in args.budget):
             raise ValueError(f"--budget must be positive, got {args.budget}")

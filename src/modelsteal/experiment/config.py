@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -331,8 +331,49 @@ def yaml_error_line(path: Path, error: yaml.YAMLError) -> str:
     return f"{where}: invalid YAML: {' '.join(str(detail).split())}"
 
 
-def load_config(path: str | Path) -> SweepConfig:
-    """Read and validate a YAML sweep config."""
+#: the scale a config runs at when none is asked for: the file's own settings (the paper's full scale)
+DEFAULT_SCALE = "full"
+
+
+def _merge(base: Any, override: Any) -> Any:
+    """``override`` laid over ``base``: mappings merged key by key (recursively), anything else replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in override.items()}}
+    return override
+
+
+def config_scales(raw: Any) -> list[str]:
+    """The scales a parsed config offers: ``full`` (its own settings) and the names of its ``scales`` section."""
+    scales = raw.get("scales") if isinstance(raw, dict) else None
+    return [DEFAULT_SCALE, *(scales or {})]
+
+
+def select_scale(raw: Any, scale: str | None = None) -> Any:
+    """The config mapping at ``scale``: its own settings for ``full`` (or ``None``), else those with the
+    overrides of its ``scales: {NAME: {...}}`` section laid over them (mappings such as ``victim`` merged key by
+    key, lists and values replaced); the ``scales`` section itself is dropped. A ``ConfigError`` names the scales
+    there are when ``scale`` is not one of them."""
+    if not isinstance(raw, dict) or "scales" not in raw:
+        if scale not in (None, DEFAULT_SCALE):
+            raise ConfigError(f"the config has no scale {scale!r}; it runs at {DEFAULT_SCALE} only (no 'scales' "
+                              "section)")
+        return raw
+    scales = raw["scales"]
+    base = {k: v for k, v in raw.items() if k != "scales"}
+    if not isinstance(scales, dict) or not all(isinstance(v, dict) for v in scales.values()):
+        raise ConfigError("scales must map each scale's name to a mapping of the keys it overrides")
+    if DEFAULT_SCALE in scales:
+        raise ConfigError(f"scales: {DEFAULT_SCALE!r} is the config's own settings; name the other scales only")
+    if scale in (None, DEFAULT_SCALE):
+        return base
+    if scale not in scales:
+        raise ConfigError(f"the config has no scale {scale!r}; it has {', '.join(config_scales(raw))}")
+    return _merge(base, scales[scale])
+
+
+def read_config_file(path: str | Path, parse: Callable[[Any], Any]) -> Any:
+    """``parse`` of the YAML in ``path``: a missing file is a ``FileNotFoundError``, invalid YAML and every
+    ``ConfigError`` of ``parse`` one line led by the file's name."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
@@ -341,6 +382,11 @@ def load_config(path: str | Path) -> SweepConfig:
     except yaml.YAMLError as e:
         raise ConfigError(yaml_error_line(path, e)) from None
     try:
-        return parse_config(raw)
+        return parse(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def load_config(path: str | Path, *, scale: str | None = None) -> SweepConfig:
+    """Read and validate a YAML sweep config, at ``scale`` (:func:`select_scale`; default its own settings)."""
+    return read_config_file(path, lambda raw: parse_config(select_scale(raw, scale)))

@@ -3,7 +3,10 @@
 An executor takes a function ``fn(unit, *, cache) -> result`` (:func:`~modelsteal.experiment.sweep.run_unit`),
 the work units of a plan and the shared :class:`~modelsteal.experiment.sweep.PointCache` (victims, data, transfer
 sets, fitted defenses), and yields ``(index, result)`` as each unit finishes, in any order; the sweep writes each
-finished point to its cache as it arrives, so a sweep killed on any backend resumes where it stopped.
+finished point to its cache as it arrives, so a sweep killed on any backend resumes where it stopped. Given
+``advance``, every executor reports progress inside a unit: ``fn`` is called with ``advance=`` a function of a
+fraction of a point, and ``advance`` gets those fractions in this process (from workers through a queue: a
+multiprocessing queue for ``pool``, a Ray queue actor for ``ray``), dropped once their unit has finished.
 
 - ``serial`` (the default): one unit after another in this process, with its thread settings.
 - ``pool``: ``workers`` local processes (``spawn``ed, so CUDA and OpenMP are safe), ``threads`` torch threads
@@ -29,6 +32,9 @@ from typing import Any
 BACKENDS = ("serial", "pool", "ray")
 
 UnitFn = Callable[..., Any]
+Advance = Callable[[float], Any]
+#: how often (seconds) the parent reads the workers' progress while it waits for units
+PROGRESS_POLL = 0.2
 
 
 class WorkerDiedError(RuntimeError):
@@ -42,8 +48,10 @@ class Executor(ABC):
     name = ""
 
     @abstractmethod
-    def run(self, fn: UnitFn, units: Sequence[Any], *, cache: Any) -> Iterator[tuple[int, Any]]:
-        """``(i, fn(units[i], cache=cache))`` for every unit, as each finishes."""
+    def run(self, fn: UnitFn, units: Sequence[Any], *, cache: Any,
+            advance: Advance | None = None) -> Iterator[tuple[int, Any]]:
+        """``(i, fn(units[i], cache=cache))`` for every unit, as each finishes; with ``advance``, ``fn`` also gets
+        ``advance=`` (progress inside the unit, in points) and ``advance`` receives it here."""
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
@@ -54,19 +62,23 @@ class SerialExecutor(Executor):
 
     name = "serial"
 
-    def run(self, fn: UnitFn, units: Sequence[Any], *, cache: Any) -> Iterator[tuple[int, Any]]:
+    def run(self, fn: UnitFn, units: Sequence[Any], *, cache: Any,
+            advance: Advance | None = None) -> Iterator[tuple[int, Any]]:
         for i, unit in enumerate(units):
-            yield i, fn(unit, cache=cache)
+            yield i, (fn(unit, cache=cache) if advance is None else fn(unit, cache=cache, advance=advance))
 
 
 _WORKER_CACHE: Any = None
+_WORKER_PROGRESS: Any = None  # the pool's progress queue, in a worker
 
 
-def _init_worker(cache: Any, threads: int, deterministic: bool) -> None:
-    """Pool worker start-up: the shared cache (sent once), the thread count, determinism if asked."""
-    global _WORKER_CACHE
+def _init_worker(cache: Any, threads: int, deterministic: bool, progress: Any = None) -> None:
+    """Pool worker start-up: the shared cache (sent once), the thread count, determinism if asked, the queue
+    progress goes to (``None``: not reported)."""
+    global _WORKER_CACHE, _WORKER_PROGRESS
     import torch
 
+    _WORKER_PROGRESS = progress
     torch.set_num_threads(threads)
     if deterministic:
         from modelsteal.determinism import enable_determinism
@@ -75,8 +87,28 @@ def _init_worker(cache: Any, threads: int, deterministic: bool) -> None:
     _WORKER_CACHE = cache
 
 
-def _run_in_worker(fn: UnitFn, unit: Any) -> Any:
-    return fn(unit, cache=_WORKER_CACHE)
+def _run_in_worker(fn: UnitFn, unit: Any, index: int) -> Any:
+    queue = _WORKER_PROGRESS
+    if queue is None:
+        return fn(unit, cache=_WORKER_CACHE)
+    return fn(unit, cache=_WORKER_CACHE, advance=lambda f: queue.put((index, float(f))))
+
+
+def _drain(get: Callable[[], list[tuple[int, float]]], advance: Advance, finished: set[int]) -> None:
+    """Hand ``advance`` the fractions the workers reported, but those of units already finished (their point
+    count is exact once the unit is done)."""
+    for index, fraction in get():
+        if index not in finished:
+            advance(fraction)
+
+
+def _queue_items(queue: Any) -> list[tuple[int, float]]:
+    """Everything waiting in a ``SimpleQueue`` (whose ``put`` is written before it returns, so a finished
+    unit's reports are all there when its result is), without blocking."""
+    items = []
+    while not queue.empty():
+        items.append(queue.get())
+    return items
 
 
 class PoolExecutor(Executor):
@@ -92,7 +124,8 @@ class PoolExecutor(Executor):
             raise ValueError(f"threads per worker must be >= 1, got {threads}")
         self.workers, self.threads, self.deterministic = int(workers), int(threads), bool(deterministic)
 
-    def run(self, fn: UnitFn, units: Sequence[Any], *, cache: Any) -> Iterator[tuple[int, Any]]:
+    def run(self, fn: UnitFn, units: Sequence[Any], *, cache: Any,
+            advance: Advance | None = None) -> Iterator[tuple[int, Any]]:
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
@@ -100,14 +133,20 @@ class PoolExecutor(Executor):
         if not units:
             return
         ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(units)), mp_context=ctx,
-                                   initializer=_init_worker, initargs=(cache, self.threads, self.deterministic))
+        progress = ctx.SimpleQueue() if advance is not None else None
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(units)), mp_context=ctx, initializer=_init_worker,
+                                   initargs=(cache, self.threads, self.deterministic, progress))
+        finished: set[int] = set()
         try:
-            pending = {pool.submit(_run_in_worker, fn, unit): i for i, unit in enumerate(units)}
+            pending = {pool.submit(_run_in_worker, fn, unit, i): i for i, unit in enumerate(units)}
             while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(pending, timeout=None if progress is None else PROGRESS_POLL,
+                               return_when=FIRST_COMPLETED)
+                if progress is not None:
+                    _drain(lambda: _queue_items(progress), advance, finished)
                 for future in done:
                     i = pending.pop(future)
+                    finished.add(i)
                     try:
                         result = future.result()
                     except BrokenProcessPool:
@@ -122,8 +161,10 @@ class PoolExecutor(Executor):
         return {"backend": self.name, "workers": self.workers, "threads": self.threads}
 
 
-def _ray_task(fn: UnitFn, unit: Any, cache_ref: list[Any], threads: int, deterministic: bool) -> Any:
-    """One unit in a Ray worker: the cache read from the object store once per worker process."""
+def _ray_task(fn: UnitFn, unit: Any, cache_ref: list[Any], threads: int, deterministic: bool,
+              progress: Any = None, index: int = 0) -> Any:
+    """One unit in a Ray worker: the cache read from the object store once per worker process; progress put
+    in the ``progress`` queue actor (when given) as ``(index, fraction)``."""
     global _WORKER_CACHE
     import ray
     import torch
@@ -133,7 +174,9 @@ def _ray_task(fn: UnitFn, unit: Any, cache_ref: list[Any], threads: int, determi
         _init_worker(ray.get(cache_ref[0]), threads, deterministic)
         _WORKER_CACHE._ray_key = key
     torch.set_num_threads(threads)
-    return fn(unit, cache=_WORKER_CACHE)
+    if progress is None:
+        return fn(unit, cache=_WORKER_CACHE)
+    return fn(unit, cache=_WORKER_CACHE, advance=lambda f: progress.put_nowait((index, float(f))))
 
 
 class RayExecutor(Executor):
@@ -205,7 +248,8 @@ class RayExecutor(Executor):
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
                 self._previous_sigterm = None
 
-    def run(self, fn: UnitFn, units: Sequence[Any], *, cache: Any) -> Iterator[tuple[int, Any]]:
+    def run(self, fn: UnitFn, units: Sequence[Any], *, cache: Any,
+            advance: Advance | None = None) -> Iterator[tuple[int, Any]]:
         if not units:
             return
         ray = self._ray
@@ -213,17 +257,31 @@ class RayExecutor(Executor):
         cache_ref = [ray.put(cache)]  # inside a list: every task gets the reference, and fetches it once
         task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(_ray_task)
         threads = max(1, int(self.num_cpus))
-        pending = {task.remote(fn, unit, cache_ref, threads, self.deterministic): i for i, unit in enumerate(units)}
+        progress = None
+        if advance is not None:
+            from ray.util.queue import Queue
+
+            progress = Queue(actor_options={"num_cpus": 0})
+        pending = {task.remote(fn, unit, cache_ref, threads, self.deterministic, progress, i): i
+                   for i, unit in enumerate(units)}
+        finished: set[int] = set()
         try:
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=None if progress is None else PROGRESS_POLL)
+                if progress is not None:
+                    _drain(lambda: progress.get_nowait_batch(progress.qsize()), advance, finished)
+                if not done:
+                    continue
                 i = pending.pop(done[0])
+                finished.add(i)
                 yield i, ray.get(done[0])
         finally:
             try:
                 if ray.is_initialized():
                     for ref in pending:
                         ray.cancel(ref, force=True)
+                    if progress is not None:
+                        progress.shutdown()
             finally:
                 self.close()  # a cluster this executor started ends with its run
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from modelsteal._registry import check_options, constructor_parameters
 from modelsteal.attacks import attack_class
 from modelsteal.attacks.base import Attack, StealResult, steal_together
-from modelsteal.blackbox import PredictionAPI
+from modelsteal.blackbox import PredictionAPI, QueryRefusedError
 from modelsteal.data import DatasetSplits, load_dataset
 from modelsteal.defenses import make_defense
 from modelsteal.devices import resolve_device
@@ -58,9 +58,10 @@ def build_attack(
     if "transfer_set" in params:
         kwargs["transfer_set"] = transfer[0]
     if "transfer_labels" in params:
-        if transfer[1] is None:
+        if transfer[1] is None and params["transfer_labels"].default is params["transfer_labels"].empty:
             raise ValueError(f"attack {acfg.name!r} needs labelled transfer data (transfer.source: dataset)")
-        kwargs["transfer_labels"] = transfer[1]
+        if transfer[1] is not None:
+            kwargs["transfer_labels"] = transfer[1]
     if "seed_set" in params:
         kwargs["seed_set"] = seeds
     if "natural" in params and natural is not None:
@@ -140,6 +141,14 @@ def measure_clone(result: StealResult, api: PredictionAPI, data: DatasetSplits, 
         angles = angular_deviation(result.clone, result.transfer_x[:n], clean[:n], result.transfer_y[:n].cpu())
         rec["query_angle_mean"] = float(angles.mean())
     return rec
+
+
+def refusal_facts(error: QueryRefusedError, api: PredictionAPI, *, seconds: float) -> dict[str, Any]:
+    """The record of a point whose attack the API refused (a detector with ``response: refuse``): ``refused``,
+    the queries it had bought (answered) and the message; no clone was trained, so no accuracy or fidelity."""
+    bought = error.partial.queries if error.partial is not None else api.total_queries
+    return {"refused": True, "refusal": str(error), "queries": bought, "attacker_accuracy": None, "fidelity": None,
+            "attack_seconds": round(seconds, 2)}
 
 
 def _plain(value: Any) -> Any:
@@ -265,9 +274,13 @@ def run_point(point: Point, *, cache: PointCache) -> dict[str, Any]:
         rec.update(run_benign_client(api, data, point.benign, seed=point.seed))
     else:
         t1 = time.perf_counter()
-        result = attack(api, budget=point.budget, seed=point.seed)
-        rec.update(measure_clone(result, api, data, attack=attack, seconds=time.perf_counter() - t1,
-                                 device=cache.device))
+        try:
+            result = attack(api, budget=point.budget, seed=point.seed)
+        except QueryRefusedError as e:  # the detector's refuse response stopped the attack: a result, not a crash
+            rec.update(refusal_facts(e, api, seconds=time.perf_counter() - t1))
+        else:
+            rec.update(measure_clone(result, api, data, attack=attack, seconds=time.perf_counter() - t1,
+                                     device=cache.device))
         rec.update(detection_facts(api))
     rec["wall_seconds"] = round(time.perf_counter() - t0, 3)
     return rec
@@ -282,16 +295,30 @@ def run_unit(unit: list[Point], *, cache: PointCache,
     other half spread over its clone's training epochs."""
     if len(unit) == 1:
         return [run_point(unit[0], cache=cache)]
-    starts, jobs, collect_seconds = [], [], []
-    for p in unit:
+    starts, jobs, collect_seconds, refused = [], [], [], {}
+    for i, p in enumerate(unit):
         t = time.perf_counter()
         rec, _, api, attack = _point_start(p, cache=cache)
         t1 = time.perf_counter()
-        jobs.append(attack.begin(api, budget=p.budget, seed=p.seed))
-        starts.append((rec, api, attack, detection_facts(api)))  # now: the next start resets the shared detector
-        collect_seconds.append((t1 - t, time.perf_counter() - t1))
+        try:
+            jobs.append(attack.begin(api, budget=p.budget, seed=p.seed))
+        except QueryRefusedError as e:  # refused by the detector: recorded, no clone to train
+            refused[i] = {**rec, **refusal_facts(e, api, seconds=time.perf_counter() - t1), **detection_facts(api),
+                          "wall_seconds": round(time.perf_counter() - t, 3)}
+        else:
+            starts.append((rec, api, attack, detection_facts(api)))  # now: the next start resets the detector
+            collect_seconds.append((t1 - t, time.perf_counter() - t1))
         if advance is not None:
-            advance(0.5)
+            advance(0.5 if i not in refused else 1.0)
+    records = _train_unit([p for i, p in enumerate(unit) if i not in refused], starts, jobs, collect_seconds,
+                          cache=cache, advance=advance) if jobs else []
+    trained = iter(records)
+    return [refused[i] if i in refused else next(trained) for i in range(len(unit))]
+
+
+def _train_unit(unit: list[Point], starts: list[tuple], jobs: list[Any], collect_seconds: list[tuple[float, float]],
+                *, cache: PointCache, advance: Callable[[float], None] | None) -> list[dict[str, Any]]:
+    """The clones of a unit's collected jobs trained together, and their records."""
     t_train = time.perf_counter()
     epochs = max(1, jobs[0].attack.train_config.epochs)
     results, stacked = steal_together(jobs, on_epoch=None if advance is None else (lambda n: advance(0.5 * n / epochs)))

@@ -104,14 +104,16 @@ def _resolve_paths(cfg: SweepConfig, out_dir: Path, prov: dict[str, Any]) -> Swe
     return replace(cfg, victim=victim, transfer=replace(cfg.transfer, data_dir=move(cfg.transfer.data_dir)))
 
 
-def committed_config(out_dir: Path, *, config: str | Path | None = None) -> tuple[SweepConfig, dict[str, Any]]:
+def committed_config(out_dir: Path, *, config: str | Path | None = None,
+                     scale: str | None = None) -> tuple[SweepConfig, dict[str, Any]]:
     """The config a results directory was made with (its recorded paths resolved against ``out_dir``,
     :func:`resolve_recorded_path`) and its provenance."""
-    cfg, prov = _committed_config(out_dir, config=config)
+    cfg, prov = _committed_config(out_dir, config=config, scale=scale)
     return _resolve_paths(cfg, out_dir, prov), prov
 
 
-def _committed_config(out_dir: Path, *, config: str | Path | None = None) -> tuple[SweepConfig, dict[str, Any]]:
+def _committed_config(out_dir: Path, *, config: str | Path | None = None,
+                      scale: str | None = None) -> tuple[SweepConfig, dict[str, Any]]:
     """The config a results directory was made with and its provenance. A directory made before provenance
     was recorded needs ``config``, the file it was made with (its budgets and seeds are taken from the rows,
     as the sweep's ``--budget``/``--seeds`` overrides set them); ``ValueError`` otherwise."""
@@ -119,14 +121,14 @@ def _committed_config(out_dir: Path, *, config: str | Path | None = None) -> tup
         raise FileNotFoundError(f"{out_dir} has no results.csv: not a results directory of `modelsteal sweep`")
     prov = read_provenance(out_dir)
     if "config" in prov:
-        if config is not None:
-            raise ValueError(f"{out_dir}/provenance.json records the config it was made with; --config is only "
-                             "for results made before provenance was recorded")
+        if config is not None or scale is not None:
+            raise ValueError(f"{out_dir}/provenance.json records the config it was made with; --config and --scale "
+                             "are only for results made before provenance was recorded")
         return parse_config(prov["config"]), prov
     if config is None:
         raise ValueError(f"{out_dir} does not record the config (made before provenance was recorded): pass the "
                          "config it was made with, --config CONFIG")
-    cfg, rows = load_config(config), read_results(out_dir / "results.csv")
+    cfg, rows = load_config(config, scale=scale), read_results(out_dir / "results.csv")
     cfg = replace(cfg, budgets=sorted({int(r["budget"]) for r in rows}), seeds=sorted({int(r["seed"]) for r in rows}))
     for row in rows:  # every committed row must be a point of the config, not only the ones re-run
         point_config(cfg, row)
@@ -149,7 +151,10 @@ def check_victim(cfg: SweepConfig, prov: dict[str, Any]) -> Path:
 
 
 def point_config(cfg: SweepConfig, row: dict[str, Any]) -> SweepConfig:
-    """``cfg`` reduced to the one point of ``row`` (defense entry, strength, attack, budget, seed)."""
+    """``cfg`` reduced to the one point of ``row`` (defense entry, strength, attack, budget, seed; the detector's
+    response of the row, and no benign clients)."""
+    if row["attack"] == "benign" and cfg.benign is not None:
+        raise ValueError(f"row {_describe(row)} is a benign client's (no clone to compare); re-run an attack's row")
     strength = row.get("strength")
     defense = next((d for d in cfg.defenses if d.display == row["defense"]
                     and any(_same(s, strength) for s in d.strengths)), None)
@@ -159,8 +164,11 @@ def point_config(cfg: SweepConfig, row: dict[str, Any]) -> SweepConfig:
     if int(row["budget"]) not in cfg.budgets or int(row["seed"]) not in cfg.seeds:
         raise ValueError(f"row {_describe(row)} has a budget or seed the recorded config does not sweep")
     one = DefenseConfig(name=defense.name, strengths=[strength], options=defense.options, label=defense.label)
+    detector = cfg.detector
+    if detector is not None and len(detector.responses) > 1:
+        detector = replace(detector, response=row.get("response") or detector.responses[0])
     return replace(cfg, defenses=[one], attacks=[attack], budgets=[int(row["budget"])],
-                   seeds=[int(row["seed"])])
+                   seeds=[int(row["seed"])], detector=detector, benign=None)
 
 
 #: the columns that must come out as committed for a point to count as made from the same victim and defense
@@ -182,17 +190,19 @@ def select_rows(rows: Sequence[dict[str, Any]], *, points: int = 1, rows_wanted:
 
 def reproduce(out_dir: str | Path, *, points: int = 1, rows: Sequence[int] | None = None,
               tolerance: float | None = None, metric: str = "attacker_accuracy", device: str | None = None,
-              config: str | Path | None = None, progress: bool = False) -> list[Comparison]:
+              config: str | Path | None = None, scale: str | None = None,
+              progress: bool = False) -> list[Comparison]:
     """Re-run the first ``points`` rows (or the 1-based ``rows``) of ``out_dir/results.csv`` from the committed
     victim (on ``device``, default the recorded config's), each compared within ``tolerance`` (default: the
     attack family's, :func:`default_tolerance`). ``config``: the config file of results made before
-    provenance was recorded (then :func:`record_reconstructed` can write their provenance)."""
+    provenance was recorded (then :func:`record_reconstructed` can write their provenance), at ``scale`` (one
+    of its ``scales``; default its own settings)."""
     from modelsteal.experiment.sweep import run_sweep
 
     if tolerance is not None and tolerance < 0:
         raise ValueError(f"--tolerance must be >= 0, got {tolerance}")
     out_dir = Path(out_dir)
-    cfg, prov = committed_config(out_dir, config=config)
+    cfg, prov = committed_config(out_dir, config=config, scale=scale)
     check_victim(cfg, prov)
     chosen = select_rows(read_results(out_dir / "results.csv"), points=points, rows_wanted=rows)
     if chosen and metric not in chosen[0]:

@@ -11,7 +11,6 @@ records what the results were made with (:mod:`~modelsteal.experiment.provenance
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from modelsteal.determinism import enable_determinism
 from modelsteal.devices import resolve_device
 from modelsteal.experiment.config import SweepConfig, config_entry, point_key
 from modelsteal.experiment.detection import write_detection
-from modelsteal.experiment.executors import Executor, SerialExecutor, make_executor
+from modelsteal.experiment.executors import Executor, make_executor
 from modelsteal.experiment.plan import Point, plan, shard, units
 from modelsteal.experiment.points import PointCache, build_attack, point_defense, run_unit
 from modelsteal.experiment.provenance import recipe_victim_sha, start_provenance
@@ -138,16 +137,14 @@ def run_sweep(
     cache = PointCache(out_dir=out, device=cfg.device, progress=progress)
     _fill_cache(cache, cfg, todo, inputs=inputs, prov=prov, out=out)
     work = units(todo, stack=stack_clones, stackable=[n for n in available_attacks() if attack_class(n).stackable])
-    bar, fn, finished = None, run_unit, 0
+    bar, finished = None, 0
     if progress and todo:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc=f"sweep {cfg.name}", unit="point",
                    bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}]")
-        if isinstance(executor, SerialExecutor):  # in this process: per clone inside a stacked unit
-            fn = functools.partial(run_unit, advance=bar.update)
-    try:
-        for i, records in executor.run(fn, work, cache=cache):
+    try:  # the bar moves per clone inside a stacked unit, on every executor
+        for i, records in executor.run(run_unit, work, cache=cache, advance=None if bar is None else bar.update):
             for p, rec in zip(work[i], records, strict=True):
                 _store_point(p, rec, out=out, prov=prov)
                 done[p.key] = rec

@@ -1,6 +1,7 @@
 """One place where every config is checked before any data is loaded or model trained: a sweep's names,
-options and strengths (:func:`validate_sweep`), its detector and benign clients, and what only the loaded dataset
-can tell (:func:`validate_data`: top-k against the number of classes, the benign split's size). A wrong entry is a
+options and strengths (:func:`validate_sweep`), its detector and benign clients, what only the loaded dataset
+can tell (:func:`validate_data`: top-k against the number of classes, the benign split's size), and an ownership
+experiment's values (:func:`validate_ownership`, :func:`validate_ownership_data`). A wrong entry is a
 :class:`~modelsteal.experiment.config.ConfigError` whose message names the key.
 """
 
@@ -18,11 +19,13 @@ from modelsteal.devices import resolve_device
 from modelsteal.experiment.config import (
     BenignConfig,
     ConfigError,
+    DefenseConfig,
     DetectorConfig,
     SweepConfig,
     config_entry,
 )
 from modelsteal.experiment.detection import split_inputs
+from modelsteal.experiment.ownership_config import OWNERSHIP_ATTACKS, OwnershipConfig
 from modelsteal.experiment.victims import (
     defended_victim_config,
     is_recipe_defense,
@@ -67,10 +70,8 @@ def validate_sweep(cfg: SweepConfig) -> None:
                     victim_recipe(defended_victim_config(cfg.victim, d, strength))
                 elif d.name.strip().lower() in ("none", "undefended"):
                     make_defense(d.name, strength=strength, **d.options)  # refuses a strength or options
-                else:  # cheap: defenses train in bind() or fit(), never in the constructor
-                    cls, kwargs = defense_options(d.name, strength=strength, options=d.options,
-                                                  hint=_SWEEP_STRENGTH_HINT)
-                    cls(**kwargs)
+                else:
+                    check_defense(d, strength, hint=_SWEEP_STRENGTH_HINT)
     if cfg.detector is not None:
         check_detector_config(cfg.detector)
     for i, a in enumerate(cfg.attacks):
@@ -85,6 +86,14 @@ def validate_sweep(cfg: SweepConfig) -> None:
             check_train(a.train)
 
 _SWEEP_STRENGTH_HINT = "give it as the defense's strengths: [...]"
+
+
+def check_defense(d: DefenseConfig, strength: float | None, *, hint: str | None = None) -> None:
+    """The defense entry ``d`` at ``strength``: its name, options and strength checked against its constructor by
+    building it (cheap: defenses train in ``bind()`` or ``fit()``, never in the constructor); a ``ValueError`` names
+    what is wrong (``hint``: how to give a missing strength). Sweeps and audits check their defenses here."""
+    cls, kwargs = defense_options(d.name, strength=strength, options=d.options, hint=hint)
+    cls(**kwargs)
 
 
 def check_architecture(name: Any) -> None:
@@ -159,3 +168,66 @@ def _check_defense_classes(cfg: SweepConfig, *, num_classes: int) -> None:
             with config_entry(f"defenses[{i}] ({d.name}, strength {strength})"):
                 if defense is not None:
                     defense.check_classes(num_classes)
+
+
+#: the ownership config's keys that must be integers >= 1 (and those that may also be null)
+_OWNERSHIP_COUNTS = ("private", "budget", "jb_budget", "seed_images", "victim_epochs", "clone_epochs",
+                     "indep_epochs", "seeds", "samples", "fit_samples", "mingd_samples", "mingd_fit_samples",
+                     "mingd_steps", "dawn_budget")
+_OWNERSHIP_OPTIONAL_COUNTS = ("indep_size", "mingd_seeds")
+
+
+def validate_ownership(cfg: OwnershipConfig) -> None:
+    """Every value of an ownership experiment, before any data is loaded or model trained: the counts, DAWN's
+    rate, MAD's epsilon, the attacks and the architectures (the victim's and each ``arch:seed`` independent)."""
+    for key in _OWNERSHIP_COUNTS + _OWNERSHIP_OPTIONAL_COUNTS:
+        value = getattr(cfg, key)
+        if value is None and key in _OWNERSHIP_OPTIONAL_COUNTS:
+            continue
+        if not _is_count(value):
+            raise ConfigError(f"{key} must be an integer >= 1{' or null' if key in _OWNERSHIP_OPTIONAL_COUNTS else ''}"
+                              f", got {value!r}")
+    if not _is_number(cfg.rate) or not 0 < cfg.rate <= 1:
+        raise ConfigError(f"rate (DAWN's fraction of watermarked answers) must be in (0, 1], got {cfg.rate!r}")
+    if not _is_number(cfg.mad_epsilon) or cfg.mad_epsilon <= 0:
+        raise ConfigError(f"mad_epsilon must be a number > 0, got {cfg.mad_epsilon!r}")
+    if not isinstance(cfg.shuffle, bool):
+        raise ConfigError(f"shuffle must be true or false, got {cfg.shuffle!r}")
+    for key in ("name", "out"):
+        if getattr(cfg, key) is not None and not isinstance(getattr(cfg, key), str):
+            raise ConfigError(f"{key} must be a string, got {getattr(cfg, key)!r}")
+    if not cfg.attacks:
+        raise ConfigError(f"attacks must name at least one of {', '.join(OWNERSHIP_ATTACKS)}")
+    unknown = [a for a in cfg.attacks if a not in OWNERSHIP_ATTACKS]
+    if unknown:
+        raise ConfigError(f"attacks: unknown {', '.join(unknown)}; known: {', '.join(OWNERSHIP_ATTACKS)}")
+    with config_entry("arch"):
+        check_architecture(cfg.arch)
+    if not cfg.independent:
+        raise ConfigError("independent must list at least one arch:seed model (the verdicts' false positives)")
+    for spec in cfg.independent:
+        arch, sep, seed = spec.partition(":")
+        if not sep or not seed.strip().lstrip("-").isdigit():
+            raise ConfigError(f"independent: {spec!r} is not arch:seed (e.g. lenet:13)")
+        with config_entry(f"independent ({spec})"):
+            check_architecture(arch)
+
+
+def validate_ownership_data(cfg: OwnershipConfig, data: DatasetSplits) -> None:
+    """What only the loaded dataset tells: the private part leaves a pool to steal and train independents from,
+    the seed images fit in the validation split, the independents' size fits in the pool."""
+    n_train, n_val = len(data.x_train), len(data.x_val)
+    if cfg.private >= n_train:
+        raise ConfigError(f"private {cfg.private} leaves no pool: {data.name}'s training split has {n_train} samples")
+    if cfg.seed_images > n_val:
+        raise ConfigError(f"seed_images {cfg.seed_images} is more than {data.name}'s validation split ({n_val})")
+    if cfg.indep_size is not None and cfg.indep_size > n_train - cfg.private:
+        raise ConfigError(f"indep_size {cfg.indep_size} is more than the non-private pool ({n_train - cfg.private})")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -22,7 +22,7 @@ periodic sign of ``λ_ρ``; only its length changes. Per child ``i``:
    largest step it allows).
 
 A larger ``t`` than plain JBDA's ``λ√d`` also means bolder steps; the clone accuracy the attack reaches with the
-detector on is what ``scripts/prada_evasion.py`` measures (``docs/detection.md``). The attack reports
+detector on is what ``configs/prada/prada-digits.yaml`` measures (``docs/detection.md``). The attack reports
 (``info``) the ``μ, σ`` used and, when the API reports flags, ``detected`` and ``queries_to_detection``.
 """
 

@@ -32,7 +32,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from modelsteal.serve.store.base import KEY_PREFIX, SCHEMA_VERSION, Store, _redact, hash_key, new_key
+from modelsteal.serve.store.base import SCHEMA_VERSION, Store, _redact
+from modelsteal.serve.store.keys import KEY_PREFIX, hash_key, new_key
 from modelsteal.serve.store.postgres import PostgresStore
 from modelsteal.serve.store.records import (
     AuthenticationError,

@@ -1,5 +1,6 @@
 """The back-end-independent part of the key store: the SQL every back-end runs (records and errors:
-:mod:`modelsteal.serve.store.records`).
+:mod:`modelsteal.serve.store.records`; keys: :mod:`~modelsteal.serve.store.keys`; flags, watermarks, detector
+state and ledger reads: :mod:`~modelsteal.serve.store.journal`).
 
 :class:`Store` holds the logic — creating and revoking keys, authenticating, and :meth:`Store.reserve`,
 the one write on the query path (key, budget and rate limit checked and the ledger row appended in a
@@ -10,9 +11,7 @@ new id and ``close``; the SQL is shared, with ``?`` placeholders rewritten for d
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
-import secrets
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -20,11 +19,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from modelsteal.serve.store.journal import JournalMethods
+from modelsteal.serve.store.keys import _CLIENT_COLUMNS, KeyMethods
 from modelsteal.serve.store.records import (
     AuthenticationError,
     BudgetExhaustedError,
     ClientInfo,
-    DetectorStateConflict,
     IdempotencyConflict,
     IdempotencyKey,
     IdempotentReplay,
@@ -32,17 +32,9 @@ from modelsteal.serve.store.records import (
     LedgerWriteError,
     RateLimitedError,
     RequestRecord,
-    StateEntry,
-    bucket_capacity,
 )
 
-KEY_PREFIX = "msk_"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 SCHEMA_VERSION = "1"
-
-_CLIENT_COLUMNS = (
-    "id, name, key_prefix, budget, rate_limit, queries, requests, tokens, tokens_at, created_at, revoked_at"
-)
 
 
 @dataclasses.dataclass(eq=False)
@@ -61,27 +53,10 @@ class _Pending:
     error: BaseException | None = None
 
 
-def hash_key(key: str) -> str:
-    """SHA-256 of an API key (keys are 256-bit random tokens, so a fast hash is the right tool)."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def new_key() -> str:
-    """A fresh API key: ``msk_`` and 43 URL-safe characters (256 random bits)."""
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(
-            f"invalid client name {name!r}: use 1-64 letters, digits, '_', '.', '@' or '-', starting with a "
-            "letter or digit"
-        )
-    return name
-
-
-class Store(ABC):
-    """Clients, keys and the ledger. Use :func:`open_store`; every method is thread-safe."""
+class Store(KeyMethods, JournalMethods, ABC):
+    """Clients, keys and the ledger. Use :func:`open_store`; every method is thread-safe. Key management is in
+    :class:`~modelsteal.serve.store.keys.KeyMethods`, flags, watermarks, detector state and ledger reads in
+    :class:`~modelsteal.serve.store.journal.JournalMethods`; the query path (reserve, commit, release) is here."""
 
     url: str
     _placeholder = "?"
@@ -108,91 +83,6 @@ class Store(ABC):
     def _exec(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
         cur.execute(self._sql(sql), tuple(params))
         return cur
-
-    @staticmethod
-    def _client(row: Sequence[Any] | None) -> ClientInfo | None:
-        if row is None:
-            return None
-        return ClientInfo(
-            id=int(row[0]), name=str(row[1]), key_prefix=str(row[2]),
-            budget=None if row[3] is None else int(row[3]),
-            rate_limit=None if row[4] is None else float(row[4]),
-            queries=int(row[5]), requests=int(row[6]), tokens=float(row[7]), tokens_at=float(row[8]),
-            created_at=float(row[9]), revoked_at=None if row[10] is None else float(row[10]),
-        )
-
-    # -- key management ---------------------------------------------------------------------------------
-    def create_key(
-        self, *, name: str, budget: int | None = None, rate_limit: float | None = None
-    ) -> tuple[ClientInfo, str]:
-        """Create a client ``name`` with a new key; returns ``(client, key)``. The key is stored hashed only.
-
-        ``budget`` caps the client's queries (input rows) for good; ``rate_limit`` is in queries per second
-        (a token bucket holding one second's worth). A name may be reused once its old key is revoked.
-        """
-        _check_name(name)
-        if budget is not None and int(budget) < 0:
-            raise ValueError(f"budget must be >= 0, got {budget}")
-        if rate_limit is not None and not float(rate_limit) > 0:
-            raise ValueError(f"rate limit must be > 0 queries per second, got {rate_limit}")
-        key = new_key()
-        now = time.time()
-        with self._transaction(write=True) as cur:
-            taken = self._exec(cur, "SELECT id FROM clients WHERE name = ? AND revoked_at IS NULL", (name,)).fetchone()
-            if taken is not None:
-                raise ValueError(
-                    f"client {name!r} already has an active key; revoke it first (`modelsteal keys revoke`)"
-                )
-            tokens = bucket_capacity(rate_limit) if rate_limit is not None else 0.0
-            cid = self._insert_returning_id(
-                cur,
-                "INSERT INTO clients (name, key_hash, key_prefix, budget, rate_limit, queries, requests, tokens, "
-                "tokens_at, created_at) VALUES (?, ?, ?, ?, ?, 0, 0, ?, ?, ?)",
-                (name, hash_key(key), key[: len(KEY_PREFIX) + 6], None if budget is None else int(budget),
-                 None if rate_limit is None else float(rate_limit), tokens, now, now),
-            )
-        client = self.client(cid)
-        assert client is not None
-        return client, key
-
-    def clients(self, *, include_revoked: bool = True) -> list[ClientInfo]:
-        """Every client, oldest first."""
-        where = "" if include_revoked else " WHERE revoked_at IS NULL"
-        with self._transaction(write=False) as cur:
-            rows = self._exec(cur, f"SELECT {_CLIENT_COLUMNS} FROM clients{where} ORDER BY id").fetchall()
-        return [c for c in map(self._client, rows) if c is not None]
-
-    def client(self, client_id: int) -> ClientInfo | None:
-        """The client with id ``client_id`` (``None`` if there is none)."""
-        with self._transaction(write=False) as cur:
-            row = self._exec(cur, f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE id = ?", (int(client_id),)).fetchone()
-        return self._client(row)
-
-    def revoke(self, name: str) -> ClientInfo:
-        """Revoke the active key of client ``name``; its counts and ledger rows are kept."""
-        with self._transaction(write=True) as cur:
-            row = self._exec(cur, "SELECT id FROM clients WHERE name = ? AND revoked_at IS NULL", (name,)).fetchone()
-            if row is None:
-                raise ValueError(f"no active key for client {name!r}")
-            self._exec(cur, "UPDATE clients SET revoked_at = ? WHERE id = ?", (time.time(), int(row[0])))
-        client = self.client(int(row[0]))
-        assert client is not None
-        return client
-
-    # -- the query path ---------------------------------------------------------------------------------
-    def authenticate(self, key: str) -> ClientInfo:
-        """The client owning ``key``; :class:`AuthenticationError` for an unknown or revoked key."""
-        if not key:
-            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'", code="missing_key")
-        with self._transaction(write=False) as cur:
-            row = self._exec(cur, f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE key_hash = ?",
-                             (hash_key(key),)).fetchone()
-        client = self._client(row)
-        if client is None:
-            raise AuthenticationError("invalid API key", code="invalid_key")
-        if client.revoked:
-            raise AuthenticationError(f"API key {client.key_prefix}… has been revoked", code="revoked_key")
-        return client
 
     # -- group commit -----------------------------------------------------------------------------------
     def _init_group_commit(self) -> None:
@@ -432,126 +322,6 @@ class Store(ABC):
         self._exec(cur, "DELETE FROM ledger WHERE id = ?", (int(entry_id),))
         self._exec(cur, "UPDATE clients SET queries = queries - ?, requests = requests - 1 WHERE id = ?",
                    (int(row[1]), int(row[0])))
-
-    def record_flags(self, entry_id: int, n: int) -> None:
-        """Record that the detector flagged ``n`` of the queries of ledger entry ``entry_id`` (written once the
-        request is answered, before the answer is sent; ``n = 0`` writes nothing). A later :meth:`release`
-        of the entry takes its flags back out too."""
-        if n < 0:
-            raise ValueError(f"a request cannot hold {n} flagged queries")
-        if n == 0:
-            return
-        with self._transaction(write=True) as cur:
-            self._exec(cur, "INSERT INTO flags (ledger_id, client_id, n) SELECT id, client_id, ? FROM ledger "
-                            "WHERE id = ?", (int(n), int(entry_id)))
-
-    def flags(self, client_id: int) -> int:
-        """How many of the client's queries the server's detector flagged (kept across restarts): those of its
-        answered requests and those of the requests the ``refuse`` response refused (:meth:`refusals`)."""
-        with self._transaction(write=False) as cur:
-            row = self._exec(cur, "SELECT COALESCE(SUM(n), 0) FROM flags WHERE client_id = ?",
-                             (int(client_id),)).fetchone()
-            refused = self._exec(cur, "SELECT COALESCE(SUM(flagged), 0) FROM refusals WHERE client_id = ?",
-                                 (int(client_id),)).fetchone()
-        return int(row[0]) + int(refused[0])
-
-    def refusals(self, client_id: int) -> tuple[int, int]:
-        """``(requests, queries)`` of the client that the detector's ``refuse`` response refused (not counted
-        as queries in the ledger; their flagged rows are in :meth:`flags`)."""
-        with self._transaction(write=False) as cur:
-            row = self._exec(cur, "SELECT COUNT(*), COALESCE(SUM(n), 0) FROM refusals WHERE client_id = ?",
-                             (int(client_id),)).fetchone()
-        return int(row[0]), int(row[1])
-
-    # -- watermark records ------------------------------------------------------------------------------
-    def record_watermarks(self, entry_id: int, payload: bytes) -> None:
-        """Keep what a watermarking defense (DAWN) recorded while answering ledger entry ``entry_id`` (an opaque
-        JSON payload; written before the answer is sent). A later :meth:`release` of the entry removes it."""
-        with self._transaction(write=True) as cur:
-            self._exec(cur, "INSERT INTO watermarks (ledger_id, client_id, payload, created_at) "
-                            "SELECT id, client_id, ?, ? FROM ledger WHERE id = ?",
-                       (payload, time.time(), int(entry_id)))
-
-    def watermarks(self, client_id: int | None = None) -> list[tuple[int, bytes]]:
-        """``(client id, payload)`` of every stored watermark record, oldest first, for one client or all."""
-        sql = "SELECT client_id, payload FROM watermarks"
-        params: tuple[Any, ...] = ()
-        if client_id is not None:
-            sql, params = sql + " WHERE client_id = ?", (int(client_id),)
-        with self._transaction(write=False) as cur:
-            rows = self._exec(cur, sql + " ORDER BY id", params).fetchall()
-        return [(int(r[0]), bytes(r[1])) for r in rows]
-
-    # -- detector state ---------------------------------------------------------------------------------
-    def detector_version(self, client_id: int) -> int:
-        """The ``seq`` of the client's newest detector-state entry (0 when none was saved)."""
-        with self._transaction(write=False) as cur:
-            row = self._exec(cur, "SELECT COALESCE(MAX(seq), 0) FROM detector_state WHERE client_id = ?",
-                             (int(client_id),)).fetchone()
-        return int(row[0])
-
-    def detector_entries(self, client_id: int, *, after: int = 0) -> list[StateEntry]:
-        """The client's detector-state entries newer than ``after``, oldest first, starting at the newest
-        ``full`` entry among them when there is one (what a reader replays to rebuild the state)."""
-        with self._transaction(write=False) as cur:
-            row = self._exec(cur, "SELECT MAX(seq) FROM detector_state WHERE client_id = ? AND seq > ? AND "
-                                  "kind = 'full'", (int(client_id), int(after))).fetchone()
-            start = int(after) if row[0] is None else int(row[0]) - 1
-            rows = self._exec(cur, "SELECT client_id, seq, detector, kind, payload, created_at FROM detector_state "
-                                   "WHERE client_id = ? AND seq > ? ORDER BY seq",
-                              (int(client_id), start)).fetchall()
-        return [StateEntry(client_id=int(r[0]), seq=int(r[1]), detector=str(r[2]), kind=str(r[3]),
-                           payload=bytes(r[4]), created_at=float(r[5])) for r in rows]
-
-    def save_detector_state(self, client_id: int, *, seq: int, detector: str, kind: str, payload: bytes,
-                            ledger_id: int | None = None, flagged: int = 0) -> None:
-        """Append entry ``seq`` of the client's detector state and, for an answered request (``ledger_id``),
-        its ``flagged`` count, in one transaction; :class:`DetectorStateConflict` (nothing written) when the
-        newest entry is not ``seq − 1``: another process saved a state for this client since it was loaded.
-        The client's row is locked first (PostgreSQL ``FOR UPDATE``; SQLite's write lock covers the database),
-        so two processes cannot both append ``seq``."""
-        if kind not in ("full", "delta"):
-            raise ValueError(f"detector state kind must be 'full' or 'delta', got {kind!r}")
-        if flagged < 0:
-            raise ValueError(f"a request cannot hold {flagged} flagged queries")
-        with self._transaction(write=True) as cur:
-            self._exec(cur, f"SELECT id FROM clients WHERE id = ?{self._for_update}", (int(client_id),)).fetchone()
-            row = self._exec(cur, "SELECT COALESCE(MAX(seq), 0) FROM detector_state WHERE client_id = ?",
-                             (int(client_id),)).fetchone()
-            if int(row[0]) != int(seq) - 1:
-                raise DetectorStateConflict(f"detector state of client {client_id} is at entry {int(row[0])}, "
-                                            f"not {int(seq) - 1}")
-            self._exec(cur, "INSERT INTO detector_state (client_id, seq, detector, kind, payload, created_at) "
-                            "VALUES (?, ?, ?, ?, ?, ?)",
-                       (int(client_id), int(seq), detector, kind, payload, time.time()))
-            if ledger_id is not None and flagged:
-                self._exec(cur, "INSERT INTO flags (ledger_id, client_id, n) SELECT id, client_id, ? FROM ledger "
-                                "WHERE id = ?", (int(flagged), int(ledger_id)))
-
-    def client_named(self, name: str) -> ClientInfo | None:
-        """The client called ``name``: its active key's, else the most recently revoked one's (``None``)."""
-        with self._transaction(write=False) as cur:
-            row = self._exec(cur, f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE name = ? "
-                                  "ORDER BY (revoked_at IS NULL) DESC, id DESC LIMIT 1", (name,)).fetchone()
-        return self._client(row)
-
-    # -- reading the ledger -----------------------------------------------------------------------------
-    def ledger(self, *, client_id: int | None = None) -> list[LedgerEntry]:
-        """Ledger entries, oldest first, for one client or all."""
-        sql = "SELECT id, client_id, n, created_at FROM ledger"
-        params: tuple[Any, ...] = ()
-        if client_id is not None:
-            sql, params = sql + " WHERE client_id = ?", (int(client_id),)
-        with self._transaction(write=False) as cur:
-            rows = self._exec(cur, sql + " ORDER BY id", params).fetchall()
-        return [LedgerEntry(id=int(r[0]), client_id=int(r[1]), n=int(r[2]), created_at=float(r[3])) for r in rows]
-
-    def recorded_inputs(self, client_id: int) -> list[bytes]:
-        """The raw float32 inputs stored with a client's ledger entries (servers run with ``record_inputs``)."""
-        with self._transaction(write=False) as cur:
-            rows = self._exec(cur, "SELECT inputs FROM ledger WHERE client_id = ? AND inputs IS NOT NULL ORDER BY id",
-                              (int(client_id),)).fetchall()
-        return [bytes(r[0]) for r in rows]
 
     def ping(self) -> None:
         """Raise if the store cannot be reached."""
