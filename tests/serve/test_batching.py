@@ -307,7 +307,7 @@ def test_the_event_loop_awaits_its_batch_and_a_cancelled_wait_still_counts():
         return done
 
     answers = asyncio.run(main())
-    for x, y in zip(xs, answers):
+    for x, y in zip(xs[:-1], answers, strict=True):
         assert torch.equal(y, x * 2)
     jobs[-1].done.wait(5)
     assert torch.equal(jobs[-1].answer, xs[-1] * 2)  # its batch answered (and would have counted) it
