@@ -9,6 +9,8 @@ its watermark success rate; a clean model (no watermark) trained like the victim
 
     OMP_NUM_THREADS=1 python scripts/ewe_authors.py --dataset mnist --seeds 0 1 2 \
         --out results/ownership/ewe-authors-mnist
+    OMP_NUM_THREADS=1 python scripts/ewe_authors.py --dataset fashion-mnist --train-size 7200 --seeds 0 1 2 \
+        --epochs 4 --warmup 2 --variants authors-32 authors-0 --out results/ownership/ewe-authors-fashion-mnist
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -55,11 +58,15 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20, help="the authors' 10 plain + 10 watermark epochs")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--variants", nargs="+", default=None, help="a subset of: authors-32, authors-0, ours")
+    p.add_argument("--train-size", type=int, default=None,
+                   help="train on the first N training images only (CPU scale; default: the whole split)")
     p.add_argument("--out", type=Path, default=Path("results/ownership/ewe-authors-mnist"))
     args = p.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     data = load_dataset(args.dataset, seed=0)
+    if args.train_size is not None:
+        data = replace(data, x_train=data.x_train[: args.train_size], y_train=data.y_train[: args.train_size])
     rows = []
     for seed in args.seeds:
         clean = None

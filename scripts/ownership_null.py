@@ -7,8 +7,9 @@ verifier on them (:mod:`modelsteal.ownership.null`: a Clopper-Pearson upper boun
 for EWE and DAWN, the largest reference mean difference for dataset inference). ``--independents`` other models
 (other seeds, the same architectures, other random halves of the pool) play the innocent suspects: each is
 verified once (verification seed 0), so the false-claim count is over independent models. Clones stolen through
-the victim's DAWN-defended API (Knockoff soft and argmax, one attacker client each) and clones of the EWE victim
-(Knockoff soft and argmax on the pool) give the claim rate::
+the victim's DAWN-defended API (Knockoff soft and argmax, Knockoff through MAD then DAWN, JBDA from
+``seed_images`` validation images; one attacker client each) and the same four clones of the EWE victim give the
+claim rate (dataset inference's public samples leave JBDA's seed images out)::
 
     OMP_NUM_THREADS=1 python scripts/ownership_null.py --dataset digits --out results/ownership/null-digits.json
 
@@ -29,8 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from modelsteal import PredictionAPI
-from modelsteal.attacks import KnockoffNets, TrainConfig
+from modelsteal.attacks import JBDA, KnockoffNets, TrainConfig
 from modelsteal.data import load_dataset
+from modelsteal.defenses import make_defense
+from modelsteal.defenses.compose import Chain
 from modelsteal.defenses.dawn import DAWN
 from modelsteal.models import build_model
 from modelsteal.ownership.dataset_inference import DatasetInference
@@ -42,10 +45,13 @@ from modelsteal.training import accuracy, make_recipe, train
 
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": {"arch": "mlp", "private": 500, "victim_epochs": 100, "epochs": 60, "budget": 700, "shuffle": False,
-               "ewe_epochs": 10, "samples": 50, "fit_samples": 150},
+               "ewe_epochs": 10, "samples": 50, "fit_samples": 150, "jb_budget": 700, "seed_images": 100,
+               "mad_epsilon": 0.5},
     "mnist": {"arch": "lenet", "private": 3000, "victim_epochs": 30, "epochs": 15, "budget": 3000, "shuffle": True,
-              "ewe_epochs": 10, "samples": 50, "fit_samples": 150},
+              "ewe_epochs": 10, "samples": 50, "fit_samples": 150, "jb_budget": 2400, "seed_images": 150,
+              "mad_epsilon": 0.5},
 }
+CLONES = ("knockoff-soft", "knockoff-argmax", "knockoff-mad", "jbda")
 
 
 def fit(data, arch: str, seed: int, x: Tensor, y: Tensor, *, epochs: int) -> nn.Module:  # noqa: ANN001
@@ -74,8 +80,11 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=0.01)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--skip", default="", help="comma-separated methods to skip (dawn, ewe, di)")
+    p.add_argument("--epochs", type=int, help="epochs of each reference, independent and clone (default: preset)")
     args = p.parse_args()
-    cfg = PRESETS[args.dataset]
+    cfg = dict(PRESETS[args.dataset])
+    if args.epochs is not None:
+        cfg["epochs"] = args.epochs
     skip = set(filter(None, args.skip.split(",")))
     out = args.out or Path(f"results/ownership/null-{args.dataset}.json")
     torch.set_num_threads(1)
@@ -87,6 +96,9 @@ def main() -> None:
     n_priv = cfg["private"]
     private = replace(data, x_train=data.x_train[:n_priv], y_train=data.y_train[:n_priv])
     pool_x, pool_y = data.x_train[n_priv:], data.y_train[n_priv:]
+    seeds_x = data.x_val[: cfg["seed_images"]]
+    # dataset inference's public samples (validation + test) leave out the images JBDA's attacker started from
+    di_data = replace(private, x_val=data.x_val[cfg["seed_images"]:], y_val=data.y_val[cfg["seed_images"]:])
 
     def half(seed: int) -> Tensor:
         return torch.randperm(len(pool_x), generator=torch.Generator().manual_seed(seed))[: len(pool_x) // 2]
@@ -107,6 +119,25 @@ def main() -> None:
     victim = fit(data, cfg["arch"], 0, private.x_train, private.y_train, epochs=cfg["victim_epochs"])
     acc["victim"] = accuracy(victim, data.x_test, data.y_test)
     clone_cfg = TrainConfig(epochs=cfg["epochs"], lr=0.05, momentum=0.9)
+
+    def steal(model: nn.Module, dawn: DAWN | None) -> dict[str, nn.Module]:
+        """The four clones of ``model``, each through its own client of an API defended by ``dawn`` (if any)."""
+        out = {}
+        for name in CLONES:
+            defense = dawn
+            if name == "knockoff-mad":
+                mad = make_defense("mad", strength=cfg["mad_epsilon"], norm="l1")
+                defense = mad if dawn is None else Chain(mad, dawn)
+            api = PredictionAPI(model, defense=defense)
+            if name == "jbda":
+                attack, budget = JBDA(seed_set=seeds_x, seed_size=None, clone=cfg["arch"], train=clone_cfg), \
+                    cfg["jb_budget"]
+            else:
+                attack, budget = KnockoffNets(transfer_set=pool_x, clone=cfg["arch"], train=clone_cfg,
+                                              labels="argmax" if name == "knockoff-argmax" else "soft"), cfg["budget"]
+            out[name] = attack(_Client(api, name), budget=budget, seed=1).clone.eval()
+            print(f"  stole {name} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        return out
     rows: list[dict[str, Any]] = []
 
     def record(method: str, null: str, group: str, name: str, verdict: Any) -> None:  # noqa: ANN401
@@ -116,28 +147,24 @@ def main() -> None:
 
     if "dawn" not in skip or "di" not in skip:
         dawn = DAWN(rate=0.1, key=f"null-{args.dataset}")
-        api = PredictionAPI(victim, defense=dawn)
-        clones = {}
-        for labels in ("soft", "argmax"):
-            attack = KnockoffNets(transfer_set=pool_x, clone=cfg["arch"], train=clone_cfg, labels=labels)
-            clones[f"knockoff-{labels}"] = attack(_Client(api, labels), budget=cfg["budget"], seed=1).clone.eval()
+        clones = steal(victim, dawn)
         for k, m in clones.items():
             acc[k] = accuracy(m, data.x_test, data.y_test)
         print(f"victim {acc['victim']:.3f}, clones stolen, {time.perf_counter() - t0:.0f}s", flush=True)
     if "dawn" not in skip:
         for null in ("analytic", "references"):
-            for client, clone_name in (("soft", "knockoff-soft"), ("argmax", "knockoff-argmax")):
-                v = DAWNVerifier.from_defense(dawn, clients=[client], alpha=args.alpha).fit(victim)
+            for clone_name in CLONES:
+                v = DAWNVerifier.from_defense(dawn, clients=[clone_name], alpha=args.alpha).fit(victim)
                 if null == "references":
                     v.calibrate(list(refs.values()))
                 record("dawn", null, "clone", clone_name, v.verify(clones[clone_name], budget=100, seed=0))
-                if client == "soft":
+                if clone_name == "knockoff-soft":
                     for name, m in indeps.items():
                         record("dawn", null, "independent", name, v.verify(m, budget=100, seed=0))
         print(f"dawn done, {time.perf_counter() - t0:.0f}s", flush=True)
     if "di" not in skip:
         di = DatasetInference(samples=cfg["samples"], fit_samples=cfg["fit_samples"], alpha=args.alpha)
-        di.fit(victim, data=private)
+        di.fit(victim, data=di_data)
         for null in ("paper (delta0 = 0)", "references"):
             if null == "references":
                 di.calibrate(list(refs.values()), seeds=(0,))
@@ -154,9 +181,7 @@ def main() -> None:
             generator=torch.Generator().manual_seed(0), device="cpu")
         ewe_victim.eval()
         acc["ewe victim"] = accuracy(ewe_victim, data.x_test, data.y_test)
-        eclones = {f"ewe knockoff-{lab}": KnockoffNets(transfer_set=pool_x, clone=cfg["arch"], train=clone_cfg,
-                                                      labels=lab)(PredictionAPI(ewe_victim), budget=cfg["budget"],
-                                                                  seed=1).clone.eval() for lab in ("soft", "argmax")}
+        eclones = {f"ewe {k}": m for k, m in steal(ewe_victim, None).items()}
         for k, m in eclones.items():
             acc[k] = accuracy(m, data.x_test, data.y_test)
         for null in ("recorded (warm-up, floor 1/K)", "references"):
@@ -174,6 +199,9 @@ def main() -> None:
                                "accuracy": acc, "summary": summary, "rows": rows,
                                "seconds": time.perf_counter() - t0}, indent=1))
     print(table(summary))
+    for s in summary:
+        print(s["method"], s["null"], "clone p-values:",
+              ", ".join(f"{k} {v:.2g}" for k, v in s["clone_p_values"].items()))
     print(f"total {time.perf_counter() - t0:.0f}s; wrote {out}")
 
 
@@ -190,6 +218,7 @@ def summarise(rows: list[dict[str, Any]], *, alpha: float) -> list[dict[str, Any
         out.append({"method": method, "null": null, "false_claims": k, "independents": len(ind),
                     "interval95": [lo, hi], "p_at_least_k_at_alpha": float(binom.sf(k - 1, len(ind), alpha)),
                     "clones_claimed": sum(r["stolen"] for r in cl), "clones": len(cl),
+                    "clone_p_values": {r["model"]: r["p_value"] for r in cl},
                     "victim_p": next((r["p_value"] for r in mine if r["group"] == "victim"), None),
                     "max_independent_rate": max((r.get("success_rate", r.get("agreement_rate", float("nan")))
                                                  for r in ind), default=None),
