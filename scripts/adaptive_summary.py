@@ -96,6 +96,7 @@ def table(rows: list[dict[str, str]]) -> tuple[str, list[str], list[str], dict[t
             else:
                 kept = f"{(statistics.mean(base.values()) - best[1]) * 100:+.1f}"
         lines.append(f"| {d} | " + " | ".join(cells) + f" | {best[0] if best else '–'} | {kept} |")
+    lines += seeded_protection(defenses, attacks, acc, base)
     lines += ["", "| attacker | seconds per 1,000 queries (median over points) | × Knockoff |", "|---|---|---|"]
     ko = statistics.median(secs["knockoff"]) if secs.get("knockoff") else None
     for a in attacks:
@@ -103,6 +104,36 @@ def table(rows: list[dict[str, str]]) -> tuple[str, list[str], list[str], dict[t
             m = statistics.median(secs[a])
             lines.append(f"| {a} | {m:.2f} | {m / ko:.2f} |" if ko else f"| {a} | {m:.2f} | – |")
     return "\n".join(lines) + "\n", defenses, attacks, acc
+
+
+def seeded_protection(defenses: list[str], attacks: list[str], acc: dict[tuple[str, str], dict[int, float]],
+                      base: dict[int, float]) -> list[str]:
+    """Protection kept against the best attacker among those run at more than one seed (with the undefended
+    Knockoff clone at the same seeds): per-seed differences, mean ± sd and range."""
+    if len(base) < 2:
+        return []
+    lines = ["", "Protection kept against the best attacker run at several seeds (undefended Knockoff minus it, per "
+             "seed, in points):", "",
+             "| defense | attacker | seeds | clone (mean ± sd) | protection kept (mean ± sd) | range |",
+             "|---|---|---|---|---|---|"]
+    for d in defenses:
+        if d == "none":
+            continue
+        best = None
+        for a in attacks:
+            v = acc.get((d, a), {})
+            common = sorted(set(v) & set(base))
+            if len(common) > 1 and (best is None or statistics.mean(v[s] for s in common) > best[1]):
+                best = (a, statistics.mean(v[s] for s in common), common)
+        if best is None:
+            continue
+        a, _, common = best
+        diffs = [(base[s] - acc[(d, a)][s]) * 100 for s in common]
+        clone = [acc[(d, a)][s] for s in common]
+        lines.append(f"| {d} | {a} | {', '.join(map(str, common))} | {_mean_sd(clone)} | "
+                     f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs):.1f} | "
+                     f"{min(diffs):+.1f} … {max(diffs):+.1f} |")
+    return lines
 
 
 def heatmap(path: str, defenses: list[str], attacks: list[str], acc: dict[tuple[str, str], dict[int, float]],
