@@ -10,7 +10,7 @@ OUT ?= runs/demo
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[serve,dev,dp,interop,ray,onnx]"
+	$(PY) -m pip install -q -e ".[serve,dev,dp,interop,ray,onnx,faiss]"
 	touch $(STAMP)
 
 setup: $(STAMP) browser

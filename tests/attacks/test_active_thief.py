@@ -5,7 +5,14 @@ import torch
 from torch import nn
 
 from modelsteal import PredictionAPI
-from modelsteal.attacks.active_thief import ActiveThief, deepfool_norms, entropy, k_center_greedy, nearest_distance
+from modelsteal.attacks.active_thief import (
+    ActiveThief,
+    _faiss_available,
+    deepfool_norms,
+    entropy,
+    k_center_greedy,
+    nearest_distance,
+)
 from modelsteal.training import TrainConfig
 
 
@@ -97,3 +104,18 @@ def test_faiss_and_torch_nearest_distances_agree():
     pts, ctr = torch.rand(300, 10, generator=g), torch.rand(50, 10, generator=g)
     assert torch.allclose(nearest_distance(pts, ctr, index="faiss"), nearest_distance(pts, ctr, index="torch"),
                           atol=1e-4)
+
+
+def test_faiss_k_center_picks_what_torch_picks_the_farthest_point_first():
+    """The faiss index (CI installs it: .ci/run) and chunked torch.cdist give the same greedy picks, and the first
+    is the pool point farthest from its nearest centre, checked by brute force."""
+    pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(3)
+    pool, centers = torch.rand(200, 10, generator=g), torch.rand(20, 10, generator=g)
+    by_faiss = k_center_greedy(pool, centers, 15, index="faiss")
+    by_torch = k_center_greedy(pool, centers, 15, index="torch")
+    assert by_faiss.tolist() == by_torch.tolist()
+    brute = torch.tensor([min(float((p - c).norm()) for c in centers) for p in pool])
+    assert int(by_faiss[0]) == int(brute.argmax())
+    assert _faiss_available()  # so "auto" takes the faiss path
+    assert k_center_greedy(pool, centers, 15, index="auto").tolist() == by_torch.tolist()

@@ -22,6 +22,7 @@ def ckpt(tmp_path, digits_victim):
     (["--attack", "maze", "--attack-option", "directions=0"], ["directions must be an integer >= 1"]),
     (["--attack", "smoothing", "--attack-option", "combine=max"], ["unknown combine 'max'"]),
     (["--attack", "active-thief", "--attack-option", "strategy=bald"], ["unknown strategy 'bald'"]),
+    (["--attack", "semi-supervised", "--attack-option", "self_supervised=jigsaw"], ["self_supervised must be one of"]),
 ])
 def test_bad_adaptive_attack_input_is_one_line(extra, words, ckpt, capsys, monkeypatch):
     from modelsteal.blackbox import PredictionAPI
@@ -31,4 +32,29 @@ def test_bad_adaptive_attack_input_is_one_line(extra, words, ckpt, capsys, monke
     monkeypatch.setattr(PredictionAPI, "query", lambda self, x, **kw: sent.append(len(x)) or real(self, x, **kw))
     one_line_error(capsys, ["attack", "--target", ckpt, "--budget", "100", "--device", "cpu",
                             "--transfer", "dataset:digits", *extra], *words)
+    assert sent == []
+
+
+@pytest.mark.parametrize("attack", ["dfme", "maze"])
+def test_generator_that_cannot_draw_the_targets_size_is_one_line(attack, tmp_path, capsys, monkeypatch):
+    """A 30x30 target (an image folder of that size): the generator's two x2 upsamplings cannot make it."""
+    import numpy as np
+    from PIL import Image
+
+    from modelsteal.blackbox import PredictionAPI
+    from modelsteal.models import build_model
+
+    for c in range(2):
+        (tmp_path / "odd" / str(c)).mkdir(parents=True)
+        for i in range(4):
+            img = Image.fromarray(np.full((30, 30), 40 * i + c, dtype=np.uint8), "L")
+            img.save(tmp_path / "odd" / str(c) / f"{i}.png")
+    path = tmp_path / "odd.pt"
+    save_checkpoint(build_model("mlp", input_shape=(1, 30, 30), num_classes=2, seed=0), path, dataset="image-folder")
+    sent = []
+    real = PredictionAPI.query
+    monkeypatch.setattr(PredictionAPI, "query", lambda self, x, **kw: sent.append(len(x)) or real(self, x, **kw))
+    one_line_error(capsys, ["attack", "--target", path, "--budget", "20000", "--device", "cpu", "--attack", attack,
+                            "--dataset", "image-folder", "--data-dir", tmp_path / "odd"],
+                   "multiples of 4", "1x30x30")
     assert sent == []

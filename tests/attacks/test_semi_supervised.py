@@ -7,7 +7,7 @@ from torch import nn
 
 from modelsteal import PredictionAPI
 from modelsteal.attacks import KnockoffNets
-from modelsteal.attacks.adaptive import ConsistencyLoss, SemiSupervisedClone
+from modelsteal.attacks.adaptive import ConsistencyLoss, RotationLoss, SemiSupervisedClone, rotation_batch
 from modelsteal.training import TrainConfig
 
 TRAIN = TrainConfig(epochs=2, lr=0.05, momentum=0.9, batch_size=16)
@@ -81,3 +81,71 @@ def test_rampup_starts_small():
     assert loss.ramp() == pytest.approx(torch.exp(torch.tensor(-5.0)).item())
     loss.step = 10
     assert loss.ramp() == 1.0
+
+
+# S4L-Rotation (self_supervised="rotation")
+
+
+def test_rotation_batch_labels_name_the_rotation_each_image_got():
+    u = torch.arange(2 * 9, dtype=torch.float32).view(2, 1, 3, 3)  # no symmetry: the 4 rotations all differ
+    images, k = rotation_batch(u)
+    assert images.shape == (8, 1, 3, 3) and k.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    for i in range(8):  # undoing the labelled rotation gives back the original image
+        assert torch.equal(torch.rot90(images[i], -int(k[i]), dims=(-2, -1)), u[i % 2])
+    assert torch.equal(images[2, 0], torch.tensor([[2.0, 5, 8], [1, 4, 7], [0, 3, 6]]))  # 90° counter-clockwise
+
+
+def test_rotation_loss_is_ce_plus_weighted_rotation_ce_and_trains_the_head(digits):
+    from modelsteal.models import build_model
+
+    model = build_model("mlp", input_shape=digits.input_shape, num_classes=10, seed=0)
+    head = nn.Linear(model.head.in_features, 4)
+    x, y, u = digits.x_train[:5], digits.y_train[:5], digits.x_train[5:12]
+    got = RotationLoss(head=head, weight=0.7, entropy_weight=0.0)(model, x, y, {"unlabelled": u})
+    rot_ce = sum(nn.functional.cross_entropy(head(model.penultimate(torch.rot90(u, r, dims=(-2, -1)))),
+                                             torch.full((len(u),), r)) for r in range(4)) / 4
+    ref = nn.functional.cross_entropy(model(x), y) + 0.7 * rot_ce
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    got.backward()
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+
+
+def test_rotation_head_learns_the_rotation_of_held_out_images(digits):
+    """The promise of the pretext task: trained through the one loop on unlabelled digits, the head names the
+    rotation of digits it never saw (labels misaligned with the images would leave it at chance, 25%)."""
+    from modelsteal.models import build_model
+    from modelsteal.training import make_optimizer, train
+
+    model = build_model("mlp", input_shape=digits.input_shape, num_classes=10, seed=0)
+    head = nn.Linear(model.head.in_features, 4)
+    cfg = TrainConfig(epochs=10, lr=0.05, momentum=0.9, batch_size=32)
+    x, y = digits.x_train[:256], digits.y_train[:256]
+    train(model, x, y, config=cfg, loss=RotationLoss(head=head, weight=1.0, entropy_weight=0.0),
+          optimizer=lambda _p: make_optimizer(nn.ModuleList([model, head]), cfg),
+          streams={"unlabelled": digits.x_train[256:]}, generator=torch.Generator().manual_seed(0))
+    images, k = rotation_batch(digits.x_test)
+    with torch.no_grad():
+        acc = (head(model.penultimate(images)).argmax(1) == k).float().mean().item()
+    assert acc > 0.8
+
+
+def test_rotation_attack_drops_the_head_and_weight_zero_is_knockoff(digits_victim, digits):
+    api = PredictionAPI(digits_victim)
+    common = {"transfer_set": digits.x_train, "clone": "mlp", "train": TRAIN, "device": "cpu"}
+    k = KnockoffNets(**common)(api, budget=60, seed=4)
+    r = SemiSupervisedClone(self_supervised="rotation", rotation_weight=1.0, unlabelled=500, **common)(
+        PredictionAPI(digits_victim), budget=60, seed=4)
+    z = SemiSupervisedClone(self_supervised="rotation", rotation_weight=0.0, **common)(api, budget=60, seed=4)
+    assert r.queries == 60 and torch.equal(r.transfer_x, k.transfer_x) and r.info["unlabelled"] == 500
+    assert r.clone.state_dict().keys() == k.clone.state_dict().keys()  # the rotation head is not part of the clone
+    assert any(not torch.equal(a, b) for a, b in zip(r.clone.state_dict().values(), k.clone.state_dict().values(),
+                                                     strict=True))  # the rotation term did change the training
+    for a, b in zip(z.clone.state_dict().values(), k.clone.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_rotation_refuses_non_square_inputs_and_unknown_tasks():
+    with pytest.raises(ValueError, match="square"):
+        SemiSupervisedClone(transfer_set=torch.rand(10, 1, 8, 6), self_supervised="rotation", clone="mlp")
+    with pytest.raises(ValueError, match="self_supervised must be one of"):
+        SemiSupervisedClone(transfer_set=torch.rand(10, 1, 8, 8), self_supervised="jigsaw", clone="mlp")

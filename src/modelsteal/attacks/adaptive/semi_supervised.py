@@ -18,6 +18,16 @@ and the first prediction held fixed (no gradient through it), ramped up with ``�
 over the first ``rampup`` fraction of the steps (Laine and Aila, Sec. 3.1, Appendix A). The labelled part is
 Knockoff's random sample; the unlabelled part is the rest of the transfer pool (never queried). Training
 runs through the one loop with the pool as an extra batch stream.
+
+``self_supervised="rotation"`` is S4L-Rotation instead (Zhai et al., Sec. 3.1, following Gidaris, Singh and
+Komodakis, "Unsupervised Representation Learning by Predicting Image Rotations", ICLR 2018): every unlabelled
+image is rotated by 0°, 90°, 180° and 270°, and an extra linear head on the clone's penultimate features
+predicts which rotation it got,
+
+    L = CE(ỹ, F_A(x)) + w · (1/4) Σ_r CE(r, R(h(rot_r(u)))) + μ · H(F_A(u))
+
+with ``h`` the clone's penultimate features and ``R`` the rotation head (trained jointly, then discarded; S4L
+also rotates the labelled images, here only the unqueried pool is). Square inputs only.
 """
 
 from __future__ import annotations
@@ -32,10 +42,48 @@ from torch import Tensor, nn
 
 from modelsteal import training
 from modelsteal.attacks.augment import gaussian_noise, random_crop_flip
-from modelsteal.attacks.base import StealResult, register_attack
+from modelsteal.attacks.base import CloneJob, StealResult, register_attack
 from modelsteal.attacks.knockoff import KnockoffNets
 from modelsteal.blackbox import QueryBudget
-from modelsteal.training import Loss, soft_cross_entropy
+from modelsteal.training import Loss, make_optimizer, soft_cross_entropy, unwrap
+
+ROTATIONS = 4  # 0, 90, 180, 270 degrees
+SELF_SUPERVISED = ("consistency", "rotation")
+
+
+def rotation_batch(u: Tensor) -> tuple[Tensor, Tensor]:
+    """Every image of ``u`` (N, C, H, H) rotated by k·90° for k = 0..3: ``(images (4N, C, H, H), k (4N,))``,
+    the N rotations by k·90° in block k (``images[k·N + i] = rot90(u[i], k)``, counter-clockwise)."""
+    images = torch.cat([torch.rot90(u, k, dims=(-2, -1)) for k in range(ROTATIONS)])
+    labels = torch.arange(ROTATIONS, device=u.device).repeat_interleave(len(u))
+    return images, labels
+
+
+class RotationLoss(Loss):
+    """S4L-Rotation: ``CE(y, f(x)) + w · CE(k, R(h(rot_k(u)))) + μ · H(f(u))`` over the four rotations ``k`` of an
+    unlabelled stream batch, ``h`` the model's penultimate features and ``R`` the rotation ``head``."""
+
+    streams = ("unlabelled",)
+
+    def __init__(self, *, head: nn.Linear, weight: float, entropy_weight: float) -> None:
+        self.head, self.weight, self.entropy_weight = head, weight, entropy_weight
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, extra: Mapping[str, Tensor]) -> Tensor:
+        net = unwrap(model)
+        u = extra["unlabelled"]
+        n = len(x)
+        rotated, k = rotation_batch(u)
+        h = net.penultimate(torch.cat([x, rotated]))
+        logits = net.head(h)
+        total = soft_cross_entropy(logits[:n], y)
+        total = total + self.weight * F.cross_entropy(self.head(h[n:]), k)
+        if self.entropy_weight > 0:
+            z = logits[n:n + len(u)]  # the unrotated unlabelled block
+            total = total - self.entropy_weight * (F.softmax(z, dim=1) * F.log_softmax(z, dim=1)).sum(1).mean()
+        return total
+
+    def __repr__(self) -> str:
+        return f"RotationLoss(weight={self.weight:g}, entropy_weight={self.entropy_weight:g})"
 
 
 class ConsistencyLoss(Loss):
@@ -94,6 +142,10 @@ class SemiSupervisedClone(KnockoffNets):
         shift: maximal random shift in pixels of each augmentation; ``noise``: its Gaussian σ.
         rampup: share of the training steps over which λ ramps up (Laine and Aila's schedule), in [0, 1].
         unlabelled: at most this many unqueried pool inputs form the stream (``None``: all of them).
+        self_supervised: ``"consistency"`` (the Π-model term above) or ``"rotation"`` (S4L-Rotation: an extra
+            head predicts the rotation of the unlabelled inputs; needs a clone with ``penultimate`` and ``head``,
+            as every registry architecture has, and square inputs).
+        rotation_weight: w, the rotation term's weight (>= 0; S4L uses 1).
         **base: options of :class:`~modelsteal.attacks.base.Attack`.
     """
 
@@ -102,8 +154,18 @@ class SemiSupervisedClone(KnockoffNets):
 
     def __init__(self, *, transfer_set: Tensor, consistency: float = 1.0, entropy_weight: float = 0.0,
                  shift: int = 2, noise: float = 0.05, rampup: float = 0.3, unlabelled: int | None = 20_000,
-                 **base: Any) -> None:
+                 self_supervised: str = "consistency", rotation_weight: float = 1.0, **base: Any) -> None:
         super().__init__(transfer_set=transfer_set, **base)
+        if self_supervised not in SELF_SUPERVISED:
+            raise ValueError(f"self_supervised must be one of {', '.join(SELF_SUPERVISED)}, got {self_supervised!r}")
+        if self_supervised == "rotation":
+            shape = tuple(transfer_set.shape[1:])
+            if len(shape) != 3 or shape[1] != shape[2]:
+                raise ValueError(f"self_supervised rotation needs square images (C, H, H); the transfer set's "
+                                 f"are {shape}")
+            if not rotation_weight >= 0:
+                raise ValueError(f"rotation_weight must be >= 0, got {rotation_weight}")
+        self.self_supervised, self.rotation_weight = self_supervised, float(rotation_weight)
         if not consistency >= 0 or not entropy_weight >= 0:
             raise ValueError("consistency and entropy_weight must be >= 0")
         if shift < 0 or not noise >= 0 or not 0.0 <= rampup <= 1.0:
@@ -122,14 +184,34 @@ class SemiSupervisedClone(KnockoffNets):
     def run(self, victim: QueryBudget, *, generator: torch.Generator) -> StealResult:
         job = self.collect(victim, generator=generator)
         rest = self._unqueried[: self.unlabelled] if self.unlabelled is not None else self._unqueried
-        if len(rest) == 0 or (self.consistency == 0 and self.entropy_weight == 0):
+        unsupervised = self.rotation_weight if self.self_supervised == "rotation" else self.consistency
+        if len(rest) == 0 or (unsupervised == 0 and self.entropy_weight == 0):
             return job.result(job.train_alone())
+        if self.self_supervised == "rotation":
+            return self._train_rotation(job, rest, generator=generator)
         cfg = self.train_config
         steps = cfg.epochs * math.ceil(len(job.x) / cfg.batch_size)
         aug_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         loss = ConsistencyLoss(weight=self.consistency, entropy_weight=self.entropy_weight, shift=self.shift,
                                noise=self.noise, rampup_steps=int(self.rampup * steps), generator=aug_gen)
         history = training.train(job.clone, job.x, job.targets, config=cfg, loss=loss,
+                                 streams={"unlabelled": self.transfer_set[rest]}, generator=generator,
+                                 device=self.device, progress="train clone" if self.progress else False)
+        result = job.result(history)
+        result.info["unlabelled"] = len(rest)
+        return result
+
+    def _train_rotation(self, job: CloneJob, rest: Tensor, *, generator: torch.Generator) -> StealResult:
+        """S4L-Rotation: the clone and a fresh rotation head trained together through the one loop, the head then
+        dropped."""
+        net = unwrap(job.clone)
+        if not (hasattr(net, "penultimate") and isinstance(getattr(net, "head", None), nn.Linear)):
+            raise ValueError("self_supervised rotation needs a clone with penultimate features and a linear head")
+        head = nn.Linear(net.head.in_features, ROTATIONS).to(self.device)
+        cfg = self.train_config
+        loss = RotationLoss(head=head, weight=self.rotation_weight, entropy_weight=self.entropy_weight)
+        history = training.train(job.clone, job.x, job.targets, config=cfg, loss=loss,
+                                 optimizer=lambda _params: make_optimizer(nn.ModuleList([job.clone, head]), cfg),
                                  streams={"unlabelled": self.transfer_set[rest]}, generator=generator,
                                  device=self.device, progress="train clone" if self.progress else False)
         result = job.result(history)
