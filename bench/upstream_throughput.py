@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import statistics
 import sys
 import tempfile
@@ -81,6 +82,15 @@ def measure(url: str, bodies: list[dict[str, Any]], *, headers: dict[str, str], 
     return {"rows_s": n * args.rows / stats.wall, "p50": q[49] * 1e3, "p99": q[98] * 1e3}
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not mls.available():
@@ -112,11 +122,13 @@ def main(argv: list[str] | None = None) -> int:
                     "mlserver direct (v2)": (upstream.endpoint + "/infer",
                                              [_v2_body(x.reshape(len(x), -1), "input-0") for x in xs], {}),
                 }
+                pids: dict[str, int | None] = {"mlserver direct (v2)": None}
                 for defense, (srv, key) in gateways.items():
                     auth = {"Authorization": f"Bearer {key}"}
                     targets[f"gateway v2, {defense}"] = (srv.url + f"/v2/models/{mls.MODEL_NAME}/infer",
                                                          [_v2_body(x, "input") for x in xs], auth)
                     targets[f"gateway v1, {defense}"] = (srv.url + "/v1/predict", [_v1_body(x) for x in xs], auth)
+                    pids[f"gateway v2, {defense}"] = pids[f"gateway v1, {defense}"] = srv.proc.pid
                 print(f"gateway (modelsteal serve --upstream) in front of MLServer {mls.MODEL_NAME} (logistic "
                       f"regression, 64 features) on loopback: {args.clients} clients x {args.requests} requests x "
                       f"{args.rows} rows, best of {args.rounds} round(s); gateway --ledger-sync {args.ledger_sync}",
@@ -124,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
                 results: dict[str, dict[str, float]] = {}
                 for _ in range(args.rounds):
                     for name, (url, bodies, headers) in targets.items():
+                        gw = pids[name]
+                        cpu0 = (_cpu_seconds(upstream.proc.pid), _cpu_seconds(gw) if gw else 0.0)
                         r = measure(url, bodies, headers=headers, args=args)
+                        k_rows = (args.clients * args.requests + args.warmup) * args.rows / 1000
+                        r["cpu_up"] = (_cpu_seconds(upstream.proc.pid) - cpu0[0]) * 1e3 / k_rows
+                        r["cpu_gw"] = ((_cpu_seconds(gw) - cpu0[1]) * 1e3 / k_rows) if gw else 0.0
                         best = results.get(name)
                         if best is None or r["rows_s"] > best["rows_s"]:
                             results[name] = r
@@ -137,11 +154,13 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for srv, _ in gateways.values():
                     srv.stop()
-    print(f"{'target':<32}{'rows/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'x direct':>10}{'+p50 ms':>10}")
+    print(f"{'target':<32}{'rows/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'x direct':>10}{'+p50 ms':>10}"
+          f"{'CPU ms/1k rows: mlserver':>26}{'gateway':>9}")
     base = results["mlserver direct (v2)"]
     for name, r in results.items():
         print(f"{name:<32}{r['rows_s']:>10.1f}{r['p50']:>10.2f}{r['p99']:>10.2f}"
-              f"{r['rows_s'] / base['rows_s']:>10.3f}{r['p50'] - base['p50']:>10.2f}")
+              f"{r['rows_s'] / base['rows_s']:>10.3f}{r['p50'] - base['p50']:>10.2f}"
+              f"{r['cpu_up']:>26.1f}{r['cpu_gw']:>9.1f}")
     return 0
 
 

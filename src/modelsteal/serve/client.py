@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from modelsteal.blackbox import BudgetExceededError, QueryCounter, QueryRefusedError, answer_in_batches, as_batch
-from modelsteal.serve import require
+from modelsteal.serve import jsonio, require
 from modelsteal.serve.codec_v2 import DATATYPES, HEADER_LENGTH, decode_infer_response, encode_infer_request
 
 
@@ -247,7 +247,8 @@ class HTTPBlackBox(QueryCounter):
     def _predict_v2(self, xb: Tensor) -> Tensor:
         body = encode_infer_request(xb, input_name=self.info["input_name"], output_name=self.info["output_name"],
                                     datatype=self.info["input_datatype"])
-        resp = self._request("POST", f"/v2/models/{self.model_name}/infer", json=body)
+        resp = self._request("POST", f"/v2/models/{self.model_name}/infer", content=jsonio.dumps(body),
+                             headers={"Content-Type": "application/json"})
         try:
             arr = decode_infer_response(resp.content, header_length=resp.headers.get(HEADER_LENGTH),
                                         output_name=self.info["output_name"])

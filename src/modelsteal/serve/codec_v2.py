@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from modelsteal.serve import jsonio
 from modelsteal.serve.codec import APIError
 
 HEADER_LENGTH = "inference-header-content-length"  #: the binary extension's header (HTTP headers ignore case)
@@ -74,7 +75,7 @@ def _bad(message: str) -> APIError:
 
 def _json_object(text: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(text)
+        obj = jsonio.loads(text)
     except UnicodeDecodeError:
         raise _bad(f"{what} is not UTF-8 encoded JSON") from None
     except json.JSONDecodeError as e:
@@ -240,7 +241,7 @@ def encode_infer_response(
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = a.reshape(-1).tolist()
+            entry["data"] = a.reshape(-1)
         tensors.append(entry)
     payload: dict[str, Any] = {"model_name": model_name}
     if id is not None:
@@ -248,7 +249,7 @@ def encode_infer_response(
     if parameters:
         payload["parameters"] = parameters
     payload["outputs"] = tensors
-    head = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    head = jsonio.dumps(payload)
     if not blobs:
         return head, None
     return head + b"".join(blobs), len(head)
@@ -256,12 +257,12 @@ def encode_infer_response(
 
 def encode_infer_request(x: Tensor | np.ndarray, *, input_name: str, output_name: str | None = None,
                          datatype: str = "FP32") -> dict[str, Any]:
-    """A JSON inference request for the batch ``x`` (flat row-major data), asking for ``output_name`` only
-    when given."""
+    """A JSON inference request for the batch ``x`` (flat row-major data, a NumPy array: write it with
+    :func:`modelsteal.serve.jsonio.dumps`), asking for ``output_name`` only when given."""
     a = x.detach().to("cpu").numpy() if isinstance(x, Tensor) else np.asarray(x)
     a = np.ascontiguousarray(a, dtype=DATATYPES[datatype])
     req: dict[str, Any] = {"inputs": [{"name": input_name, "shape": list(a.shape), "datatype": datatype,
-                                       "data": a.reshape(-1).tolist()}]}
+                                       "data": a.reshape(-1)}]}
     if output_name is not None:
         req["outputs"] = [{"name": output_name}]
     return req
@@ -275,7 +276,7 @@ def decode_infer_response(body: bytes, *, header_length: str | None, output_name
         n = int(header_length)
         body, blob = body[:n], body[n:]
     try:
-        payload = json.loads(body)
+        payload = jsonio.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ValueError(f"the answer is not JSON: {body[:80]!r}") from None
     outputs = payload.get("outputs") if isinstance(payload, dict) else None
