@@ -40,6 +40,7 @@ from torch import Tensor
 from modelsteal.blackbox import BudgetExceededError, QueryCounter, QueryRefusedError, answer_in_batches, as_batch
 from modelsteal.serve import jsonio, require
 from modelsteal.serve.codec_v2 import DATATYPES, HEADER_LENGTH, decode_infer_response, encode_infer_request
+from modelsteal.serve.transport import StdlibHTTP
 
 
 class ServerError(RuntimeError):
@@ -73,7 +74,10 @@ class HTTPBlackBox(QueryCounter):
     the number of rows per request (capped by the server's ``max_batch``); ``binary`` sends and receives
     compact base64 float32 instead of nested JSON arrays; ``max_retries`` bounds the retries of one request
     on 429/5xx/connection errors, with backoff ``backoff * 2**attempt`` (capped at ``max_backoff``, jittered).
-    ``transport`` is an optional ``httpx`` transport (custom TLS, proxies, or a mock in tests).
+    ``transport`` is an optional ``httpx`` transport (custom TLS, proxies, or a mock in tests). Plain
+    ``http://`` without a transport goes through :class:`~modelsteal.serve.transport.StdlibHTTP` (the standard
+    library's keep-alive connections, one per thread; half the client CPU of ``httpx``), ``https://`` and a
+    given transport through ``httpx``; errors and retries are the same on both.
     """
 
     def __init__(
@@ -115,9 +119,14 @@ class HTTPBlackBox(QueryCounter):
         # answers are small: a gzip round trip would cost both sides more CPU than the bytes it saves
         headers = ({"Accept": "application/json", "Accept-Encoding": "identity"}
                    | ({"Authorization": f"Bearer {key}"} if key else {}))
-        limits = httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size) if pool_size else None
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport, headers=headers,
-                                  **({"limits": limits} if limits is not None else {}))
+        self._http: Any
+        if transport is None and self.url.startswith("http://"):  # the lean client: see serve/transport.py
+            self._http = StdlibHTTP(self.url, timeout=timeout, headers=headers)
+        else:
+            limits = (httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size) if pool_size
+                      else None)
+            self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport, headers=headers,
+                                      **({"limits": limits} if limits is not None else {}))
         try:
             if self.protocol == "v2":
                 self.info: dict[str, Any] = self._v2_info(output_name)
