@@ -103,7 +103,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="key sent to the upstream as Bearer (default $MODELSTEAL_UPSTREAM_KEY)")
     g.add_argument("--upstream-timeout", type=float, default=10.0,
                    help="seconds to wait for the upstream before answering 504 (default 10)")
-    g.add_argument("--upstream-pool", type=int, default=32, help="most connections to the upstream (default 32)")
+    g.add_argument("--upstream-pool", type=int, default=32,
+                   help="most connections to an https:// upstream (default 32); on http:// each calling thread "
+                   "keeps one")
     g.add_argument("--surrogate", default=None, metavar="ARCH",
                    help="local architecture for MAD's surrogate (random init) and AM's f-hat, e.g. mlp or lenet")
     add_model_flags(p, dataset=True)

@@ -66,7 +66,7 @@ class HTTPBlackBox(QueryCounter):
     ``http://host:port/v2/models/NAME``, or ``protocol="v2"`` with ``model_name``. Its input and output come from
     the model metadata (``output_name`` picks the output when there are several; ``logits=True`` applies the
     softmax to an output of logits; answers of another server must otherwise be probabilities); ``key`` may be
-    ``None`` for a v2 server without keys; ``pool_size`` caps the connection pool.
+    ``None`` for a v2 server without keys; ``pool_size`` caps ``httpx``'s connection pool (``https://``).
 
     ``key`` is the API key (sent as ``Authorization: Bearer``); it *is* the client identity, so the
     ``client`` argument of :meth:`query` only names the local count (:meth:`queries`, ``total_queries``: the
