@@ -70,8 +70,7 @@ def table(rows: list[dict[str, str]]) -> tuple[str, list[str], list[str], dict[t
         if r.get("attack_seconds") and float(r.get("queries") or 0) > 0:
             secs[a].append(float(r["attack_seconds"]) / (float(r["queries"]) / 1000))
     attacks.sort(key=_column_order)
-    undefended = [a for a in attacks if acc.get(("none", a))]
-    base_attack = max(undefended, key=lambda a: statistics.mean(acc[("none", a)].values())) if undefended else None
+    base_attack = best_undefended(attacks, acc)
     base = acc[("none", base_attack)] if base_attack else {}
     lines = [f"Clone accuracy (%) at {main_budget:,} queries (other budgets in the column name); mean ± sd over seeds "
              f"where more than one was run. Protection kept: the best undefended clone ({base_attack}) minus the best "
@@ -109,14 +108,20 @@ def table(rows: list[dict[str, str]]) -> tuple[str, list[str], list[str], dict[t
     return "\n".join(lines) + "\n", defenses, attacks, acc
 
 
+def best_undefended(attacks: list[str], acc: dict[tuple[str, str], dict[int, float]], *,
+                    min_seeds: int = 1) -> str | None:
+    """The attacker whose undefended clone is best on average, among those run at ``min_seeds`` seeds or more."""
+    run = [a for a in attacks if len(acc.get(("none", a), {})) >= min_seeds]
+    return max(run, key=lambda a: statistics.mean(acc[("none", a)].values())) if run else None
+
+
 def seeded_protection(defenses: list[str], attacks: list[str],
                       acc: dict[tuple[str, str], dict[int, float]]) -> list[str]:
     """Protection kept against the best attacker among those run at more than one seed, measured from the best
     undefended attacker also run at more than one seed (the same seeds): per-seed differences, mean ± sd, range."""
-    seeded = [a for a in attacks if len(acc.get(("none", a), {})) > 1]
-    if not seeded:
+    base_attack = best_undefended(attacks, acc, min_seeds=2)
+    if base_attack is None:
         return []
-    base_attack = max(seeded, key=lambda a: statistics.mean(acc[("none", a)].values()))
     base = acc[("none", base_attack)]
     lines = ["", f"Protection kept against the best attacker run at several seeds (the undefended {base_attack} "
              "clone minus it, per seed, in points):", "",

@@ -80,7 +80,7 @@ class StdlibHTTP:
         httpx = self._httpx
         sent = {**self.headers, **(headers or {})}
         if json is not None:
-            content = _json.dumps(json).encode("utf-8")
+            content = _json.dumps(json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
             sent.setdefault("Content-Type", "application/json")
         conn = self._connection()
         connecting = conn.sock is None
